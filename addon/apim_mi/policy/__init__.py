@@ -1,0 +1,1 @@
+"""The APIM policy engine: documents (model), loading (loader), expressions, context and execution (engine)."""

@@ -1,0 +1,96 @@
+"""The in-memory form of an APIM policy document, shared by the XML loader, the YAML shorthand and the engine.
+
+The model stays close to the XML: a statement is an element name, its attribute values, its element text and its
+child elements. Handlers in the engine give each element its meaning, so unknown policies can still be loaded and
+fail loudly only when they run, as the spec asks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import Location
+
+SECTIONS: tuple[str, ...] = ("inbound", "backend", "outbound", "on-error")
+
+
+class CompiledExpression(Protocol):
+    """What the expression package returns for ``@(...)`` / ``@{...}`` text."""
+
+    source: str
+
+    def evaluate(self, context: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Value:
+    """An attribute value or element text: a literal string, or a compiled policy expression.
+
+    ``text`` is what was written after named-value substitution (for an expression, the whole ``@(...)``).
+    """
+
+    text: str
+    location: Location
+    expression: CompiledExpression | None = None
+
+    @property
+    def is_expression(self) -> bool:
+        return self.expression is not None
+
+    def evaluate(self, context: Any) -> Any:
+        """The literal text, or the expression's value against ``context``."""
+        if self.expression is None:
+            return self.text
+        return self.expression.evaluate(context)
+
+
+@dataclass
+class Statement:
+    """One policy element such as ``<set-header>``, ``<when>`` or ``<value>``."""
+
+    name: str
+    location: Location
+    attrs: dict[str, Value] = field(default_factory=dict)
+    text: Value | None = None
+    children: list[Statement] = field(default_factory=list)
+
+    @property
+    def policy_id(self) -> str:
+        """APIM's optional ``id`` attribute, reported as ``context.LastError.PolicyId``."""
+        v = self.attrs.get("id")
+        return v.text if v is not None else ""
+
+    def attr(self, name: str, default: str | None = None) -> str | None:
+        """The literal text of an attribute (for attributes that do not allow expressions)."""
+        v = self.attrs.get(name)
+        return v.text if v is not None else default
+
+    def child(self, name: str) -> Statement | None:
+        return next((c for c in self.children if c.name == name), None)
+
+    def children_named(self, name: str) -> list[Statement]:
+        return [c for c in self.children if c.name == name]
+
+    def walk(self) -> list[Statement]:
+        """This statement and every nested one, depth first in document order."""
+        out = [self]
+        for c in self.children:
+            out.extend(c.walk())
+        return out
+
+
+@dataclass
+class Policy:
+    """A whole ``<policies>`` document after composition: one statement list per section."""
+
+    source: str
+    sections: dict[str, list[Statement]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
+
+    def statements(self) -> list[Statement]:
+        """Every statement of every section, nested ones included."""
+        return [s for sec in SECTIONS for top in self.sections.get(sec, []) for s in top.walk()]
+
+
+ExpressionCompiler = Callable[[str, Location], CompiledExpression]

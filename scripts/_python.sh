@@ -1,0 +1,37 @@
+# Sourced by the scripts: find a Python >= 3.12 (PATH, then pyenv), create .venv, install the project.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+find_python() {
+    local c
+    for c in python3.13 python3.12 python3; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    local root="${PYENV_ROOT:-$HOME/.pyenv}"
+    command -v pyenv >/dev/null 2>&1 && root="$(pyenv root)"
+    for c in "$root"/versions/3.13*/bin/python3 "$root"/versions/3.12*/bin/python3; do
+        if [ -x "$c" ]; then echo "$c"; return 0; fi
+    done
+    return 1
+}
+
+ensure_venv() {
+    local extras="$1"
+    local stamp=".venv/.installed-$extras"
+    if [ ! -x .venv/bin/python ]; then
+        local py
+        py="$(find_python)" || { echo "apim-mi needs Python >= 3.12 (mitmproxy 12); none found on PATH or in pyenv." >&2; exit 2; }
+        echo "==> creating .venv with $py" >&2
+        "$py" -m venv .venv
+    fi
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        echo "==> installing apim-mi[$extras] into .venv" >&2
+        .venv/bin/python -m pip install -q --upgrade pip >&2
+        .venv/bin/python -m pip install -q -e ".[$extras]" >&2
+        touch "$stamp"
+    fi
+    export PATH="$ROOT/.venv/bin:$PATH"
+}
