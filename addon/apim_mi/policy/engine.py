@@ -1,0 +1,249 @@
+"""Runs a composed ``Policy`` against a request context, section by section, the way APIM's gateway does.
+
+Each policy element is handled by one function from ``policy/statements``. The engine owns what is common to all
+of them: walking statements in order, evaluating attribute values (with APIM's "Expression was successfully
+evaluated." trace entries), turning any failure into a ``PolicyError`` (``context.LastError``) and running
+``on-error``, and producing APIM's generic 500 when nothing else answered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ApimMiError, PolicyError
+from ..trace import Trace
+from .model import Policy, Statement, Value
+
+if TYPE_CHECKING:
+    from ..tokens import TokenProvider
+    from .context import Context, Request, Response
+
+
+class ExecutionLimitError(ApimMiError):
+    """A policy nested deeper than any real one (e.g. through recursion in fragments)."""
+
+
+@dataclass
+class Injection:
+    """A header that received a token: needed to redact it later and to summarise the flow."""
+
+    header: str
+    identity: str
+    resource: str
+    claims: dict[str, Any]
+
+
+@dataclass
+class Services:
+    """What policies need from outside the request: tokens and (for send-request) an HTTP client."""
+
+    tokens: TokenProvider
+    credential_source: str = "default"
+    send: Callable[..., Awaitable[Any]] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Scope:
+    """Where a statement runs: its section, its nested path (``choose[1]/when[2]``) and the request it targets.
+
+    ``request`` is the main request, or the one a ``send-request`` is building.
+    """
+
+    section: str
+    path: str
+    request: Request | None = None
+
+
+@dataclass
+class PolicyRun:
+    """The per-request state of one policy execution."""
+
+    policy: Policy
+    context: Context
+    trace: Trace
+    services: Services
+    rule_name: str = ""
+    response: Response | None = None
+    forward: bool = False
+    forward_timeout: float = 300.0
+    injections: list[Injection] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: PolicyError | None = None
+    token_failures: list[str] = field(default_factory=list)
+
+    def add_secret(self, secret: str) -> None:
+        """Registers a token so no trace entry can ever show it."""
+        self.trace.secrets.add(secret)
+
+    def warn(self, section: str, source: str, message: str) -> None:
+        """An emulator-only diagnostic: kept for the summary and written to the trace, marked as such."""
+        self.warnings.append(message)
+        self.trace.add(section, source, {"message": message, "emulator": "apim-mi diagnostic"})
+
+
+Handler = Callable[[PolicyRun, Statement, Scope], Awaitable[None]]
+
+
+def _handlers() -> Mapping[str, Handler]:
+    from .statements import HANDLERS
+
+    return HANDLERS
+
+
+def expression_text(value: Value) -> str:
+    """The expression as APIM's trace shows it: the code inside ``@( )``."""
+    src = value.text.strip()
+    if src.startswith("@(") and src.endswith(")"):
+        return src[2:-1]
+    return src[1:] if src.startswith("@") else src
+
+
+async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> Any:
+    """A literal, or an expression evaluated with APIM's trace entry; failures become ``PolicyError``."""
+    if value is None:
+        return None
+    if value.expression is None:
+        return value.text
+    from .expressions import ExpressionRuntimeError, to_policy_string
+
+    try:
+        result = value.expression.evaluate(run.context)
+    except ExpressionRuntimeError as e:
+        raise PolicyError(
+            source,
+            f"Expression evaluation failed. {e.message}",
+            "ExpressionValueEvaluationFailure",
+            section=scope.section,
+            path=scope.path,
+        ) from None
+    shown = result if isinstance(result, bool | int | float) or result is None else to_policy_string(result)
+    run.trace.add(
+        scope.section,
+        source,
+        {"message": "Expression was successfully evaluated.", "expression": expression_text(value), "value": shown},
+    )
+    return result
+
+
+async def evaluate_string(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:
+    """Like ``evaluate`` but converted the way APIM converts a value for a header or attribute."""
+    result = await evaluate(run, value, source, scope)
+    if result is None or isinstance(result, str):
+        return result
+    from .expressions import to_policy_string
+
+    return to_policy_string(result)
+
+
+async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
+    """Statements in document order; stops as soon as one answers the request (return-response)."""
+    handlers = _handlers()
+    counts: dict[str, int] = {}
+    for stmt in statements:
+        if run.response is not None:
+            return
+        counts[stmt.name] = counts.get(stmt.name, 0) + 1
+        path = f"{scope.path}/{stmt.name}[{counts[stmt.name]}]" if scope.path else f"{stmt.name}[{counts[stmt.name]}]"
+        if path.count("/") > 64:
+            raise ExecutionLimitError(f"policy nesting deeper than 64 levels at {stmt.location}")
+        handler = handlers.get(stmt.name)
+        inner = Scope(scope.section, path, scope.request)
+        if handler is None:
+            raise PolicyError(
+                stmt.name,
+                f"Policy '{stmt.name}' is not supported by apim-mi (declared at {stmt.location}).",
+                "PolicyNotSupported",
+                section=scope.section,
+                path=path,
+                policy_id=stmt.policy_id,
+            )
+        try:
+            await handler(run, stmt, inner)
+        except PolicyError as e:
+            e.section = e.section or scope.section
+            e.path = e.path or path
+            e.policy_id = e.policy_id or stmt.policy_id
+            raise
+
+
+async def run_section(run: PolicyRun, section: str) -> None:
+    """One section of the effective policy, against the main request."""
+    await run_statements(run, run.policy.sections.get(section, []), Scope(section, "", run.context.request))
+
+
+async def handle_error(run: PolicyRun, error: PolicyError) -> None:
+    """APIM's error flow: record ``context.LastError``, run on-error, and answer 500 if nothing else did."""
+    from .context import LastError
+
+    run.error = error
+    run.response = None
+    run.context.last_error = LastError(
+        source=error.source,
+        reason=error.reason,
+        message=error.message,
+        scope="",
+        section=error.section,
+        path=error.path,
+        policy_id=error.policy_id,
+    )
+    run.trace.add(
+        "on-error",
+        error.source or "apim-mi",
+        {
+            "message": error.message,
+            "reason": error.reason,
+            "section": error.section,
+            "path": error.path,
+            "policyId": error.policy_id,
+        },
+    )
+    statements = run.policy.sections.get("on-error", [])
+    if statements:
+        try:
+            await run_statements(run, statements, Scope("on-error", "", None))
+        except (PolicyError, ExecutionLimitError) as e:
+            run.trace.add("on-error", getattr(e, "source", "") or "apim-mi", {"message": str(e)})
+            run.response = None
+    if run.response is None:
+        run.response = internal_server_error(run.context)
+
+
+def internal_server_error(context: Context) -> Response:
+    """APIM's generic gateway 500; the real cause is only in the trace, as in Azure."""
+    from .context import Body, Headers, Response
+
+    body = json.dumps(
+        {"statusCode": 500, "message": "Internal server error", "activityId": context.request_id}, indent=4
+    ).encode()
+    return Response(
+        status_code=500,
+        status_reason="Internal Server Error",
+        headers=Headers([("Content-Type", "application/json; charset=utf-8")]),
+        body=Body(body),
+    )
+
+
+async def run_inbound(run: PolicyRun) -> None:
+    """inbound then backend (up to forward-request); any failure goes through on-error."""
+    try:
+        await run_section(run, "inbound")
+        if run.response is None:
+            await run_section(run, "backend")
+    except PolicyError as e:
+        await handle_error(run, e)
+    except ExecutionLimitError as e:
+        await handle_error(run, PolicyError("apim-mi", str(e), "ExecutionLimit"))
+
+
+async def run_outbound(run: PolicyRun) -> None:
+    """outbound against the backend's response; failures go through on-error, which answers instead."""
+    try:
+        await run_section(run, "outbound")
+    except PolicyError as e:
+        await handle_error(run, e)
+    except ExecutionLimitError as e:
+        await handle_error(run, PolicyError("apim-mi", str(e), "ExecutionLimit"))

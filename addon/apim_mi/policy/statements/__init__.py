@@ -1,0 +1,13 @@
+"""One handler per APIM policy element; ``HANDLERS`` maps element names to them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from . import core
+
+if TYPE_CHECKING:
+    from ..engine import Handler
+
+HANDLERS: Mapping[str, Handler] = {**core.HANDLERS}

@@ -1,0 +1,179 @@
+"""The heart of the product: authentication-managed-identity and the policies it is used with
+(set-header, set-variable, choose), plus the structural markers base and forward-request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...errors import PolicyError
+from ...tokens import TokenError, TokenKey
+from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, run_statements
+from ..model import Statement
+
+if TYPE_CHECKING:
+    from ..context import Headers
+
+MI = "authentication-managed-identity"
+AUTHORITY = "https://login.windows.net/"
+NOT_ENABLED = (
+    "Managed service identity is not enabled for this service and authentication-managed-identity policy "
+    "cannot be used."
+)
+
+
+def _true(text: str | None) -> bool:
+    return (text or "false").strip().lower() == "true"
+
+
+async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """APIM's algorithm (research/apim.md §2.3): token for ``resource``, into Authorization or a variable."""
+    resource = await evaluate_string(run, stmt.attrs.get("resource"), MI, scope) or ""
+    client_id = (stmt.attr("client-id") or "").strip()
+    out_var = stmt.attr("output-token-variable-name")
+    ignore_error = _true(stmt.attr("ignore-error"))
+    if client_id.startswith("@"):
+        run.warn(scope.section, MI, "client-id holds an expression, which APIM does not evaluate: it is looked up "
+                 "literally and fails. Use a named value ({{name}}) instead.")
+        run.trace.add(scope.section, MI, {"message": NOT_ENABLED})
+        if ignore_error:
+            return
+        raise PolicyError(MI, NOT_ENABLED, "ManagedIdentityNotEnabled")
+    key = TokenKey(run.services.credential_source, client_id, resource)
+    try:
+        result = await run.services.tokens.get(key)
+    except TokenError as e:
+        tenant = run.services.settings.get("tenant_id", "")
+        message = (
+            f"Obtaining managed identity token using clientId:{(client_id or 'system-assigned').upper()} "
+            f"AAD Authority:{AUTHORITY}{tenant} for {resource} audience failed."
+        )
+        run.trace.add(scope.section, MI, {
+            "message": message,
+            "errorResponse": e.error_response or {"error": e.reason, "error_description": e.message},
+        })
+        run.token_failures.append(f"{e.reason}: {e.message}")
+        if ignore_error:
+            if scope.request is not None and "Authorization" in scope.request.headers:
+                run.warn(scope.section, MI, "ignore-error=\"true\": no token was obtained, so the client's own "
+                         "Authorization header reaches the backend unchanged.")
+            return
+        raise PolicyError(MI, f"{message} {e.message}", e.reason) from None
+    token = result.token
+    run.add_secret(token.value)
+    claims = token.claims
+    shown_client = str(claims.get("appid") or client_id or "").upper()
+    run.trace.add(scope.section, MI, {
+        "message": f"Obtaining managed identity token using clientId:{shown_client} AAD Authority:{AUTHORITY}"
+                   f"{claims.get('tid', '')} for {resource} audience succeeded.",
+        "errorResponse": None,
+        "cached": result.cached,
+        "claims": {k: claims[k] for k in ("aud", "appid", "oid", "tid", "exp") if k in claims},
+    })
+    if out_var:
+        run.context.variables[out_var] = token.value
+        run.trace.add(scope.section, MI, {
+            "message": f"Managed identity token is assigned to context variable '{out_var}'.",
+            "emulator": "wording not verified against Azure",
+        })
+        return
+    target = _request_headers(scope, MI)
+    if "Authorization" in target:
+        run.warn(scope.section, MI, "The client's Authorization header was replaced by the managed identity token.")
+    target.set("Authorization", [f"Bearer {token.value}"])
+    run.injections.append(Injection("Authorization", key.identity, resource, claims))
+    run.trace.add(scope.section, MI, {"message": "Managed identity token is added to Authorization header."})
+
+
+def _request_headers(scope: Scope, source: str) -> Headers:
+    if scope.request is None:
+        raise PolicyError(source, f"{source} has no request to act on in section '{scope.section}'.")
+    return scope.request.headers
+
+
+def _target_headers(run: PolicyRun, scope: Scope, source: str) -> Headers:
+    """set-header acts on the request in inbound/backend (or send-request), on the response afterwards."""
+    if scope.request is not None:
+        return scope.request.headers
+    response = run.context.response
+    if response is None:
+        raise PolicyError(source, f"{source} has no response to act on in section '{scope.section}'.")
+    return response.headers
+
+
+async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    name = await evaluate_string(run, stmt.attrs.get("name"), "set-header", scope) or ""
+    action = (stmt.attr("exists-action") or "override").lower()
+    values: list[str] = []
+    for v in stmt.children_named("value"):
+        text = await evaluate_string(run, v.text, "set-header", scope)
+        if text is not None:
+            values.append(text)
+    if any(c in name + "".join(values) for c in "\r\n"):
+        raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
+    headers = _target_headers(run, scope, "set-header")
+    exists = name in headers
+    if action == "delete":
+        headers.remove(name)
+    elif action == "skip" and exists:
+        pass
+    elif action == "append":
+        for value in values:
+            headers.append(name, value)
+    elif values:
+        headers.set(name, values)
+    else:
+        headers.remove(name)
+    carries_token = any(s in value for s in run.trace.secrets for value in values)
+    if scope.request is not None and carries_token and (action != "skip" or not exists):
+        if exists and action == "override":
+            run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
+        run.injections.append(Injection(name, "", "", {}))
+    run.trace.add(scope.section, "set-header", {
+        "message": f"Header '{name}': {action}" + (" (header already present, left unchanged)"
+                                                    if action == "skip" and exists else ""),
+        "header": {"name": name, "value": ", ".join(values)},
+        "emulator": "wording not verified against Azure",
+    })
+
+
+async def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    name = stmt.attr("name") or ""
+    value = await evaluate(run, stmt.attrs.get("value"), "set-variable", scope)
+    run.context.variables[name] = value
+
+
+async def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """First ``when`` whose condition is true, else ``otherwise``."""
+    for i, branch in enumerate(stmt.children_named("when"), start=1):
+        cond = await evaluate(run, branch.attrs.get("condition"), "choose", scope)
+        if not isinstance(cond, bool):
+            raise PolicyError("choose", f"The condition of when[{i}] did not evaluate to a boolean (got {cond!r}).",
+                              "ExpressionValueEvaluationFailure")
+        if cond:
+            await run_statements(run, branch.children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
+            return
+    otherwise = stmt.child("otherwise")
+    if otherwise is not None:
+        await run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request))
+
+
+async def base(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """``<base/>`` is replaced during composition; one left at the global scope does nothing."""
+
+
+async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """Marks the request for forwarding; the proxy sends it once the backend section is done."""
+    run.forward = True
+    timeout = stmt.attr("timeout")
+    if timeout and timeout.isdigit():
+        run.forward_timeout = float(timeout)
+
+
+HANDLERS = {
+    MI: authentication_managed_identity,
+    "set-header": set_header,
+    "set-variable": set_variable,
+    "choose": choose,
+    "base": base,
+    "forward-request": forward_request,
+}

@@ -1,0 +1,394 @@
+"""Rules files: ``rules.yaml`` (or ``.xml``) → a validated ``RulesConfig``.
+
+Every rule becomes an APIM ``Policy``: a shorthand rule (``resource``, ``client_id``, ``header``, ``template`` …) is
+exactly an ``<authentication-managed-identity>`` (plus a ``<set-header>`` when the header or template differs), so it
+runs through the same engine and produces the same trace as real policy XML. Every error names file, line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import LoadError, Location
+from .policy.model import Policy, Statement, Value
+
+CREDENTIAL_SOURCES: tuple[str, ...] = ("default", "managed-identity", "workload-identity", "azure-cli", "emulator")
+DEFAULT_HEADER = "Authorization"
+DEFAULT_TEMPLATE = "Bearer {token}"
+SHORTHAND_TOKEN_VARIABLE = "apim-mi-token"
+SCHEMA_MODELINE = "# yaml-language-server: $schema=addon/apim_mi/schema/rules.schema.json"
+
+_NAMED_VALUE = re.compile(r"\{\{([^{}]+)\}\}")
+
+
+@dataclass(frozen=True)
+class MatchSpec:
+    """What a rule applies to. ``host`` is lower-case; ``*`` = any host; ``*.x`` = subdomains of x."""
+
+    host: str = "*"
+    port: int | None = None
+    path: str = "/"
+    methods: frozenset[str] = frozenset()
+    scheme: str | None = None
+
+
+@dataclass
+class Rule:
+    """One entry of ``rules:``: where it applies and the policy it runs."""
+
+    name: str
+    index: int
+    match: MatchSpec
+    policy: Policy
+    location: Location
+    credential: str | None = None
+    allow_http: bool = False
+    shorthand: bool = False
+
+
+@dataclass
+class RulesConfig:
+    """A loaded rules file. ``files`` lists every file it depends on, for hot reload."""
+
+    path: Path
+    rules: list[Rule]
+    credential: str | None = None
+    named_values: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    applies_to_all: bool = False
+
+
+@cache
+def rules_schema() -> dict[str, Any]:
+    """The JSON Schema shipped in the package (also used by editors through the modeline)."""
+    return json.loads(resources.files("apim_mi").joinpath("schema/rules.schema.json").read_text("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+@dataclass
+class _Positions:
+    """JSON path (tuple of keys/indexes) → location of the value, and of the key for mapping entries."""
+
+    file: str
+    values: dict[tuple[Any, ...], Location] = field(default_factory=dict)
+    keys: dict[tuple[Any, ...], Location] = field(default_factory=dict)
+
+    def at(self, path: tuple[Any, ...], key: bool = False) -> Location:
+        table = self.keys if key else self.values
+        while path and path not in table:
+            path = path[:-1]
+        return table.get(path, self.values.get((), Location(self.file, 1, 1)))
+
+
+def _mark(file: str, node: yaml.Node) -> Location:
+    return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _construct(node: yaml.Node, path: tuple[Any, ...], pos: _Positions) -> Any:
+    """Plain data from a composed YAML node, remembering where every value came from."""
+    pos.values[path] = _mark(pos.file, node)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                raise LoadError(_mark(pos.file, knode), "mapping keys must be plain names")
+            key = knode.value
+            if key in out:
+                raise LoadError(_mark(pos.file, knode), f"duplicate key '{key}'")
+            pos.keys[(*path, key)] = _mark(pos.file, knode)
+            out[key] = _construct(vnode, (*path, key), pos)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*path, i), pos) for i, item in enumerate(node.value)]
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
+    pos = _Positions(file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
+        problem = e.problem or e.context or "invalid YAML"
+        raise LoadError(loc, f"YAML syntax error: {problem}") from None
+    except yaml.YAMLError as e:
+        raise LoadError(Location(file, 1, 1), f"YAML error: {e}") from None
+    if node is None:
+        raise LoadError(Location(file, 1, 1), "the rules file is empty; it needs a 'rules:' list")
+    return _construct(node, (), pos), pos
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema validation with locations
+
+
+def _schema_errors(data: Any, pos: _Positions) -> Iterator[LoadError]:
+    validator = jsonschema.Draft202012Validator(rules_schema())
+    for err in sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path))):
+        yield _schema_error(err, pos)
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "top level"
+
+
+def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError:
+    path = tuple(err.absolute_path)
+    where = _dotted(path)
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        return LoadError(
+            pos.at((*path, extra[0]), key=True),
+            f"unknown field '{extra[0]}' in {where} (allowed: {', '.join(allowed)})",
+        )
+    if err.validator == "required":
+        return LoadError(pos.at(path), f"{where}: {err.message}")
+    if err.validator == "enum":
+        choices = ", ".join(map(str, err.validator_value))
+        return LoadError(pos.at(path), f"{where}: {err.instance!r} is not one of: {choices}")
+    if err.validator == "pattern" and path and path[-1] == "template":
+        return LoadError(pos.at(path), f"{where}: the template must contain the placeholder {{token}}")
+    if err.validator == "oneOf" and path and path[-2:-1] == ("rules",):
+        return LoadError(pos.at(path), f"{where}: {_shorthand_conflict(err.instance)}")
+    return LoadError(pos.at(path), f"{where}: {err.message}")
+
+
+def _shorthand_conflict(rule: Mapping[str, Any]) -> str:
+    fields = ("resource", "client_id", "header", "template", "exists_action", "ignore_error")
+    shorthand = [k for k in fields if k in rule]
+    if "policy" in rule:
+        return f"'policy' cannot be combined with the shorthand field(s) {', '.join(shorthand)}; put them in the policy"
+    return "a rule needs either 'resource' (shorthand) or 'policy' (APIM policy XML)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rule building
+
+
+def substitute_named_values(text: str, named_values: Mapping[str, str], location: Location) -> str:
+    """APIM named values: ``{{name}}`` replaced textually; an unknown name is an error (as APIM refuses to save)."""
+
+    def repl(m: re.Match[str]) -> str:
+        name = m.group(1).strip()
+        if name not in named_values:
+            raise LoadError(location, f"unknown named value '{{{{{name}}}}}' (define it under named_values:)")
+        return named_values[name]
+
+    return _NAMED_VALUE.sub(repl, text)
+
+
+def parse_host(spec: str) -> tuple[str, int | None]:
+    """``Host[:port]`` → (lower-case host, port). Accepts ``[v6]:port``, ``*`` and ``*.suffix``."""
+    spec = spec.strip().lower()
+    port: int | None = None
+    if spec.startswith("["):
+        end = spec.find("]")
+        if end < 0:
+            raise ValueError(f"unterminated IPv6 literal in host '{spec}'")
+        host, rest = spec[1:end], spec[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"unexpected text after ']' in host '{spec}'")
+            port = _port(rest[1:])
+        return host, port
+    if spec.count(":") == 1:
+        spec, p = spec.split(":")
+        port = _port(p)
+    host = spec
+    if not host:
+        raise ValueError("empty host")
+    if "*" in host and not (host == "*" or (host.startswith("*.") and "*" not in host[2:] and len(host) > 2)):
+        raise ValueError(f"bad wildcard in host '{host}': use '*' or '*.example.com'")
+    if any(c in host for c in "/?#@ "):
+        raise ValueError(f"host '{host}' must be a bare host name, not a URL")
+    return host, port
+
+
+def _port(p: str) -> int:
+    if not p.isdigit() or not 0 < int(p) < 65536:
+        raise ValueError(f"bad port '{p}'")
+    return int(p)
+
+
+def _match_spec(raw: Mapping[str, Any], path: tuple[Any, ...], pos: _Positions) -> MatchSpec:
+    try:
+        host, port = parse_host(str(raw.get("host", "*")))
+    except ValueError as e:
+        raise LoadError(pos.at((*path, "host")), f"{_dotted((*path, 'host'))}: {e}") from None
+    mpath = str(raw.get("path", "/"))
+    if "[" in mpath or "]" in mpath:
+        raise LoadError(pos.at((*path, "path")), f"{_dotted((*path, 'path'))}: only '*' and '?' are glob characters")
+    return MatchSpec(
+        host=host,
+        port=port,
+        path=mpath,
+        methods=frozenset(m.upper() for m in raw.get("methods", ())),
+        scheme=raw.get("scheme"),
+    )
+
+
+def _literal(text: str, loc: Location) -> Value:
+    return Value(text, loc)
+
+
+@dataclass(frozen=True)
+class TemplateExpression:
+    """``template`` of a shorthand rule, e.g. ``Bearer {token}``, evaluated against the token variable.
+
+    It is shown as the C# expression APIM would need for the same effect, so traces read like real policies.
+    """
+
+    template: str
+    variable: str
+
+    @property
+    def source(self) -> str:
+        prefix, _, suffix = self.template.partition("{token}")
+        parts = [json.dumps(prefix)] if prefix else []
+        parts.append(f'(string)context.Variables["{self.variable}"]')
+        if suffix:
+            parts.append(json.dumps(suffix))
+        return "@(" + " + ".join(parts) + ")"
+
+    def evaluate(self, context: Any) -> Any:
+        token = context.variables.get(self.variable)
+        return None if token is None else self.template.replace("{token}", token)
+
+
+def shorthand_policy(rule: Mapping[str, Any], loc: Location, named_values: Mapping[str, str]) -> Policy:
+    """The APIM policy a shorthand rule stands for."""
+    resource = substitute_named_values(str(rule["resource"]), named_values, loc)
+    header = rule.get("header", DEFAULT_HEADER)
+    template = rule.get("template", DEFAULT_TEMPLATE)
+    exists_action = rule.get("exists_action", "override")
+    mi_attrs = {"resource": _literal(resource, loc)}
+    if "client_id" in rule:
+        mi_attrs["client-id"] = _literal(substitute_named_values(str(rule["client_id"]), named_values, loc), loc)
+    mi_attrs["ignore-error"] = _literal("true" if rule.get("ignore_error") else "false", loc)
+    inbound = [Statement("authentication-managed-identity", loc, mi_attrs)]
+    if header.lower() != DEFAULT_HEADER.lower() or template != DEFAULT_TEMPLATE or exists_action != "override":
+        mi_attrs["output-token-variable-name"] = _literal(SHORTHAND_TOKEN_VARIABLE, loc)
+        expr = TemplateExpression(template, SHORTHAND_TOKEN_VARIABLE)
+        value = Statement("value", loc, text=Value(expr.source, loc, expr))
+        inbound.append(
+            Statement(
+                "set-header",
+                loc,
+                {"name": _literal(header, loc), "exists-action": _literal(exists_action, loc)},
+                children=[value],
+            )
+        )
+    policy = Policy(source=loc.file)
+    policy.sections["inbound"] = [Statement("base", loc), *inbound]
+    policy.sections["backend"] = [Statement("base", loc)]
+    policy.sections["outbound"] = [Statement("base", loc)]
+    policy.sections["on-error"] = [Statement("base", loc)]
+    return policy
+
+
+def _load_policy(spec: str, base_dir: Path, file: str, loc: Location, ctx: _LoadContext) -> Policy:
+    """A ``policy:`` value: inline XML (starts with '<') or a path relative to the rules file."""
+    from .policy import loader
+
+    if spec.lstrip().startswith("<"):
+        text_loc = Location(file, loc.line, loc.column)
+        return loader.load_policy_text(
+            spec, source=f"{file}:{text_loc.line}", named_values=ctx.named_values, fragments_dir=ctx.fragments_dir
+        )
+    path = (base_dir / spec).resolve()
+    if not path.is_file():
+        raise LoadError(loc, f"policy file '{spec}' not found (looked in {path.parent})")
+    ctx.files.append(path)
+    return loader.load_policy_file(path, named_values=ctx.named_values, fragments_dir=ctx.fragments_dir)
+
+
+@dataclass
+class _LoadContext:
+    named_values: dict[str, str]
+    fragments_dir: Path | None
+    files: list[Path]
+
+
+def load_rules(path: str | Path) -> RulesConfig:
+    """Load, validate and compile a rules file (``.yaml``/``.yml``, or ``.xml``)."""
+    path = Path(path)
+    display = str(path)
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise LoadError(Location(display), "rules file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LoadError(Location(display), f"cannot read rules file: {e}") from None
+    if path.suffix.lower() == ".xml":
+        from .xmlrules import load_xml_rules
+
+        return load_xml_rules(text, path)
+    return load_rules_text(text, path)
+
+
+def load_rules_text(text: str, path: Path) -> RulesConfig:
+    """Like ``load_rules`` for YAML text that claims to come from ``path`` (used by tests and the fuzzer)."""
+    from .policy import loader
+
+    display = str(path)
+    data, pos = _parse_yaml(text, display)
+    if not isinstance(data, dict):
+        raise LoadError(pos.at(()), "the rules file must be a mapping with a 'rules:' list")
+    for err in _schema_errors(data, pos):
+        raise err
+    named = {str(k): str(v) for k, v in (data.get("named_values") or {}).items()}
+    base_dir = path.parent
+    fragments = data.get("fragments")
+    ctx = _LoadContext(named, (base_dir / fragments).resolve() if fragments else None, [path.resolve()])
+    outer = loader.DEFAULT_GLOBAL
+    if "policy" in data:
+        global_policy = _load_policy(str(data["policy"]), base_dir, display, pos.at(("policy",)), ctx)
+        outer = loader.compose(loader.DEFAULT_GLOBAL, global_policy)
+    rules: list[Rule] = []
+    for i, raw in enumerate(data["rules"]):
+        rpath = ("rules", i)
+        loc = pos.at(rpath)
+        match = _match_spec(raw.get("match", {}), (*rpath, "match"), pos)
+        if "policy" in raw:
+            inner = _load_policy(str(raw["policy"]), base_dir, display, pos.at((*rpath, "policy")), ctx)
+            shorthand = False
+        else:
+            inner = shorthand_policy(raw, pos.at((*rpath, "resource")), named)
+            shorthand = True
+        rules.append(
+            Rule(
+                name=str(raw.get("name") or f"rule {i + 1}"),
+                index=i,
+                match=match,
+                policy=loader.compose(outer, inner),
+                location=loc,
+                credential=raw.get("credential"),
+                allow_http=bool(raw.get("allow_http", False)),
+                shorthand=shorthand,
+            )
+        )
+    return RulesConfig(
+        path=path, rules=rules, credential=data.get("credential"), named_values=named, files=ctx.files
+    )
