@@ -35,3 +35,19 @@ ensure_venv() {
     fi
     export PATH="$ROOT/.venv/bin:$PATH"
 }
+
+ensure_debian_packages() {
+    local missing=() p
+    for p in "$@"; do command -v "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$sudo" ]; }; then
+        echo "==> installing Debian packages: ${missing[*]}" >&2
+        $sudo apt-get update -qq >&2 || true
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+            || echo "warning: could not install ${missing[*]}; tests needing them will be skipped" >&2
+    else
+        echo "warning: ${missing[*]} not installed and apt-get unavailable; tests needing them will be skipped" >&2
+    fi
+}

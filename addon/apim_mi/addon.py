@@ -1,0 +1,511 @@
+"""The mitmproxy addon: options, hooks and commands that run the rules' policies on matching flows.
+
+Fail closed is the rule for every matched flow: a token failure, a policy error or a bug in this addon answers
+APIM's 500 instead of letting mitmproxy forward the request unchanged (which is what it does when a hook raises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import command, ctx, exceptions, http
+
+from . import flowcontext
+from .errors import LoadError, PolicyError
+from .matcher import Matcher
+from .policy import engine
+from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
+from .tokens import TokenProvider, azure_credential_factory
+from .trace import METADATA_KEY, REDACTED, Trace, scrub
+
+log = logging.getLogger("apim_mi")
+
+# Environment variables that would make azure-identity pick another managed-identity source than the emulator.
+_MI_ENV = (
+    "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT",
+    "MSI_SECRET", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+)  # fmt: skip
+
+
+@dataclass
+class _FlowState:
+    """What the addon keeps in memory (never in flow.metadata) between a flow's hooks."""
+
+    rule: Rule
+    run: engine.PolicyRun
+    started: float
+    redacted: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _client_networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for spec in specs:
+        try:
+            nets.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError as e:
+            raise ValueError(f"mi_allow_clients: '{spec}' is not an IP address or CIDR network ({e})") from None
+    return nets
+
+
+class ApimMi:
+    """Runs APIM policies (authentication-managed-identity first of all) on flows that match a rule."""
+
+    name = "apim_mi"
+
+    def __init__(self) -> None:
+        self.config: RulesConfig | None = None
+        self.matcher = Matcher([])
+        self.tokens: TokenProvider | None = None
+        self.credential = "default"
+        self.allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.emulator: Any = None
+        self.demo_backend: Any = None
+        self.counters: dict[str, int] = {"matched": 0, "injected": 0, "failed": 0, "refused": 0}
+        self._flows: dict[str, _FlowState] = {}
+        self._running = False
+        self._startup_error = False
+        self._ready: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watched: dict[Path, float] = {}
+
+    # -- options ---------------------------------------------------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("mi_rules", str, "rules.yaml", "Rules file (.yaml, or .xml rules / a bare APIM <policies>).")
+        loader.add_option(
+            "mi_credential", str, "",
+            f"Token source: {', '.join(CREDENTIAL_SOURCES)}; empty = what the rules file says, else 'default'.",
+        )  # fmt: skip
+        loader.add_option("mi_timeout", int, 10, "Seconds a request may wait for a token before failing closed.")
+        loader.add_option("mi_refresh_before", int, 300, "Seconds before expiry to refresh a token in the background.")
+        loader.add_option("mi_redact", bool, True, "Redact injected tokens once the flow completes (saved flows, UI).")
+        loader.add_option("mi_trace", bool, True, "Record an APIM trace in each matched flow.")
+        loader.add_option(
+            "mi_allow_clients", Sequence[str], [],
+            "Client networks (IP or CIDR) allowed to cause token injection besides loopback "
+            "(and besides clients authenticated with --proxyauth).",
+        )  # fmt: skip
+        loader.add_option("mi_prefetch", bool, False, "Fetch every shorthand rule's token at startup.")
+        loader.add_option(
+            "mi_demo_backend", str, "",
+            "host:port to run the demo JWT-validating backend on (for the out-of-the-box demo); empty = off.",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        except (ValueError, LoadError) as e:
+            if self._running:
+                raise exceptions.OptionsError(str(e)) from None
+            # At startup a raise prints a traceback; one logged error makes mitmdump exit cleanly with rc=1.
+            self._startup_error = True
+            log.error("apim-mi: %s", e)
+
+    def _configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "mi_credential" in updated and opts.mi_credential and opts.mi_credential not in CREDENTIAL_SOURCES:
+            raise ValueError(
+                f"mi_credential: unknown value '{opts.mi_credential}' (allowed: {', '.join(CREDENTIAL_SOURCES)})"
+            )
+        if "mi_timeout" in updated and opts.mi_timeout <= 0:
+            raise ValueError("mi_timeout must be a positive number of seconds")
+        if "mi_refresh_before" in updated and opts.mi_refresh_before < 0:
+            raise ValueError("mi_refresh_before must be >= 0 seconds")
+        if "mi_allow_clients" in updated:
+            self.allowed_networks = _client_networks(opts.mi_allow_clients)
+        if "mi_rules" in updated:
+            self._load_rules()
+        if self.config is not None and updated & {"mi_rules", "mi_credential"}:
+            new_credential = opts.mi_credential or self.config.credential or "default"
+            if self._running and new_credential != self.credential:
+                raise ValueError("mi_credential cannot change while the proxy runs; restart with the new value")
+            self.credential = new_credential
+        if self.tokens is not None and updated & {"mi_timeout", "mi_refresh_before"}:
+            self.tokens.timeout = float(opts.mi_timeout)
+            self.tokens.refresh_before = float(opts.mi_refresh_before)
+
+    def _load_rules(self) -> None:
+        """Loads the rules file; on error the previous rules stay in force (the caller reports the error)."""
+        path = Path(ctx.options.mi_rules)
+        config = load_rules(path)
+        self.config = config
+        self.matcher = Matcher(config.rules)
+        self._watched = {f: _mtime(f) for f in config.files}
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def running(self) -> None:
+        if self._startup_error:
+            return
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        self._spawn(self._start())
+        self._spawn(self._watch())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self) -> None:
+        """Embedded emulator / demo backend (if asked for), the token provider, the startup summary."""
+        assert self._ready is not None
+        try:
+            settings: dict[str, Any] = {}
+            if self.credential == "emulator":
+                await self._start_emulator()
+                settings["tenant_id"] = self.emulator.tenant_id
+            if ctx.options.mi_demo_backend:
+                await self._start_demo_backend(ctx.options.mi_demo_backend)
+            timeout = float(ctx.options.mi_timeout)
+            self.tokens = TokenProvider(
+                azure_credential_factory(timeout), timeout=timeout, refresh_before=float(ctx.options.mi_refresh_before)
+            )
+            self._settings = settings
+            self._log_summary()
+            self._ready.set_result(None)
+            if ctx.options.mi_prefetch:
+                await self._prefetch()
+        except Exception as e:
+            log.error("apim-mi: could not start: %s", e)
+            if not self._ready.done():
+                self._ready.set_exception(e)
+
+    async def _start_emulator(self) -> None:
+        from .emulator import Emulator, EmulatorConfig
+
+        self.emulator = Emulator(EmulatorConfig())
+        await self.emulator.start(host="127.0.0.1", port=0)
+        for var in _MI_ENV:
+            os.environ.pop(var, None)
+        os.environ.update(self.emulator.env("imds"))
+
+    async def _start_demo_backend(self, spec: str) -> None:
+        from .backend import DemoBackend
+
+        if self.emulator is None:
+            raise ValueError("mi_demo_backend needs the emulator (mi_credential=emulator) to validate tokens")
+        host, _, port = spec.rpartition(":")
+        self.demo_backend = DemoBackend(
+            jwks_uri=self.emulator.jwks_uri, issuer=self.emulator.issuer, audiences=self._demo_audiences()
+        )
+        await self.demo_backend.start(host or "127.0.0.1", int(port))
+
+    def _demo_audiences(self) -> list[str]:
+        """The demo backend accepts the audiences of the shorthand rules, so the demo works without extra setup."""
+        assert self.config is not None
+        out = []
+        for rule in self.config.rules:
+            for stmt in rule.policy.statements():
+                if stmt.name == "authentication-managed-identity" and "resource" in stmt.attrs:
+                    out.append(stmt.attrs["resource"].text)
+        return out
+
+    def _log_summary(self) -> None:
+        assert self.config is not None
+        who = "loopback clients"
+        if self.allowed_networks:
+            who += " and " + ", ".join(map(str, self.allowed_networks))
+        if ctx.options.proxyauth:
+            who += " and clients authenticated with --proxyauth"
+        scope = "every request through the proxy" if self.config.applies_to_all else f"{len(self.config.rules)} rule(s)"
+        log.info("apim-mi: %s loaded from %s; credential: %s", scope, self.config.path, self.credential)
+        if self.emulator is not None:
+            log.info("apim-mi: embedded managed-identity emulator at %s (tenant %s)", self.emulator.url,
+                     self.emulator.tenant_id)
+        if self.demo_backend is not None:
+            log.info("apim-mi: demo backend (validates tokens) at %s", self.demo_backend.url)
+        log.info("apim-mi: tokens are injected only for %s", who)
+
+    async def _prefetch(self) -> None:
+        from .tokens import TokenError, TokenKey
+
+        assert self.config is not None and self.tokens is not None
+        for rule in self.config.rules:
+            for stmt in rule.policy.statements():
+                res = stmt.attrs.get("resource")
+                if stmt.name == "authentication-managed-identity" and res is not None and not res.is_expression:
+                    key = TokenKey(self._source(rule), (stmt.attr("client-id") or ""), res.text)
+                    try:
+                        await self.tokens.get(key)
+                    except TokenError as e:
+                        log.warning("apim-mi: prefetch of %s for %s failed: %s", key.identity, key.resource, e.reason)
+
+    async def _watch(self) -> None:
+        """Hot reload: polls the rules file and every policy/fragment file it uses, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            changed = [f for f, m in self._watched.items() if _mtime(f) != m]
+            if changed:
+                self.reload(reason=f"{changed[0].name} changed")
+
+    def reload(self, reason: str = "mi.reload") -> bool:
+        """Re-reads the rules; a broken file is reported and the last good rules stay in force."""
+        previous = dict(self._watched)
+        try:
+            self._load_rules()
+        except LoadError as e:
+            self._watched = {f: _mtime(f) for f in previous}
+            log.error("apim-mi: %s; keeping the previous rules (%s)", e, reason)
+            return False
+        assert self.config is not None
+        log.info("apim-mi: rules reloaded (%s): %d rule(s) from %s", reason, len(self.config.rules), self.config.path)
+        return True
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.tokens is not None:
+            await self.tokens.close()
+        if self.demo_backend is not None:
+            await self.demo_backend.stop()
+        if self.emulator is not None:
+            await self.emulator.stop()
+
+    def done(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+            if not loop.is_closed():
+                loop.create_task(self._shutdown())
+
+    # -- flows ------------------------------------------------------------------------------------------------
+
+    def _source(self, rule: Rule) -> str:
+        return rule.credential or self.credential
+
+    def _client_allowed(self, flow: http.HTTPFlow) -> bool:
+        peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        if flowcontext.is_loopback(peer) or flow.metadata.get("proxyauth"):
+            return True
+        try:
+            addr = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allowed_networks)
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or self._startup_error:
+            return
+        try:
+            rule = self.matcher.match(flowcontext.target_of(flow))
+        except Exception as e:  # a matcher bug must not forward a flow that may match: fail closed
+            self._fail_closed(flow, None, f"rule matching failed: {e!r}")
+            return
+        if rule is None:
+            return
+        self.counters["matched"] += 1
+        if not self._client_allowed(flow):
+            self.counters["refused"] += 1
+            peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
+            flow.response = _error_response(403, f"apim-mi: client {peer} may not use managed identity rules "
+                                                 "(allow it with mi_allow_clients or use --proxyauth).")
+            log.warning("apim-mi: refused %s from %s: client not allowed", flow.request.pretty_url, peer)
+            return
+        try:
+            await self._run_inbound(flow, rule)
+        except Exception as e:  # fail closed on any bug, exactly as on a policy error
+            log.exception("apim-mi: internal error while running rule '%s'", rule.name)
+            self._fail_closed(flow, rule, f"internal error: {e!r}")
+
+    async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule) -> None:
+        assert self._ready is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), ctx.options.mi_timeout)
+        except (TimeoutError, Exception) as e:
+            self._fail_closed(flow, rule, f"apim-mi is not ready: {e!r}")
+            return
+        assert self.tokens is not None
+        request_id = str(uuid.uuid4())
+        context = flowcontext.context_from_flow(flow, request_id)
+        trace = Trace(trace_id=request_id.replace("-", ""))
+        services = engine.Services(self.tokens, self._source(rule), settings=self._settings)
+        run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
+        state = _FlowState(rule, run, time.perf_counter())
+        self._flows[flow.id] = state
+        trace.add("inbound", "api-inspector", {"request": {
+            "method": flow.request.method, "url": flow.request.pretty_url,
+            "headers": [{"name": k, "value": v} for k, v in flow.request.headers.items(multi=True)
+                        if k.lower() not in ("authorization", "proxy-authorization")],
+        }})  # fmt: skip
+        await engine.run_inbound(run)
+        if run.response is None and run.injections and not self._secure_destination(flow, rule):
+            await engine.handle_error(run, PolicyError(
+                "apim-mi", f"Refusing to send a managed identity token over plain http:// to {flow.request.host} "
+                           "(set allow_http: true on the rule to allow it).", "InsecureDestination"))  # fmt: skip
+        if run.response is not None:
+            flow.response = flowcontext.make_response(run.response)
+            self._finish(flow, state)
+            return
+        flowcontext.apply_request(context.request, flow)
+        trace.add("backend", "forward-request", {
+            "message": f"Request is being forwarded to the backend service. Timeout set to {run.forward_timeout:g} seconds",
+            "request": {"method": flow.request.method, "url": flow.request.pretty_url},
+        })  # fmt: skip
+        self._record(flow, state)
+
+    def _secure_destination(self, flow: http.HTTPFlow, rule: Rule) -> bool:
+        return flow.request.scheme == "https" or rule.allow_http or flowcontext.is_loopback(flow.request.host)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The earliest point after the request went upstream: take the token out of the flow."""
+        state = self._flows.get(flow.id)
+        if state is not None:
+            self._redact(flow, state)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.get(flow.id)
+        if state is None:
+            return
+        try:
+            run = state.run
+            if flow.response is not None and run.error is None and run.response is None:
+                run.trace.add("backend", "forward-request", {"response": {
+                    "status": {"code": flow.response.status_code, "reason": flow.response.reason},
+                    "headers": [{"name": k, "value": v} for k, v in flow.response.headers.items(multi=True)],
+                }})  # fmt: skip
+                if run.policy.sections.get("outbound"):
+                    run.context.response = flowcontext.response_from_flow(flow.response)
+                    await engine.run_outbound(run)
+                    if run.response is not None:
+                        flow.response = flowcontext.make_response(run.response)
+                    else:
+                        flowcontext.apply_response(run.context.response, flow)
+                run.trace.add("outbound", "transfer-response", {"message": "Response has been sent to the caller in full"})
+        except Exception as e:
+            log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
+            flow.response = _apim_500(state.run.context.request_id)
+            state.summary["outcome"] = f"failed: internal error {e!r}"
+        finally:
+            self._finish(flow, state)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        state = self._flows.get(flow.id)
+        if state is not None:
+            self._finish(flow, state)
+
+    def _finish(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        self._redact(flow, state)
+        self._record(flow, state)
+        self._flows.pop(flow.id, None)
+
+    def _redact(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        if state.redacted or not ctx.options.mi_redact:
+            return
+        secrets = state.run.trace.secrets
+        for inj in state.run.injections:
+            values = flow.request.headers.get_all(inj.header)
+            if values:
+                flow.request.headers.set_all(inj.header, [scrub(v, secrets) for v in values])
+        state.redacted = True
+
+    def _record(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """Summary into flow.comment/metadata and one log line (never a token)."""
+        run = state.run
+        elapsed_ms = (time.perf_counter() - state.started) * 1000
+        if run.error is not None:
+            outcome = f"failed ({run.error.reason or run.error.source})"
+            flow.marked = ":x:"
+        elif run.injections:
+            outcome = "token added to " + ", ".join(sorted({i.header for i in run.injections}))
+        elif run.token_failures:
+            outcome = "no token (ignore-error), forwarded unchanged"
+        else:
+            outcome = "policy applied"
+        claims = next((i.claims for i in run.injections if i.claims), {})
+        identity = next((i.identity for i in run.injections if i.identity), "")
+        summary = {
+            "rule": run.rule_name, "outcome": outcome, "identity": identity, "aud": claims.get("aud", ""),
+            "exp": claims.get("exp"), "elapsed_ms": round(elapsed_ms, 3), "warnings": list(run.warnings),
+            "requestId": run.context.request_id,
+        }  # fmt: skip
+        first = not state.summary
+        state.summary = summary
+        meta: dict[str, Any] = {"summary": summary}
+        if ctx.options.mi_trace:
+            meta["trace"] = run.trace.to_json()
+        flow.metadata[METADATA_KEY] = scrub(meta, run.trace.secrets)
+        aud = f" aud={summary['aud']}" if summary["aud"] else ""
+        flow.comment = f"apim-mi [{run.rule_name}] {identity or '-'}{aud}: {outcome} ({elapsed_ms:.1f} ms)"
+        if first:
+            if run.error is not None:
+                self.counters["failed"] += 1
+                cause = run.token_failures[-1] if run.token_failures else run.error.message
+                log.warning("apim-mi: %s %s [%s] failed closed: %s", flow.request.method, flow.request.pretty_url,
+                            run.rule_name, scrub(cause, run.trace.secrets))
+            elif run.injections:
+                self.counters["injected"] += 1
+                log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, flow.request.pretty_url,
+                         run.rule_name, identity or "-", aud, outcome)
+            else:
+                log.info("apim-mi: %s %s [%s] %s", flow.request.method, flow.request.pretty_url, run.rule_name,
+                         outcome)
+
+    def _fail_closed(self, flow: http.HTTPFlow, rule: Rule | None, reason: str) -> None:
+        self.counters["failed"] += 1
+        request_id = str(uuid.uuid4())
+        flow.response = _apim_500(request_id)
+        flow.marked = ":x:"
+        flow.comment = f"apim-mi [{rule.name if rule else '?'}]: failed closed: {reason}"
+        flow.metadata[METADATA_KEY] = {"summary": {"rule": rule.name if rule else "", "outcome": "failed closed",
+                                                   "error": reason, "requestId": request_id}}
+        state = self._flows.pop(flow.id, None)
+        if state is not None:
+            self._redact(flow, state)
+        log.error("apim-mi: %s %s failed closed: %s", flow.request.method, flow.request.pretty_url, reason)
+
+    # -- commands ---------------------------------------------------------------------------------------------
+
+    @command.command("mi.status")
+    def status(self) -> str:
+        """Cached tokens (identity, resource, expiry, source, hits; never the token) and counters, as JSON."""
+        tokens = self.tokens.status() if self.tokens is not None else []
+        provider = dict(self.tokens.counters) if self.tokens is not None else {}
+        return json.dumps({"tokens": tokens, "counters": {**self.counters, **provider}}, indent=2)
+
+    @command.command("mi.flush")
+    def flush(self) -> str:
+        """Forget every cached token."""
+        n = self.tokens.flush() if self.tokens is not None else 0
+        log.info("apim-mi: flushed %d cached token(s)", n)
+        return f"flushed {n} token(s)"
+
+    @command.command("mi.reload")
+    def reload_command(self) -> str:
+        """Re-read the rules file now (a broken file keeps the last good rules)."""
+        return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _apim_500(request_id: str) -> http.Response:
+    body = {"statusCode": 500, "message": "Internal server error", "activityId": request_id}
+    return http.Response.make(500, json.dumps(body, indent=4), {"Content-Type": "application/json; charset=utf-8"})
+
+
+def _error_response(status: int, message: str) -> http.Response:
+    return http.Response.make(
+        status, json.dumps({"statusCode": status, "message": message}), {"Content-Type": "application/json"}
+    )
+
+
+__all__ = ["REDACTED", "ApimMi"]
