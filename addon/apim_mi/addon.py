@@ -79,6 +79,7 @@ class ApimMi:
         self._ready: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
+        self._settings: dict[str, Any] = {}
 
     # -- options ---------------------------------------------------------------------------------------------
 
@@ -275,11 +276,14 @@ class ApimMi:
         if self.emulator is not None:
             await self.emulator.stop()
 
-    def done(self) -> None:
-        with contextlib.suppress(RuntimeError):
+    def done(self) -> asyncio.Task[None] | None:
+        """Sync on purpose: a script reload calls ``done`` synchronously. At shutdown mitmproxy awaits what a hook
+        returns, so returning the cleanup task closes the credentials before the loop ends."""
+        try:
             loop = asyncio.get_running_loop()
-            if not loop.is_closed():
-                loop.create_task(self._shutdown())
+        except RuntimeError:
+            return None
+        return loop.create_task(self._shutdown())
 
     # -- flows ------------------------------------------------------------------------------------------------
 
