@@ -55,6 +55,9 @@ class Statement:
     attrs: dict[str, Value] = field(default_factory=dict)
     text: Value | None = None
     children: list[Statement] = field(default_factory=list)
+    #: The scope whose document the statement was written in ("global" … "operation"; "" when unknown). Survives
+    #: composition, so the engine can fill ``context.LastError.Scope`` and the effective-policy dump its markers.
+    scope: str = ""
 
     @property
     def policy_id(self) -> str:
@@ -87,6 +90,11 @@ class Policy:
 
     source: str
     sections: dict[str, list[Statement]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
+    #: The scope the document was written at ("" when unknown); a composed policy has the innermost one.
+    scope: str = ""
+    #: Sections the document did not write at all. ``sections`` still has an (empty) list for them; composition
+    #: treats them as ``<base/>`` (apim.md §1.3), unlike a written but empty section.
+    absent: frozenset[str] = frozenset()
 
     def statements(self) -> list[Statement]:
         """Every statement of every section, nested ones included."""

@@ -1,0 +1,485 @@
+"""What APIM's policy reference says about each policy element, as data (research/apim.md §1.4, §2, §3).
+
+The loader validates documents against it, the engine reads attribute defaults from it (``default_of``), and the docs
+are generated from it, so the three never disagree. A policy that is not listed here still loads (it fails when
+executed); one that is listed with ``supported=False`` loads with section checks only.
+
+Shape::
+
+    CATALOG: Mapping[str, ElementSpec]           # top-level policies by element name
+    ElementSpec(name, sections, attributes: {name: AttributeSpec}, body, children: (ChildSpec, ...), ordered, ...)
+    AttributeSpec(name, required, default, expressions, datatype, choices)
+    ChildSpec(spec: ElementSpec, min, max)       # structured child elements (send-request's set-url, <value>, ...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+from .model import SECTIONS
+
+ALL_SECTIONS: frozenset[str] = frozenset(SECTIONS)
+INBOUND = frozenset({"inbound"})
+NOT_ON_ERROR = frozenset({"inbound", "backend", "outbound"})
+
+#: APIM's list of policies allowed in on-error (apim.md §1.4). ``base`` and ``include-fragment`` go anywhere.
+ON_ERROR_ALLOWED: frozenset[str] = frozenset(
+    {
+        "choose", "set-variable", "find-and-replace", "return-response", "set-header", "set-method", "set-status",
+        "send-request", "send-one-way-request", "log-to-eventhub", "json-to-xml", "xml-to-json", "limit-concurrency",
+        "mock-response", "retry", "trace", "base", "include-fragment",
+    }
+)  # fmt: skip
+
+XSD = "http://www.w3.org/2001/XMLSchema"
+
+
+class Datatype(StrEnum):
+    STRING = "string"
+    INT = "int"
+    BOOL = "boolean"
+    ENUM = "enum"
+
+
+class Body(StrEnum):
+    """What may sit between an element's tags."""
+
+    EMPTY = "empty"  # nothing (whitespace and comments only)
+    TEXT = "text"  # a value: literal text, or an expression when ``text_expressions``
+    ELEMENTS = "elements"  # the structured children listed in ``children``
+    STATEMENTS = "statements"  # policy statements, checked against the enclosing section (when, otherwise, retry)
+    ANY = "any"  # not described (unsupported policies): anything loads
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One attribute as the policy reference describes it."""
+
+    name: str
+    required: bool = False
+    default: str | None = None
+    expressions: bool = True
+    datatype: Datatype = Datatype.STRING
+    choices: tuple[str, ...] = ()  # for ENUM, compared case-insensitively
+    doc: str = ""
+
+    def check_literal(self, value: str) -> str | None:
+        """APIM's datatype complaint about a literal value, or None when it is fine."""
+        v = value.strip()
+        if self.datatype is Datatype.INT:
+            try:
+                int(v)
+            except ValueError:
+                return (
+                    f"The '{self.name}' attribute is invalid - The value '{value}' is invalid according to its "
+                    f"datatype '{XSD}:int' - The string '{value}' is not a valid Int32 value."
+                )
+        elif self.datatype is Datatype.BOOL:
+            if v.lower() not in ("true", "false"):
+                return (
+                    f"The '{self.name}' attribute is invalid - The value '{value}' is invalid according to its "
+                    f"datatype '{XSD}:boolean' - The string '{value}' is not a valid Boolean value."
+                )
+        elif self.datatype is Datatype.ENUM and v.lower() not in self.choices:
+            allowed = ", ".join(f"'{c}'" for c in self.choices)
+            return (
+                f"The '{self.name}' attribute is invalid - The value '{value}' is invalid according to its datatype "
+                f"- The Enumeration constraint failed. Allowed values: {allowed}."
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    spec: ElementSpec
+    min: int = 0
+    max: int | None = 1
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(frozen=True)
+class ElementSpec:
+    """A policy (or a child element of one)."""
+
+    name: str
+    sections: frozenset[str] = ALL_SECTIONS
+    attributes: Mapping[str, AttributeSpec] = field(default_factory=dict)
+    body: Body = Body.EMPTY
+    text_expressions: bool = True
+    markup_text: bool = False  # set-body: child elements are the body's own XML (Liquid templates)
+    legacy_text: bool = False  # ELEMENTS body that may instead be plain text (old trace syntax)
+    children: tuple[ChildSpec, ...] = ()
+    ordered: bool = False
+    one_of: tuple[tuple[str, ...], ...] = ()  # groups where exactly one attribute must be present
+    closed: bool = True  # undeclared attributes are errors
+    supported: bool = True  # the engine runs it
+    summary: str = ""
+
+    def attribute(self, name: str) -> AttributeSpec | None:
+        return self.attributes.get(name)
+
+    def child(self, name: str) -> ChildSpec | None:
+        return next((c for c in self.children if c.name == name), None)
+
+
+def _attrs(*specs: AttributeSpec) -> Mapping[str, AttributeSpec]:
+    return MappingProxyType({s.name: s for s in specs})
+
+
+def _bool(name: str, default: str | None = "false", *, expressions: bool = False, doc: str = "") -> AttributeSpec:
+    return AttributeSpec(name, default=default, expressions=expressions, datatype=Datatype.BOOL, doc=doc)
+
+
+def _int(name: str, default: str | None = None, *, expressions: bool = True, required: bool = False) -> AttributeSpec:
+    return AttributeSpec(name, required=required, default=default, expressions=expressions, datatype=Datatype.INT)
+
+
+def _enum(name: str, choices: tuple[str, ...], default: str | None, *, expressions: bool = True) -> AttributeSpec:
+    return AttributeSpec(name, default=default, expressions=expressions, datatype=Datatype.ENUM, choices=choices)
+
+
+EXISTS_ACTIONS = ("override", "skip", "append", "delete")
+
+VALUE = ElementSpec("value", body=Body.TEXT)
+
+# --- children shared by send-request / return-response ------------------------------------------------------------
+
+SET_HEADER = ElementSpec(
+    "set-header",
+    attributes=_attrs(
+        AttributeSpec("name", required=True),
+        _enum("exists-action", EXISTS_ACTIONS, "override"),
+    ),
+    body=Body.ELEMENTS,
+    children=(ChildSpec(VALUE, max=None),),
+    summary="Sets, appends, skips or deletes an HTTP header of the request (inbound/backend) or response.",
+)
+SET_BODY = ElementSpec(
+    "set-body",
+    sections=NOT_ON_ERROR,
+    attributes=_attrs(
+        _enum("template", ("liquid", "none"), "none", expressions=False),
+        _enum("xsi-nil", ("blank", "null"), "blank", expressions=False),
+        _bool("parse-date", "true"),
+    ),
+    body=Body.TEXT,
+    markup_text=True,
+    summary="Sets the message body (literal, expression, or Liquid template).",
+)
+SET_STATUS = ElementSpec(
+    "set-status",
+    attributes=_attrs(_int("code", required=True), AttributeSpec("reason")),
+    summary="Sets the HTTP status code and reason.",
+)
+SET_METHOD = ElementSpec(
+    "set-method",
+    sections=frozenset({"inbound", "on-error"}),
+    body=Body.TEXT,
+    text_expressions=True,
+    summary="Sets the HTTP method.",
+)
+SET_URL = ElementSpec("set-url", body=Body.TEXT, summary="The side request's absolute URL.")
+AUTH_MI = ElementSpec(
+    "authentication-managed-identity",
+    sections=INBOUND,
+    attributes=_attrs(
+        AttributeSpec("resource", required=True, doc="Application ID URI / resource of the target API."),
+        AttributeSpec("client-id", expressions=False, doc="User-assigned identity; absent = system-assigned."),
+        AttributeSpec("output-token-variable-name", expressions=False),
+        _bool("ignore-error", "false"),
+        AttributeSpec("authentication-provider", expressions=False),
+    ),
+    summary="Gets a Microsoft Entra token with the managed identity and sets Authorization: Bearer.",
+)
+AUTH_CERT = ElementSpec(
+    "authentication-certificate",
+    sections=INBOUND,
+    attributes=_attrs(
+        AttributeSpec("thumbprint"), AttributeSpec("certificate-id"), AttributeSpec("body"), AttributeSpec("password")
+    ),
+    supported=False,
+    summary="Selects the TLS client certificate for the backend connection.",
+)
+PROXY = ElementSpec(
+    "proxy",
+    sections=INBOUND,
+    attributes=_attrs(AttributeSpec("url", required=True), AttributeSpec("username"), AttributeSpec("password")),
+    supported=False,
+    summary="Routes the request through an HTTP proxy.",
+)
+
+SEND_REQUEST = ElementSpec(
+    "send-request",
+    attributes=_attrs(
+        _enum("mode", ("new", "copy"), "new"),
+        AttributeSpec("response-variable-name"),
+        _int("timeout", "60"),
+        _bool("ignore-error", "false"),
+    ),
+    body=Body.ELEMENTS,
+    children=(
+        ChildSpec(SET_URL),
+        ChildSpec(SET_METHOD),
+        ChildSpec(SET_HEADER, max=None),
+        ChildSpec(SET_BODY),
+        ChildSpec(AUTH_CERT),
+        ChildSpec(AUTH_MI),
+        ChildSpec(PROXY),
+    ),
+    summary="Sends a side request and stores the IResponse in a context variable.",
+)
+
+RETURN_RESPONSE = ElementSpec(
+    "return-response",
+    attributes=_attrs(AttributeSpec("response-variable-name", expressions=False)),
+    body=Body.ELEMENTS,
+    children=(ChildSpec(SET_STATUS), ChildSpec(SET_HEADER, max=None), ChildSpec(SET_BODY)),
+    summary="Stops the pipeline and returns a response to the caller.",
+)
+
+WHEN = ElementSpec(
+    "when",
+    attributes=_attrs(AttributeSpec("condition", required=True, datatype=Datatype.BOOL)),
+    body=Body.STATEMENTS,
+)
+OTHERWISE = ElementSpec("otherwise", body=Body.STATEMENTS)
+CHOOSE = ElementSpec(
+    "choose",
+    body=Body.ELEMENTS,
+    children=(ChildSpec(WHEN, min=1, max=None), ChildSpec(OTHERWISE)),
+    ordered=True,
+    summary="Runs the statements of the first <when> whose condition is true, else <otherwise>.",
+)
+
+TRACE = ElementSpec(
+    "trace",
+    sections=ALL_SECTIONS,  # the trace page says inbound/outbound/backend; the on-error page lists it too
+    attributes=_attrs(
+        AttributeSpec("source", required=True, expressions=False),
+        _enum("severity", ("verbose", "information", "error"), "verbose", expressions=False),
+    ),
+    body=Body.ELEMENTS,
+    legacy_text=True,  # the older form: <trace source="x">message text or expression</trace>
+    children=(
+        ChildSpec(ElementSpec("message", body=Body.TEXT)),
+        ChildSpec(ElementSpec("metadata", attributes=_attrs(AttributeSpec("name"), AttributeSpec("value"))), max=None),
+    ),
+    summary="Adds a custom entry to the request trace.",
+)
+
+CHECK_HEADER = ElementSpec(
+    "check-header",
+    sections=INBOUND,
+    attributes=_attrs(
+        AttributeSpec("name", required=True),
+        _int("failed-check-httpcode", required=True),
+        AttributeSpec("failed-check-error-message", required=True),
+        AttributeSpec("ignore-case", required=True, datatype=Datatype.BOOL),
+    ),
+    body=Body.ELEMENTS,
+    children=(ChildSpec(VALUE, max=None),),
+    summary="Rejects the request unless a header is present (with one of the listed values).",
+)
+
+CLAIM = ElementSpec(
+    "claim",
+    attributes=_attrs(
+        AttributeSpec("name", required=True),
+        _enum("match", ("all", "any"), "all"),
+        AttributeSpec("separator"),
+    ),
+    body=Body.ELEMENTS,
+    children=(ChildSpec(VALUE, max=None),),
+)
+
+
+def _list(name: str, item: ElementSpec) -> ElementSpec:
+    return ElementSpec(name, body=Body.ELEMENTS, children=(ChildSpec(item, max=None),))
+
+
+VALIDATE_JWT = ElementSpec(
+    "validate-jwt",
+    sections=INBOUND,
+    attributes=_attrs(
+        AttributeSpec("header-name"),
+        AttributeSpec("query-parameter-name"),
+        AttributeSpec("token-value"),
+        _int("failed-validation-httpcode", "401"),
+        AttributeSpec("failed-validation-error-message"),
+        _bool("require-expiration-time", "true", expressions=True),
+        AttributeSpec("require-scheme"),
+        _bool("require-signed-tokens", "true", expressions=True),
+        _int("clock-skew", "0"),
+        AttributeSpec("output-token-variable-name", expressions=False),
+    ),
+    one_of=(("header-name", "query-parameter-name", "token-value"),),
+    body=Body.ELEMENTS,
+    children=(
+        ChildSpec(
+            ElementSpec(
+                "openid-config",
+                attributes=_attrs(AttributeSpec("url", required=True), _bool("validate-connectivity", None)),
+            ),
+            max=None,
+        ),
+        ChildSpec(
+            _list(
+                "issuer-signing-keys",
+                ElementSpec(
+                    "key",
+                    attributes=_attrs(
+                        AttributeSpec("id"), AttributeSpec("certificate-id"), AttributeSpec("n"), AttributeSpec("e")
+                    ),
+                    body=Body.TEXT,
+                ),
+            )
+        ),
+        ChildSpec(_list("decryption-keys", ElementSpec("key", closed=False, body=Body.TEXT))),
+        ChildSpec(_list("audiences", ElementSpec("audience", body=Body.TEXT))),
+        ChildSpec(_list("issuers", ElementSpec("issuer", body=Body.TEXT))),
+        ChildSpec(_list("required-claims", CLAIM)),
+    ),
+    summary="Validates a JWT in the request (signature via OpenID config/JWKS or keys, audience, issuer, claims).",
+)
+
+_SUPPORTED: tuple[ElementSpec, ...] = (
+    AUTH_MI,
+    SET_HEADER,
+    ElementSpec(
+        "set-variable",
+        attributes=_attrs(
+            AttributeSpec("name", required=True, expressions=False), AttributeSpec("value", required=True)
+        ),
+        summary="Stores a value (literal = string) in context.Variables.",
+    ),
+    CHOOSE,
+    SEND_REQUEST,
+    RETURN_RESPONSE,
+    ElementSpec(
+        "set-backend-service",
+        sections=frozenset({"inbound", "backend"}),
+        attributes=_attrs(
+            AttributeSpec("base-url"),
+            AttributeSpec("backend-id"),
+            AttributeSpec("sf-resolve-condition"),
+            AttributeSpec("sf-service-instance-name"),
+            AttributeSpec("sf-partition-key"),
+            AttributeSpec("sf-listener-name"),
+        ),
+        one_of=(("base-url", "backend-id"),),
+        summary="Changes the backend base URL of the request.",
+    ),
+    ElementSpec(
+        "forward-request",
+        sections=frozenset({"backend"}),
+        attributes=_attrs(
+            _int("timeout", "300"),
+            _int("timeout-ms"),
+            _int("continue-timeout"),
+            _enum("http-version", ("1", "2or1", "2"), "1", expressions=False),
+            _bool("follow-redirects", "false", expressions=True),
+            _bool("buffer-request-body", "false"),
+            _bool("buffer-response", "true"),
+            _bool("fail-on-error-status-code", "false"),
+        ),
+        summary="Sends the request to the backend; without it (through <base/>) the backend is not called.",
+    ),
+    CHECK_HEADER,
+    TRACE,
+    ElementSpec(
+        "authentication-basic",
+        sections=INBOUND,
+        attributes=_attrs(AttributeSpec("username", required=True), AttributeSpec("password", required=True)),
+        summary="Sets Authorization: Basic base64(username:password).",
+    ),
+    ElementSpec(
+        "set-query-parameter",
+        sections=frozenset({"inbound", "backend"}),
+        attributes=_attrs(AttributeSpec("name", required=True), _enum("exists-action", EXISTS_ACTIONS, "override")),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(VALUE, max=None),),
+        summary="Sets, appends, skips or deletes a query string parameter.",
+    ),
+    ElementSpec(
+        "rewrite-uri",
+        sections=INBOUND,
+        attributes=_attrs(AttributeSpec("template", required=True), _bool("copy-unmatched-params", "true")),
+        summary="Rewrites the request URL path and query from a template.",
+    ),
+    VALIDATE_JWT,
+    ElementSpec(
+        "include-fragment",
+        attributes=_attrs(AttributeSpec("fragment-id", required=True, expressions=False)),
+        summary="Inserts a policy fragment (expanded when the policy is loaded).",
+    ),
+    ElementSpec("base", summary="The parent scope's statements of this section go here."),
+    SET_STATUS,
+    SET_BODY,
+    SET_METHOD,
+    ElementSpec(
+        "mock-response",
+        sections=frozenset({"inbound", "outbound", "on-error"}),
+        attributes=_attrs(_int("status-code", "200", expressions=False), AttributeSpec("content-type")),
+        supported=False,
+        summary="Returns a mocked response.",
+    ),
+    AUTH_CERT,
+    PROXY,
+)
+
+
+def _unsupported(name: str, sections: frozenset[str], body: Body = Body.ANY) -> ElementSpec:
+    return ElementSpec(name, sections=sections, body=body, closed=False, supported=False)
+
+
+#: Policies the engine does not run, listed for section checks (their reference pages' "Policy sections").
+_KNOWN: tuple[ElementSpec, ...] = (
+    _unsupported("retry", ALL_SECTIONS, Body.STATEMENTS),
+    _unsupported("wait", NOT_ON_ERROR, Body.STATEMENTS),
+    _unsupported("limit-concurrency", ALL_SECTIONS, Body.STATEMENTS),
+    _unsupported("rate-limit", INBOUND),
+    _unsupported("rate-limit-by-key", INBOUND),
+    _unsupported("quota", INBOUND),
+    _unsupported("quota-by-key", INBOUND),
+    _unsupported("ip-filter", INBOUND),
+    _unsupported("cors", INBOUND),
+    _unsupported("cache-lookup", INBOUND),
+    _unsupported("cache-store", frozenset({"outbound"})),
+    _unsupported("cache-lookup-value", ALL_SECTIONS),
+    _unsupported("cache-store-value", ALL_SECTIONS),
+    _unsupported("cache-remove-value", ALL_SECTIONS),
+    _unsupported("find-and-replace", ALL_SECTIONS),
+    _unsupported("log-to-eventhub", ALL_SECTIONS),
+    _unsupported("send-one-way-request", ALL_SECTIONS),
+    _unsupported("json-to-xml", frozenset({"inbound", "outbound", "on-error"})),
+    _unsupported("xml-to-json", frozenset({"inbound", "outbound", "on-error"})),
+)
+
+CATALOG: Mapping[str, ElementSpec] = MappingProxyType({s.name: s for s in (*_SUPPORTED, *_KNOWN)})
+
+
+def allowed_in(spec: ElementSpec, section: str) -> bool:
+    """May this policy be a statement of ``section`` (top level, or in a when/otherwise branch there)?
+
+    The policy's own page ("Policy sections") or the on-error page's list is enough: the snippets use
+    ``cache-lookup-value`` in on-error, which its page allows and the on-error list omits.
+    """
+    return section in spec.sections or (section == "on-error" and spec.name in ON_ERROR_ALLOWED)
+
+
+def default_of(policy: str, attribute: str, child: str | None = None) -> str | None:
+    """The documented default of an attribute (``child`` names a structured child, e.g. send-request/set-url)."""
+    spec = CATALOG.get(policy)
+    if spec is not None and child is not None:
+        c = spec.child(child)
+        spec = c.spec if c else None
+    if spec is None:
+        return None
+    a = spec.attribute(attribute)
+    return a.default if a else None
