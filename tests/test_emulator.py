@@ -6,12 +6,14 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from apim_mi.emulator import (
@@ -43,6 +45,8 @@ from emulator_helpers import (
     running_emulator,
     use_emulator,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 VAULT = "https://vault.azure.net"
@@ -209,6 +213,24 @@ async def test_concurrent_cold_requests_are_fast(em: Emulator, monkeypatch: pyte
         tokens = await asyncio.gather(*(cred.get_token(VAULT) for _ in range(20)))
     assert time.perf_counter() - started < 1.0
     assert len({claims_of(t.token)["uti"] for t in tokens}) == em.token_requests(VAULT) == 20
+
+
+@pytest.fixture(scope="module")
+def thread_emu(signing_key: SigningKey) -> Iterator[EmulatorThread]:
+    with EmulatorThread(key=signing_key) as emu:
+        yield emu
+
+
+@settings(max_examples=60, deadline=None)
+@given(resource=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=40))
+def test_any_resource_is_the_audience_verbatim(thread_emu: EmulatorThread, resource: str) -> None:
+    """No normalisation of any kind: case, slashes, spaces and unicode come back exactly as requested."""
+    with httpx.Client(trust_env=False) as client:
+        reply = client.get(f"{thread_emu.url}/metadata/identity/oauth2/token", headers={"Metadata": "true"},
+                           params={"api-version": "2018-02-01", "resource": resource})  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["resource"] == resource
+    assert claims_of(reply.json()["access_token"])["aud"] == resource
 
 
 # -- errors azure-identity must surface ---------------------------------------------------------------------------
@@ -445,6 +467,8 @@ async def test_admin_api(em: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await post_json(f"{admin}/reset", {}))[0] == 200
     _, _, stats = await get_json(f"{admin}/stats")
     assert stats["total_requests"] == 0 and stats["faults_pending"] == [] and stats["issued_tokens"] == []
+    _, _, config = await get_json(f"{admin}/config")
+    assert (config["token_lifetime"], config["resources"], config["refresh_in"]) == (3600, None, None)
 
 
 async def test_refresh_in_reaches_azure_identity(em: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -505,6 +529,11 @@ def test_cli_serves_and_stops_cleanly(tmp_path: Path) -> None:
 
 
 def test_cli_errors_return_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert emulator_main(["--port", str(busy.getsockname()[1])]) == 1
+    assert "cannot listen on" in capsys.readouterr().err
     assert emulator_main(["--bogus"]) == 2
     assert emulator_main(["--host", "0.0.0.0", "--port", "0"]) == 2
     assert "non-loopback" in capsys.readouterr().err

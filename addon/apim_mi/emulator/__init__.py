@@ -25,7 +25,8 @@ Admin API (answers loopback clients only; 403 otherwise):
   configuration (400 on invalid values)
 * ``POST /_emulator/faults`` -- a JSON list of fault specs (or one spec; see :mod:`apim_mi.emulator.faults`) appended
   to the queue; ``DELETE /_emulator/faults`` clears it
-* ``POST /_emulator/reset`` -- forget counters, request log, issued tokens and pending faults
+* ``POST /_emulator/reset`` -- forget counters, request log, issued tokens and pending faults, and undo runtime
+  configuration changes (back to the configuration the emulator was created with)
 
 Counters: ``total_requests`` counts every request to a token endpoint; ``token_requests[(identity, resource)]``
 counts only those that passed the protocol's header check (so a chain probe without ``Metadata`` is not a token

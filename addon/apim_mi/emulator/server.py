@@ -199,6 +199,7 @@ class Emulator:
 
     def __init__(self, config: EmulatorConfig | None = None, *, key: SigningKey | None = None) -> None:
         self._config = config or EmulatorConfig()
+        self._initial_config = self._config
         if key is None:
             key = SigningKey.load_or_create(self._config.key_path) if self._config.key_path else SigningKey.generate()
         self._key = key
@@ -330,7 +331,10 @@ class Emulator:
         return self._config
 
     def reset(self) -> None:
-        """Forget counters, logs, issued tokens and pending faults (keeps config, key and secret)."""
+        """Back to the state after start: counters, logs, issued tokens and faults cleared, and runtime
+        :meth:`configure` changes undone (key, secret and identities stay), so one shared emulator can serve many
+        tests without one test's lifetime or resource list leaking into the next."""
+        self._config = self._initial_config
         self._state = _State(self._config.log_limit)
         self._faults.clear()
 
