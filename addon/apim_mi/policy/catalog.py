@@ -232,6 +232,7 @@ SEND_REQUEST = ElementSpec(
         ChildSpec(AUTH_MI),
         ChildSpec(PROXY),
     ),
+    ordered=True,  # "Set the policy's elements and child elements in the order provided in the policy statement"
     summary="Sends a side request and stores the IResponse in a context variable.",
 )
 

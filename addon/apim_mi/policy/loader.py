@@ -29,6 +29,7 @@ from ..errors import LoadError, Location, PolicyError
 from . import rawxml
 from .catalog import CATALOG, Body, ChildSpec, ElementSpec, allowed_in
 from .model import SECTIONS, CompiledExpression, ExpressionCompiler, Policy, Statement, Value
+from .rawxml import PolicyLoadError
 
 SCOPES: tuple[str, ...] = ("global", "workspace", "product", "api", "operation")
 FRAGMENT_MAX_BYTES = 32 * 1024
@@ -46,17 +47,6 @@ __all__ = [
     "load_policy_file",
     "load_policy_text",
 ]
-
-
-class PolicyLoadError(LoadError):
-    """A validation error worded like APIM's; ``str()`` is ``file: Error in element 'x' on line L, column C: …``.
-
-    ``location`` still carries the exact file:line:column (LoadError's contract); only the text avoids repeating it.
-    """
-
-    def __init__(self, location: Location, message: str) -> None:
-        super().__init__(location, message)
-        self.args = (f"{location.file}: {message}",)
 
 
 def _element_error(element: str, loc: Location, reason: str, at: Location | None = None) -> PolicyLoadError:
@@ -199,23 +189,21 @@ class _Builder:
         raw_attrs = {a.name: a for a in tag.attributes} if tag else {}
         for key, value in el.attrib.items():
             aname = etree.QName(key).localname if "}" in key else key
-            node.attrs.append(self._attribute(aname, value, raw_attrs.get(aname), loc))
+            node.attrs.append(self._attribute(aname, value, raw_attrs.get(aname), node))
         element_children = [c for c in el if isinstance(c.tag, str)]
         node.children = [self._node(c, positions) for c in element_children]
         self._text(el, node, tag, bool(element_children))
         return node
 
-    def _attribute(self, name: str, parsed: str, raw: rawxml.RawAttribute | None, loc: Location) -> _Attr:
+    def _attribute(self, name: str, parsed: str, raw: rawxml.RawAttribute | None, owner: _Node) -> _Attr:
         if raw is None:
             text, _ = rawxml.restore(parsed, self.spans)
-            return _Attr(name, loc, text, rawxml.whole_expression(text))
+            return _Attr(name, owner.location, text, _is_expression([text], owner.location, owner))
         raw_text = self.substituted[raw.value_start : raw.value_end]
         lead = len(raw_text) - len(raw_text.lstrip())
         vloc = self.locate(raw.value_start + lead)
         stripped = raw_text.strip()
-        if stripped[:2] in ("@(", "@{") and (
-            _whole_raw(stripped) or rawxml.whole_expression(rawxml.xml_unescape(stripped))
-        ):
+        if _is_expression([stripped, rawxml.xml_unescape(stripped)], vloc, owner):
             # the raw text keeps the newlines XML attribute normalisation would turn into spaces
             return _Attr(name, vloc, rawxml.xml_unescape(stripped), True)
         text, _ = rawxml.restore(parsed, self.spans)
@@ -244,16 +232,42 @@ class _Builder:
             return
         text, _ = rawxml.restore(joined, self.spans)
         node.text = text
-        if rawxml.whole_expression(text):
+        if _is_expression([text.strip()], node.text_location, node):
             node.text = text.strip()
             node.text_is_expression = True
 
 
-def _whole_raw(stripped: str) -> bool:
-    try:
-        return rawxml.scan_expression(stripped) == len(stripped)
-    except rawxml.ScanError:
+def _is_expression(candidates: list[str], loc: Location, owner: _Node) -> bool:
+    """Is the value (raw, or XML-decoded) exactly one ``@(…)``/``@{…}`` span?
+
+    A value that starts like an expression but never closes is an error rather than a literal: APIM would try to
+    compile it, and a silent literal would hide the typo until run time. ``@(a) + @(b)`` stays a literal (§1.2).
+    """
+    first: rawxml.ScanError | None = None
+    for value in candidates:
+        v = value.strip()
+        if v[:2] not in ("@(", "@{"):
+            return False
+        try:
+            if rawxml.scan_expression(v) == len(v):
+                return True
+        except rawxml.ScanError as e:
+            first = first or e
+            continue
         return False
+    if first is None:
+        return False
+    at = _advance(loc, candidates[0].strip(), first.offset)
+    raise _element_error(owner.name, owner.location, _with_position(first.reason, at), at)
+
+
+def _advance(loc: Location, text: str, offset: int) -> Location:
+    """``loc`` moved forward over ``text[:offset]``."""
+    before = text[:offset]
+    newlines = before.count("\n")
+    if newlines:
+        return Location(loc.file, loc.line + newlines, len(before) - before.rfind("\n"))
+    return Location(loc.file, loc.line, loc.column + offset)
 
 
 # ------------------------------------------------------------------------------------------ statements + checks
@@ -428,21 +442,22 @@ class _Loader:
         out: list[Statement] = []
         counts: dict[str, int] = {}
         last = -1
-        expected = ", ".join(f"'{c.name}'" for c in spec.children)
         for child in node.children:
             position = next((i for i, c in enumerate(spec.children) if c.name == child.name), -1)
             cspec: ChildSpec | None = spec.children[position] if position >= 0 else None
             count = counts.get(child.name, 0) + 1
             too_many = cspec is not None and cspec.max is not None and count > cspec.max
             if cspec is None or too_many or (spec.ordered and position < last):
-                possible = expected
-                if cspec is not None and spec.ordered:
-                    possible = ", ".join(f"'{c.name}'" for c in spec.children[max(last, 0) :] if c.name != child.name)
+                possible = ", ".join(
+                    f"'{c.name}'"
+                    for i, c in enumerate(spec.children)
+                    if (i >= last or not spec.ordered) and (c.max is None or counts.get(c.name, 0) < c.max)
+                )
                 raise _element_error(
                     child.name,
                     child.location,
-                    f"The element '{node.name}' has invalid child element '{child.name}'. "
-                    f"List of possible elements expected: {possible or expected}.",
+                    f"The element '{node.name}' has invalid child element '{child.name}'."
+                    + (f" List of possible elements expected: {possible}." if possible else ""),
                 )
             counts[child.name] = count
             last = max(last, position)
@@ -696,6 +711,8 @@ def effective_policy_xml(policy: Policy, *, indent: str = "    ") -> str:
     """
     rank = {s: i for i, s in enumerate(SCOPES)}
     own = policy.scope or "api"
+    # only scopes that contributed statements get markers (an intermediate scope without a document has none)
+    chain = {s.scope for sec in SECTIONS for s in policy.sections.get(sec, [])} | {own}
     lines = ["<policies>"]
     for section in SECTIONS:
         statements = policy.sections.get(section, [])
@@ -706,7 +723,8 @@ def effective_policy_xml(policy: Policy, *, indent: str = "    ") -> str:
         open_scopes: list[str] = []  # broader scopes currently open, outermost first
         for stmt in statements:
             scope = stmt.scope or own
-            wanted = [s for s in SCOPES if rank[scope] <= rank[s] < rank[own]][::-1] if scope in rank else []
+            wanted = [s for s in SCOPES if s in chain and rank[scope] <= rank[s] < rank[own]][::-1]
+            wanted = wanted if scope in rank else []
             while open_scopes and open_scopes != wanted[: len(open_scopes)]:
                 closing = open_scopes.pop()
                 lines.append(f"{indent * (2 + len(open_scopes))}<!-- base: End {_SCOPE_LABEL[closing]} scope -->")

@@ -105,6 +105,17 @@ def normalize_newlines(text: str) -> str:
 # ---------------------------------------------------------------------------------------------------------- errors
 
 
+class PolicyLoadError(LoadError):
+    """A validation error worded like APIM's; ``str()`` is ``file: Error in element 'x' on line L, column C: …``.
+
+    ``location`` still carries the exact file:line:column (LoadError's contract); only the text avoids repeating it.
+    """
+
+    def __init__(self, location: Location, message: str) -> None:
+        super().__init__(location, message)
+        self.args = (f"{location.file}: {message}",)
+
+
 class ScanError(LoadError):
     """The raw policy text cannot be split into XML and expressions (unterminated expression, string, comment).
 
@@ -180,7 +191,7 @@ def substitute_named_values(
         if value is None:
             prefix = describe(ref.start) if describe else ""
             loc = locate(ref.start)
-            raise LoadError(
+            raise PolicyLoadError(
                 loc, f"{prefix}Named value '{ref.name}' is not defined (line {loc.line}, column {loc.column})."
             )
         chunk = text[pos : ref.start]
