@@ -39,6 +39,9 @@ import aiohttp
 import jwt
 from aiohttp import web
 
+from .emulator.config import DEFAULT_TENANT_ID
+from .emulator.loopthread import LoopThread
+
 log = logging.getLogger("apim_mi.backend")
 
 DEFAULT_PORT = 8480
@@ -296,8 +299,8 @@ class DemoBackend:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         scheme = "https" if ssl is not None else "http"
-        shown = host if host == "localhost" else bound_host
-        self._url = f"{scheme}://[{shown}]:{bound_port}" if ":" in shown else f"{scheme}://{shown}:{bound_port}"
+        # The bound address, not the name: "localhost" with port 0 may bind 127.0.0.1 and ::1 on different ports.
+        self._url = f"{scheme}://[{bound_host}]:{bound_port}" if ":" in bound_host else f"{scheme}://{bound_host}:{bound_port}"
         return self._url
 
     async def stop(self) -> None:
@@ -445,8 +448,6 @@ class DemoBackendThread:
         leeway: float = 0,
         name: str = "demo-backend",
     ) -> None:
-        from .emulator.loopthread import LoopThread
-
         self._backend = DemoBackend(jwks_uri, issuer, audiences, leeway=leeway, name=name)
         self._ssl, self._host, self._port, self._allow_remote = ssl, host, port, allow_remote
         self._thread = LoopThread("apim-mi-demo-backend")
@@ -520,8 +521,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def resolve_source(args: argparse.Namespace) -> tuple[str, list[str]]:
     """(jwks_uri, issuers) from ``--emulator``/``--jwks-uri`` and ``--issuer``."""
     if args.emulator:
-        from .emulator.config import DEFAULT_TENANT_ID
-
         tenant = args.tenant or DEFAULT_TENANT_ID
         jwks_uri = f"{args.emulator.rstrip('/')}/{tenant}/discovery/v2.0/keys"
     else:

@@ -228,8 +228,9 @@ class Emulator:
             await runner.cleanup()
             raise
         self._runner = runner
+        # The bound address, not the name: "localhost" with port 0 may bind 127.0.0.1 and ::1 on different ports.
         bound_host, bound_port = runner.addresses[0][:2]
-        self._url = format_url("http", host if host == "localhost" else bound_host, bound_port)
+        self._url = format_url("http", bound_host, bound_port)
         log.info("managed-identity emulator listening on %s (tenant %s)", self._url, self.tenant_id)
         return self._url
 
