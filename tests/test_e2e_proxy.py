@@ -175,7 +175,7 @@ def test_single_flight_cold_cache_and_expiry(tmp_path: Path, emu: Any, backend: 
           - match: {{host: 127.0.0.1}}
             resource: "{DEMO_AUDIENCE}"
     """)
-    md = md_factory(emu, rules, "--mode", f"reverse:{backend.url}", "-q")
+    md = md_factory(emu, rules, "--mode", f"reverse:{backend.url}", "--flow-detail", "0")
 
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=60)

@@ -31,7 +31,7 @@ def test_shorthand_is_an_authentication_managed_identity_policy() -> None:
           - name: a
             match: {host: a.example.com}
             resource: "{{app}}"
-            client_id: 1111
+            client_id: "1111"
     """)
     rule = cfg.rules[0]
     assert cfg.credential == "emulator"
@@ -70,12 +70,12 @@ def test_custom_header_template_uses_a_variable_and_set_header() -> None:
         ("rules:\n  - match: {host: a}\n    resource: r\n    policy: p.xml\n", "rules.yaml:2:5: rules[0]: 'policy' cannot"),
         ("rules:\n  - match: {host: a}\n    resource: r\n    template: Bearer\n", "rules.yaml:4:15: rules[0].template: the template must contain"),
         ("rules:\n  - match: {host: a}\n    resource: r\n    exists_action: replace\n", "rules.yaml:4:20: rules[0].exists_action: 'replace' is not one of"),
-        ("rules:\n  - match: {host: 'a*b'}\n    resource: r\n", "rules.yaml:2:20: rules[0].match.host: bad wildcard"),
-        ("rules:\n  - match: {host: a, path: nope}\n    resource: r\n", "rules.yaml:2:29: rules[0].match.path"),
+        ("rules:\n  - match: {host: 'a*b'}\n    resource: r\n", "rules.yaml:2:19: rules[0].match.host: bad wildcard"),
+        ("rules:\n  - match: {host: a, path: nope}\n    resource: r\n", "rules.yaml:2:28: rules[0].match.path: must start with /"),
         ("rules:\n  - match: {host: a}\n    resource: '{{nope}}'\n", "rules.yaml:3:15: unknown named value '{{nope}}'"),
         ("rules:\n  - match: {host: a\n", "rules.yaml:3:1: YAML syntax error"),
         ("credential: azure\nrules: []\n", "rules.yaml:1:13: credential: 'azure' is not one of"),
-        ("", "rules.yaml: the rules file is empty"),
+        ("", "rules.yaml:1:1: the rules file is empty"),
         ("- 1\n", "rules.yaml:1:1: the rules file must be a mapping"),
         ("rules: []\nrules: []\n", "rules.yaml:2:1: duplicate key 'rules'"),
     ],

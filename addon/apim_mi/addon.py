@@ -7,7 +7,6 @@ APIM's 500 instead of letting mitmproxy forward the request unchanged (which is 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
@@ -334,9 +333,9 @@ class ApimMi:
             self._fail_closed(flow, rule, f"apim-mi is not ready: {e!r}")
             return
         assert self.tokens is not None
-        request_id = str(uuid.uuid4())
+        request_id = uuid.uuid4()
         context = flowcontext.context_from_flow(flow, request_id)
-        trace = Trace(trace_id=request_id.replace("-", ""))
+        trace = Trace(trace_id=request_id.hex)
         services = engine.Services(self.tokens, self._source(rule), settings=self._settings)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
         state = _FlowState(rule, run, time.perf_counter())
@@ -392,7 +391,7 @@ class ApimMi:
                 run.trace.add("outbound", "transfer-response", {"message": "Response has been sent to the caller in full"})
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
-            flow.response = _apim_500(state.run.context.request_id)
+            flow.response = _apim_500(str(state.run.context.request_id))
             state.summary["outcome"] = f"failed: internal error {e!r}"
         finally:
             self._finish(flow, state)
@@ -435,7 +434,7 @@ class ApimMi:
         summary = {
             "rule": run.rule_name, "outcome": outcome, "identity": identity, "aud": claims.get("aud", ""),
             "exp": claims.get("exp"), "elapsed_ms": round(elapsed_ms, 3), "warnings": list(run.warnings),
-            "requestId": run.context.request_id,
+            "requestId": str(run.context.request_id),
         }  # fmt: skip
         first = not state.summary
         state.summary = summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from typing import TYPE_CHECKING
 
 from .matcher import RequestTarget, normalize_path
@@ -31,7 +32,7 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
-def context_from_flow(flow: http.HTTPFlow, request_id: str) -> Context:
+def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
     req = flow.request
     url = Url.parse(req.url)
     peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"

@@ -170,6 +170,8 @@ def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError
         return LoadError(pos.at(path), f"{where}: {err.instance!r} is not one of: {choices}")
     if err.validator == "pattern" and path and path[-1] == "template":
         return LoadError(pos.at(path), f"{where}: the template must contain the placeholder {{token}}")
+    if err.validator == "pattern" and path and path[-1] == "path":
+        return LoadError(pos.at(path), f"{where}: must start with / (got {err.instance!r})")
     if err.validator == "oneOf" and path and path[-2:-1] == ("rules",):
         return LoadError(pos.at(path), f"{where}: {_shorthand_conflict(err.instance)}")
     return LoadError(pos.at(path), f"{where}: {err.message}")

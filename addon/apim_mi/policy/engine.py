@@ -217,7 +217,7 @@ def internal_server_error(context: Context) -> Response:
     from .context import Body, Headers, Response
 
     body = json.dumps(
-        {"statusCode": 500, "message": "Internal server error", "activityId": context.request_id}, indent=4
+        {"statusCode": 500, "message": "Internal server error", "activityId": str(context.request_id)}, indent=4
     ).encode()
     return Response(
         status_code=500,
