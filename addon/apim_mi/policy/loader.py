@@ -244,6 +244,7 @@ def _is_expression(candidates: list[str], loc: Location, owner: _Node) -> bool:
     compile it, and a silent literal would hide the typo until run time. ``@(a) + @(b)`` stays a literal (§1.2).
     """
     first: rawxml.ScanError | None = None
+    balanced = False
     for value in candidates:
         v = value.strip()
         if v[:2] not in ("@(", "@{"):
@@ -251,11 +252,10 @@ def _is_expression(candidates: list[str], loc: Location, owner: _Node) -> bool:
         try:
             if rawxml.scan_expression(v) == len(v):
                 return True
+            balanced = True
         except rawxml.ScanError as e:
             first = first or e
-            continue
-        return False
-    if first is None:
+    if first is None or balanced:
         return False
     at = _advance(loc, candidates[0].strip(), first.offset)
     raise _element_error(owner.name, owner.location, _with_position(first.reason, at), at)
@@ -747,9 +747,7 @@ def _statement_xml(stmt: Statement, depth: int, indent: str) -> list[str]:
         return [f"{pad}<{stmt.name}{attrs} />"]
     if not stmt.children:
         assert stmt.text is not None
-        body = stmt.text.text
-        if stmt.name != "set-body" or stmt.text.is_expression or "<" not in body:
-            body = rawxml.xml_escape(body, quote=False)
+        body = rawxml.xml_escape(stmt.text.text, quote=False)  # a Liquid body's markup is text too
         return [f"{pad}<{stmt.name}{attrs}>{body}</{stmt.name}>"]
     out = [f"{pad}<{stmt.name}{attrs}>"]
     for child in stmt.children:

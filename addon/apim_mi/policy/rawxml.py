@@ -428,6 +428,9 @@ def _blank(text: str) -> str:
 def prepare(text: str, *, locate: Locator | None = None) -> Prepared:
     """One left-to-right pass: blank ``<!-- -->``, keep CDATA and ``<? ?>`` as they are, hide expression spans.
 
+    A span that does not close is an error where a value starts; in the middle of a literal (``a@(b``) it cannot
+    be an expression anyway, so the ``@`` is left as text.
+
     A single pass (rather than "strip comments, then scan") keeps ``"<!--"`` inside an expression string intact and
     still ignores ``@(`` in comments, which the snippets have plenty of.
     """
@@ -455,7 +458,13 @@ def prepare(text: str, *, locate: Locator | None = None) -> Prepared:
             end = text.find("?>", i)
             i = n if end < 0 else end + 2
         elif text.startswith(("@(", "@{"), i):
-            end = scan_expression(text, i, locate=locate)
+            try:
+                end = scan_expression(text, i, locate=locate)
+            except ScanError:
+                if _at_value_start(text, i):
+                    raise
+                i += 1  # "t@{" mid-literal can never be an expression (rule 6); it is just text
+                continue
             if len(spans) >= MAX_EXPRESSIONS:
                 raise ScanError(_locate(text, i, locate), "Too many policy expressions in one document.", i)
             raw = text[i:end]
@@ -467,6 +476,21 @@ def prepare(text: str, *, locate: Locator | None = None) -> Prepared:
             i += 1
     out.append(text[pos:])
     return Prepared("".join(out), tuple(spans))
+
+
+def _at_value_start(text: str, i: int) -> bool:
+    """Does ``text[i]`` begin an attribute value or element text (only whitespace before it)?"""
+    j = i - 1
+    while j >= 0 and text[j] in " \t\n":
+        j -= 1
+    if j < 0 or text[j] == ">":
+        return True
+    if text[j] in "\"'":
+        k = j - 1
+        while k >= 0 and text[k] in " \t\n":
+            k -= 1
+        return k >= 0 and text[k] == "="
+    return False
 
 
 _INTERESTING = re.compile(r"<[!?]|@[({]")
