@@ -428,8 +428,9 @@ def _blank(text: str) -> str:
 def prepare(text: str, *, locate: Locator | None = None) -> Prepared:
     """One left-to-right pass: blank ``<!-- -->``, keep CDATA and ``<? ?>`` as they are, hide expression spans.
 
-    A span that does not close is an error where a value starts; in the middle of a literal (``a@(b``) it cannot
-    be an expression anyway, so the ``@`` is left as text.
+    Only spans that start a value (attribute value or element text, after optional whitespace) are hidden: in the
+    middle of a literal (``Bearer @(x)``) an ``@(`` can never be an expression (§1.2 rule 6), and scanning it
+    could swallow the markup after it when it happens to balance further on.
 
     A single pass (rather than "strip comments, then scan") keeps ``"<!--"`` inside an expression string intact and
     still ignores ``@(`` in comments, which the snippets have plenty of.
@@ -457,14 +458,8 @@ def prepare(text: str, *, locate: Locator | None = None) -> Prepared:
         elif text.startswith("<?", i):
             end = text.find("?>", i)
             i = n if end < 0 else end + 2
-        elif text.startswith(("@(", "@{"), i):
-            try:
-                end = scan_expression(text, i, locate=locate)
-            except ScanError:
-                if _at_value_start(text, i):
-                    raise
-                i += 1  # "t@{" mid-literal can never be an expression (rule 6); it is just text
-                continue
+        elif text.startswith(("@(", "@{"), i) and _at_value_start(text, i):
+            end = scan_expression(text, i, locate=locate)
             if len(spans) >= MAX_EXPRESSIONS:
                 raise ScanError(_locate(text, i, locate), "Too many policy expressions in one document.", i)
             raw = text[i:end]
