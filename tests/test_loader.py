@@ -693,3 +693,30 @@ def test_catalog_shape_and_defaults() -> None:
         assert name in catalog.CATALOG
     assert catalog.allowed_in(catalog.CATALOG["cache-lookup-value"], "on-error")
     assert not catalog.allowed_in(catalog.CATALOG["set-body"], "on-error")
+
+
+# ------------------------------------------------------------------------------------- with the real expressions
+
+
+def _real_compiler() -> Any:
+    try:
+        from apim_mi.policy.expressions import compile_expression
+    except ImportError:
+        pytest.skip("apim_mi.policy.expressions.compile_expression is not available yet")
+    return compile_expression
+
+
+def test_real_compiler_is_the_default() -> None:
+    _real_compiler()
+    policy = load_policy_file(DATA / "wellformed.xml", source="wellformed.xml")
+    value = policy.sections["inbound"][1].children[0].text
+    assert value is not None and value.expression is not None
+    assert value.expression.source.strip().startswith("@(")
+
+
+def test_real_compiler_reports_absolute_locations() -> None:
+    _real_compiler()
+    with pytest.raises(LoadError) as info:
+        load_policy_text(doc('<set-header name="a">\n    <value>@(1 + )</value>\n</set-header>'), source=SRC)
+    assert info.value.location.file == SRC
+    assert info.value.location.line == 4 and info.value.location.column >= 20

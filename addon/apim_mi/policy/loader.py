@@ -589,6 +589,7 @@ def load_policy_text(
         present.add(node.name)
         if node.attrs:
             raise _element_error(node.name, node.location, f"The '{node.attrs[0].name}' attribute is not declared.")
+        loader._no_text(node)
         policy.sections[node.name] = loader.statements(node.children, node.name, top=True, fragment=None)
     if root.text is not None and root.text.strip():
         raise _element_error(root.name, root.location, "The element 'policies' cannot contain text.")
