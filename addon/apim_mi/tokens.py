@@ -224,8 +224,9 @@ class TokenProvider:
     # -- internals ----------------------------------------------------------------------------------------------
 
     def _refresh_at(self, token: Token) -> float:
-        """Refresh ``refresh_before`` seconds before expiry, but never in the first 90 % of a short token's life."""
-        return token.expires_on - min(self.refresh_before, token.lifetime * 0.1)
+        """``refresh_before`` seconds before the token stops being handed out, but never in the first 90 % of a
+        short token's life (so a 60 s token is not refreshed on every request)."""
+        return token.expires_on - EXPIRY_SKEW - min(self.refresh_before, token.lifetime * 0.1)
 
     def _credential(self, key: TokenKey) -> AsyncCredential:
         ck = (key.source, key.client_id)

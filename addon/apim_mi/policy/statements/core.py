@@ -69,6 +69,10 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
         "cached": result.cached,
         "claims": {k: claims[k] for k in ("aud", "appid", "oid", "tid", "exp") if k in claims},
     })
+    aud = claims.get("aud")
+    if aud and aud != resource:
+        run.warn(scope.section, MI, f"The token's audience '{aud}' differs from the requested resource '{resource}'; "
+                 "backends that check the audience will reject it.")
     if out_var:
         run.context.variables[out_var] = token.value
         run.trace.add(scope.section, MI, {
