@@ -1,0 +1,359 @@
+"""The APIM ``context`` object model (apim.md §4.2) as plain Python dataclasses.
+
+The engine builds and mutates these objects with the snake_case Python API; policy expressions see the same objects
+through their .NET names (``context.Request.Headers`` → ``Context.request.headers``). The expression runtime maps a
+PascalCase member to the snake_case field of the same name, and only to dataclass fields or to the names listed in
+a class's ``NET_PROPERTIES``, so expressions cannot reach anything else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+from urllib.parse import quote, unquote_plus, urlsplit
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class MultiMap:
+    """An ordered, case-insensitive multimap of string names to string values (headers, query parameters)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
+        self._pairs: list[tuple[str, str]] = [(str(n), str(v)) for n, v in pairs]
+
+    def get_all(self, name: str) -> list[str]:
+        key = name.lower()
+        return [v for n, v in self._pairs if n.lower() == key]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """All values joined by commas, as APIM's ``GetValueOrDefault``; ``default`` when absent."""
+        values = self.get_all(name)
+        return ",".join(values) if values else default
+
+    def set(self, name: str, values: list[str]) -> None:
+        """Replace every value of ``name`` (keeping the position of its first occurrence)."""
+        key = name.lower()
+        idx = next((i for i, (n, _) in enumerate(self._pairs) if n.lower() == key), len(self._pairs))
+        rest = [(n, v) for n, v in self._pairs if n.lower() != key]
+        before = sum(1 for n, _ in self._pairs[:idx] if n.lower() != key)
+        self._pairs = rest[:before] + [(name, str(v)) for v in values] + rest[before:]
+
+    def append(self, name: str, value: str) -> None:
+        self._pairs.append((name, str(value)))
+
+    def remove(self, name: str) -> None:
+        key = name.lower()
+        self._pairs = [(n, v) for n, v in self._pairs if n.lower() != key]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    def names(self) -> list[str]:
+        """Distinct names in first-seen order, with their first-seen spelling."""
+        seen: dict[str, str] = {}
+        for n, _ in self._pairs:
+            seen.setdefault(n.lower(), n)
+        return list(seen.values())
+
+    def copy(self) -> MultiMap:
+        return type(self)(self._pairs)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self._pairs)
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MultiMap) and self._pairs == other._pairs
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._pairs!r})"
+
+
+class Headers(MultiMap):
+    """HTTP headers: ``IReadOnlyDictionary<string, string[]>`` in expressions."""
+
+
+class Query(MultiMap):
+    """URL query parameters (decoded): ``IReadOnlyDictionary<string, string[]>`` in expressions."""
+
+    @classmethod
+    def parse(cls, query: str) -> Query:
+        pairs = []
+        for part in query.split("&"):
+            if not part:
+                continue
+            name, _, value = part.partition("=")
+            pairs.append((unquote_plus(name), unquote_plus(value)))
+        return cls(pairs)
+
+    def encode(self) -> str:
+        return "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in self._pairs)
+
+
+@dataclass
+class Url:
+    """APIM's ``IUrl``. ``str(url)`` is the full URL; an untouched query keeps its original encoding."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = "/"
+    query: Query = field(default_factory=Query)
+    fragment: str = ""
+    _raw_query: str | None = field(default=None, repr=False, compare=False)
+    _raw_pairs: list[tuple[str, str]] | None = field(default=None, repr=False, compare=False)
+
+    NET_PROPERTIES: ClassVar[frozenset[str]] = frozenset({"query_string"})
+
+    @classmethod
+    def parse(cls, url: str) -> Url:
+        parts = urlsplit(url)
+        scheme = (parts.scheme or "http").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        q = Query.parse(parts.query)
+        return cls(
+            scheme=scheme,
+            host=parts.hostname or "",
+            port=port if port is not None else DEFAULT_PORTS.get(scheme, 80),
+            path=parts.path or "/",
+            query=q,
+            fragment=parts.fragment,
+            _raw_query=parts.query,
+            _raw_pairs=q.pairs(),
+        )
+
+    @property
+    def query_string(self) -> str:
+        """``?a=1&b=2``, or empty without a query."""
+        if self._raw_query is not None and self._raw_pairs == self.query.pairs():
+            raw = self._raw_query
+        else:
+            raw = self.query.encode()
+        return f"?{raw}" if raw else ""
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if DEFAULT_PORTS.get(self.scheme) == self.port:
+            return host
+        return f"{host}:{self.port}"
+
+    def copy(self) -> Url:
+        return Url(
+            self.scheme,
+            self.host,
+            self.port,
+            self.path,
+            Query(self.query.pairs()),
+            self.fragment,
+            self._raw_query,
+            self._raw_pairs,
+        )
+
+    def __str__(self) -> str:
+        frag = f"#{self.fragment}" if self.fragment else ""
+        return f"{self.scheme}://{self.authority}{self.path}{self.query_string}{frag}"
+
+
+class Body:
+    """A message body (``IMessageBody``). Reading it without ``preserveContent`` consumes it, as in APIM."""
+
+    def __init__(self, content: bytes = b"", content_type: str | None = None) -> None:
+        self.content = bytes(content)
+        self.content_type = content_type
+        self.consumed = False
+
+    def read(self, preserve: bool = False) -> bytes:
+        data = self.content
+        if not preserve:
+            self.content = b""
+            self.consumed = True
+        return data
+
+    def __repr__(self) -> str:
+        return f"Body({self.content[:40]!r}{'…' if len(self.content) > 40 else ''}, consumed={self.consumed})"
+
+
+@dataclass
+class Request:
+    method: str
+    url: Url
+    headers: Headers = field(default_factory=Headers)
+    body: Body | None = None
+    ip_address: str = "127.0.0.1"
+    original_url: Url | None = None
+    matched_parameters: dict[str, str] = field(default_factory=dict)
+    certificate: Any = None
+    private_endpoint_connection: Any = None
+
+    def __post_init__(self) -> None:
+        if self.original_url is None:
+            self.original_url = self.url.copy()
+
+
+@dataclass
+class Response:
+    """The current response, and also APIM's ``IResponse`` held in a variable by ``send-request``."""
+
+    status_code: int = 200
+    status_reason: str = "OK"
+    headers: Headers = field(default_factory=Headers)
+    body: Body | None = None
+
+
+@dataclass
+class LastError:
+    source: str
+    reason: str
+    message: str
+    scope: str = ""
+    section: str = ""
+    path: str = ""
+    policy_id: str = ""
+    http_error_code: int = 0
+
+
+@dataclass
+class SubscriptionKeyParameterNames:
+    header: str = "Ocp-Apim-Subscription-Key"
+    query: str = "subscription-key"
+
+
+@dataclass
+class Api:
+    id: str = ""
+    name: str = ""
+    path: str = ""
+    protocols: list[str] = field(default_factory=lambda: ["https"])
+    service_url: Url | None = None
+    subscription_key_parameter_names: SubscriptionKeyParameterNames = field(
+        default_factory=SubscriptionKeyParameterNames
+    )
+    is_current_revision: bool = True
+    revision: str = "1"
+    version: str | None = None
+
+
+@dataclass
+class Operation:
+    id: str = ""
+    method: str = ""
+    name: str = ""
+    url_template: str = ""
+
+
+@dataclass
+class Group:
+    id: str = ""
+    name: str = ""
+
+
+@dataclass
+class Product:
+    id: str = ""
+    name: str = ""
+    approval_required: bool = False
+    groups: list[Group] = field(default_factory=list)
+    state: str = "Published"
+    subscriptions_limit: int | None = None
+    subscription_required: bool = True
+
+
+@dataclass
+class Subscription:
+    id: str = ""
+    key: str = ""
+    name: str = ""
+    primary_key: str = ""
+    secondary_key: str = ""
+    created_date: datetime = field(default_factory=lambda: datetime.now(UTC))
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+
+
+@dataclass
+class UserIdentity:
+    id: str = ""
+    provider: str = ""
+
+
+@dataclass
+class User:
+    id: str = ""
+    email: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    groups: list[Group] = field(default_factory=list)
+    identities: list[UserIdentity] = field(default_factory=list)
+    note: str | None = None
+    registration_date: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
+class Gateway:
+    id: str = "managed"
+    instance_id: str = ""
+    is_managed: bool = True
+
+
+@dataclass
+class Deployment:
+    region: str = "Local"
+    service_name: str = "apim-mi"
+    service_id: str = ""
+    gateway_id: str = "managed"
+    gateway: Gateway = field(default_factory=Gateway)
+    certificates: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Workspace:
+    id: str = ""
+    name: str = ""
+
+
+@dataclass
+class Context:
+    """Everything a policy expression can see as ``context``."""
+
+    request: Request
+    response: Response | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_error: LastError | None = None
+    api: Api | None = None
+    operation: Operation | None = None
+    product: Product | None = None
+    subscription: Subscription | None = None
+    user: User | None = None
+    deployment: Deployment = field(default_factory=Deployment)
+    workspace: Workspace | None = None
+    tracing: bool = False
+    traces: list[str] = field(default_factory=list)
+
+    NET_PROPERTIES: ClassVar[frozenset[str]] = frozenset({"elapsed"})
+
+    @property
+    def service_name(self) -> str:
+        return self.deployment.service_name
+
+    @property
+    def elapsed(self) -> timedelta:
+        """Time since the request was received (``context.Elapsed``)."""
+        return datetime.now(UTC) - self.timestamp
+
+    def trace(self, message: str) -> None:
+        """``context.Trace(message)``: recorded for the engine to put into the trace."""
+        self.traces.append(message)

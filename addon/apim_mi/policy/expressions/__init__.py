@@ -1,0 +1,128 @@
+"""APIM policy expressions: the C# subset of ``@(...)`` / ``@{...}``, parsed to an AST and interpreted.
+
+No user text is ever passed to ``eval``/``exec``/``compile``: a lexer, a recursive-descent parser and a tree-walking
+interpreter with a step budget do the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ...errors import LoadError, Location, PolicyError
+from . import ast
+from .dotnet import NetException
+from .interpreter import BudgetExceeded, EvalError, Interpreter
+from .lexer import LexError
+from .members import MemberNotFound
+from .parser import parse_program
+from .runtime_types import to_net_string
+
+__all__ = [
+    "CompiledExpression",
+    "ExpressionRuntimeError",
+    "ExpressionSyntaxError",
+    "compile_expression",
+    "parse_expression",
+    "to_policy_string",
+]
+
+REASON = "ExpressionValueEvaluationFailure"
+
+
+class ExpressionSyntaxError(LoadError):
+    """An expression that does not parse; ``location`` is the absolute file:line:column of the offending token."""
+
+
+class ExpressionRuntimeError(PolicyError):
+    """An expression failed while running (APIM's ``ExpressionValueEvaluationFailure``).
+
+    ``details`` is the underlying .NET-style exception message, ``exception_type`` its .NET type name and
+    ``expression`` the expression source. ``source`` (the policy name) is left for the engine to fill in.
+    """
+
+    def __init__(self, expression: str, details: str, exception_type: str = "") -> None:
+        super().__init__("", f"Expression evaluation failed. {details}", REASON)
+        self.expression = expression
+        self.details = details
+        self.exception_type = exception_type
+
+
+def offset_location(base: Location, source: str, offset: int) -> Location:
+    """The absolute location of ``source[offset]`` when ``source`` starts at ``base``."""
+    offset = max(0, min(offset, len(source)))
+    before = source[:offset]
+    newlines = before.count("\n")
+    if newlines == 0:
+        return Location(base.file, base.line, base.column + offset)
+    return Location(base.file, base.line + newlines, offset - before.rfind("\n"))
+
+
+@lru_cache(maxsize=4096)
+def _parse_cached(source: str) -> ast.Program:
+    return parse_program(source)
+
+
+def parse_expression(source: str) -> ast.Program:
+    """Parse ``@(...)``, ``@{...}`` or a bare expression; raises ``LexError`` (with an offset) on bad input."""
+    try:
+        return _parse_cached(source)
+    except RecursionError:
+        raise LexError(0, "The expression is nested too deeply") from None
+
+
+@dataclass(frozen=True)
+class CompiledExpression:
+    """A parsed expression, ready to evaluate against a :class:`~apim_mi.policy.context.Context`."""
+
+    source: str
+    program: ast.Program
+    location: Location
+
+    def evaluate(self, context: Any) -> Any:
+        """The expression's value; any failure is an :class:`ExpressionRuntimeError`, never another exception."""
+        try:
+            return Interpreter(context).run(self.program)
+        except NetException as e:
+            raise ExpressionRuntimeError(self.source, e.message, e.type) from None
+        except (EvalError, BudgetExceeded) as e:
+            raise ExpressionRuntimeError(self.source, str(e), type(e).__name__) from None
+        except MemberNotFound as e:
+            raise ExpressionRuntimeError(self.source, f"Member '{e}' is not supported", "MemberNotFound") from None
+        except RecursionError:
+            raise ExpressionRuntimeError(self.source, "The expression recursed too deeply", "RecursionError") from None
+        except MemoryError:
+            raise ExpressionRuntimeError(
+                self.source, "Insufficient memory to continue the execution.", "System.OutOfMemoryException"
+            ) from None
+        except (TypeError, IndexError, KeyError, AttributeError, ValueError) as e:
+            raise ExpressionRuntimeError(
+                self.source, f"Invalid arguments or operands: {e}", "System.ArgumentException"
+            ) from None
+        except ArithmeticError as e:
+            raise ExpressionRuntimeError(
+                self.source, f"Arithmetic operation failed: {e}", "System.ArithmeticException"
+            ) from None
+        except Exception as e:  # the contract: nothing but ExpressionRuntimeError escapes
+            raise ExpressionRuntimeError(
+                self.source, f"Internal error: {type(e).__name__}: {e}", type(e).__name__
+            ) from None
+
+
+def compile_expression(source: str, location: Location) -> CompiledExpression:
+    """Parse an expression (cached per source text); syntax errors carry the absolute location of the token."""
+    try:
+        program = parse_expression(source)
+    except LexError as e:
+        raise ExpressionSyntaxError(offset_location(location, source, e.offset), e.message) from None
+    return CompiledExpression(source, program, location)
+
+
+def to_policy_string(value: Any) -> str:
+    """The text APIM puts into a header, variable-as-string or body for an expression result (``ToString()``).
+
+    ``bool`` → ``True``/``False``, null → "", numbers and dates with the invariant culture, JObject/JArray →
+    indented JSON (Newtonsoft's ``JToken.ToString()``), JValue → its raw value.
+    """
+    return to_net_string(value)
