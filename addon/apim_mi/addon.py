@@ -20,7 +20,7 @@ from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import flowcontext
+from . import diagnostics, flowcontext, inspector
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
@@ -79,6 +79,7 @@ class ApimMi:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
+        self.inspector = inspector.Inspector()
 
     # -- options ---------------------------------------------------------------------------------------------
 
@@ -304,6 +305,8 @@ class ApimMi:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or self._startup_error:
             return
+        if self.inspector.answer(flow):  # http://apim-mi.trace/...: the trace endpoint, loopback clients only
+            return
         try:
             rule = self.matcher.match(flowcontext.target_of(flow))
         except Exception as e:  # a matcher bug must not forward a flow that may match: fail closed
@@ -334,17 +337,16 @@ class ApimMi:
             return
         assert self.tokens is not None
         request_id = uuid.uuid4()
+        received = inspector.request_data(flow)
+        self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
         context = flowcontext.context_from_flow(flow, request_id)
-        trace = Trace(trace_id=request_id.hex)
+        trace = Trace.since(request_id.hex, flow.request.timestamp_start)
         services = engine.Services(self.tokens, self._source(rule), settings=self._settings)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
         state = _FlowState(rule, run, time.perf_counter())
         self._flows[flow.id] = state
-        trace.add("inbound", "api-inspector", {"request": {
-            "method": flow.request.method, "url": flow.request.pretty_url,
-            "headers": [{"name": k, "value": v} for k, v in flow.request.headers.items(multi=True)
-                        if k.lower() not in ("authorization", "proxy-authorization")],
-        }})  # fmt: skip
+        trace.add("inbound", "api-inspector", received)
+        trace.add("inbound", "api-inspector", inspector.configuration_data(flow, rule))
         await engine.run_inbound(run)
         if run.response is None and run.injections and not self._secure_destination(flow, rule):
             await engine.handle_error(run, PolicyError(
@@ -355,10 +357,7 @@ class ApimMi:
             self._finish(flow, state)
             return
         flowcontext.apply_request(context.request, flow)
-        trace.add("backend", "forward-request", {
-            "message": f"Request is being forwarded to the backend service. Timeout set to {run.forward_timeout:g} seconds",
-            "request": {"method": flow.request.method, "url": flow.request.pretty_url},
-        })  # fmt: skip
+        trace.add("backend", "forward-request", inspector.forward_data(flow, run.forward_timeout, trace.secrets))
         self._record(flow, state)
 
     def _secure_destination(self, flow: http.HTTPFlow, rule: Rule) -> bool:
@@ -377,10 +376,8 @@ class ApimMi:
         try:
             run = state.run
             if flow.response is not None and run.error is None and run.response is None:
-                run.trace.add("backend", "forward-request", {"response": {
-                    "status": {"code": flow.response.status_code, "reason": flow.response.reason},
-                    "headers": [{"name": k, "value": v} for k, v in flow.response.headers.items(multi=True)],
-                }})  # fmt: skip
+                run.trace.add("backend", "forward-request", inspector.response_data(flow))
+                self._diagnose_backend(flow, state)
                 if run.policy.sections.get("outbound"):
                     run.context.response = flowcontext.response_from_flow(flow.response)
                     await engine.run_outbound(run)
@@ -405,6 +402,22 @@ class ApimMi:
         self._redact(flow, state)
         self._record(flow, state)
         self._flows.pop(flow.id, None)
+        self.inspector.finish(flow, scrub(state.run.trace.to_json(), state.run.trace.secrets))
+
+    def _diagnose_backend(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """A backend 401/403 to a request carrying our token: say why (audience near misses), in trace and log."""
+        assert flow.response is not None
+        run = state.run
+        audiences = [str(i.claims.get("aud") or i.resource) for i in run.injections if i.claims or i.resource]
+        found = diagnostics.diagnose_rejection(
+            flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
+        )
+        for message in found:
+            run.warn("backend", "apim-mi", message)
+            log.warning("apim-mi: %s %s [%s] backend answered %d: %s", flow.request.method, flow.request.pretty_url,
+                        run.rule_name, flow.response.status_code, message)
+        if found and not flow.marked:
+            flow.marked = ":warning:"
 
     def _redact(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         if state.redacted or not ctx.options.mi_redact:
@@ -443,7 +456,9 @@ class ApimMi:
             meta["trace"] = run.trace.to_json()
         flow.metadata[METADATA_KEY] = scrub(meta, run.trace.secrets)
         aud = f" aud={summary['aud']}" if summary["aud"] else ""
-        flow.comment = f"apim-mi [{run.rule_name}] {identity or '-'}{aud}: {outcome} ({elapsed_ms:.1f} ms)"
+        status = f", answered {flow.response.status_code}" if flow.response is not None else ""
+        flow.comment = f"apim-mi [{run.rule_name}] {identity or '-'}{aud}: {outcome}{status} ({elapsed_ms:.1f} ms)"
+        flow.comment += "".join(f"\nwarning: {w}" for w in scrub(summary["warnings"], run.trace.secrets))
         if first:
             if run.error is not None:
                 self.counters["failed"] += 1

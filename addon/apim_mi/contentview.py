@@ -5,7 +5,7 @@ from __future__ import annotations
 from mitmproxy import contentviews, http
 from mitmproxy.contentviews import Metadata
 
-from .trace import METADATA_KEY, render
+from .trace import METADATA_KEY, outline, render
 
 
 class ApimTraceContentview(contentviews.Contentview):
@@ -25,10 +25,16 @@ class ApimTraceContentview(contentviews.Contentview):
         if not meta or "trace" not in meta:
             raise ValueError("this flow has no APIM trace (no apim-mi rule matched it)")
         summary = meta.get("summary", {})
-        head = f"apim-mi rule: {summary.get('rule', '?')}\noutcome: {summary.get('outcome', '?')}\n"
-        for warning in summary.get("warnings", []):
-            head += f"warning: {warning}\n"
-        return head + "\n" + render(meta["trace"])
+        answered = ""
+        if isinstance(flow, http.HTTPFlow) and flow.response is not None:
+            answered = f"; answered {flow.response.status_code} {flow.response.reason}".rstrip()
+        head = [f"apim-mi rule: {summary.get('rule', '?')}", f"outcome: {summary.get('outcome', '?')}{answered}"]
+        who = [f"{k}: {summary[k]}" for k in ("identity", "aud") if summary.get(k)]
+        if who:
+            head.append("   ".join(who))
+        head += [f"warning: {w}" for w in summary.get("warnings", [])]
+        steps = outline(meta["trace"])
+        return "\n".join(head) + "\n\n" + (f"{steps}\n" if steps else "") + render(meta["trace"])
 
     def render_priority(self, data: bytes, metadata: Metadata) -> float:
         """Chosen automatically for responses of traced flows; the request keeps its normal view."""

@@ -17,6 +17,31 @@ from typing import Any
 SECTIONS: tuple[str, ...] = ("inbound", "backend", "outbound", "on-error")
 METADATA_KEY = "apim_mi"
 
+# The order keys are shown in: APIM's own order for the keys APIM writes, then the rest alphabetically. Needed
+# because dict order is not stable across storage: mitmproxy's flow files (tnetstring) read dicts back reversed,
+# and a trace must render the same from memory and from a saved flow.
+KEY_ORDER: tuple[str, ...] = (
+    "serviceName", "traceId", "traceEntries", *SECTIONS,
+    "source", "timestamp", "elapsed", "data",
+    "message", "messages", "expression", "name", "value", "errorResponse", "error", "error_description",
+    "request", "configuration", "response", "status", "code", "reason", "method", "url", "headers", "header",
+    "api", "from", "to", "scheme", "host", "port", "path", "queryString", "query", "isDefaultPort", "version",
+    "revision", "operation", "uriTemplate", "user", "product",
+    "cached", "claims", "aud", "iss", "appid", "oid", "tid", "iat", "nbf", "exp",
+    "section", "policyId", "rule", "definedAt", "emulator",
+)  # fmt: skip
+_RANK = {k: i for i, k in enumerate(KEY_ORDER)}
+
+
+def canonical(data: Any) -> Any:
+    """``data`` with every dict's keys in the canonical order (``KEY_ORDER``, then alphabetical); lists keep theirs."""
+    if isinstance(data, dict):
+        keys = sorted(data, key=lambda k: (_RANK.get(k, len(_RANK)), str(k)))
+        return {k: canonical(data[k]) for k in keys}
+    if isinstance(data, list | tuple):
+        return [canonical(v) for v in data]
+    return data
+
 
 def format_timestamp(epoch: float) -> str:
     """``2023-05-03T12:03:04.6899436Z``: UTC with 7 fractional digits, as APIM writes it."""
@@ -62,7 +87,7 @@ def scrub(data: Any, secrets: set[str]) -> Any:
 
 @dataclass
 class Trace:
-    """Entries of one request, timed from when the proxy received it."""
+    """Entries of one request, timed from when the proxy received it (``started``, epoch seconds)."""
 
     trace_id: str
     started: float = field(default_factory=time.time)
@@ -73,6 +98,16 @@ class Trace:
 
     def __post_init__(self) -> None:
         self._t0 = self.clock()
+
+    @classmethod
+    def since(cls, trace_id: str, received: float | None) -> Trace:
+        """A trace whose clock started when the request was received (``received``: epoch seconds, e.g.
+        ``flow.request.timestamp_start``), so ``elapsed`` counts from receipt as in APIM."""
+        trace = cls(trace_id=trace_id)
+        if received is not None and 0 <= trace.started - received < 3600:
+            trace._t0 -= trace.started - received
+            trace.started = received
+        return trace
 
     def elapsed(self) -> float:
         return self.clock() - self._t0
@@ -89,15 +124,18 @@ class Trace:
         return entry
 
     def to_json(self) -> dict[str, Any]:
-        """The APIM document; sections with no entries are left out, as APIM leaves out a skipped backend."""
-        return {"traceId": self.trace_id, "traceEntries": {k: v for k, v in self.entries.items() if v}}
+        """The APIM document, in canonical key order; sections with no entries are left out, as APIM leaves out a
+        skipped backend."""
+        return canonical({"traceId": self.trace_id, "traceEntries": {k: v for k, v in self.entries.items() if v}})
 
 
 def render(trace: dict[str, Any]) -> str:
     """Portal style: ``source (0.273 ms)`` then the pretty-printed data, section by section.
 
-    The per-step time is the difference of consecutive ``elapsed`` values (what the portal shows).
+    The per-step time is the difference of consecutive ``elapsed`` values (what the portal shows). Keys are put in
+    canonical order first, so a trace renders identically from memory and after a round trip through a flow file.
     """
+    trace = canonical(trace)
     lines = [f"traceId: {trace.get('traceId', '')}"]
     previous = 0.0
     for section in SECTIONS:
@@ -105,7 +143,7 @@ def render(trace: dict[str, Any]) -> str:
         if not entries:
             continue
         lines.append("")
-        lines.append(section.replace("-", " ").title().replace(" ", "-") if section == "on-error" else section.title())
+        lines.append("On error" if section == "on-error" else section.title())
         for entry in entries:
             try:
                 now = parse_elapsed(str(entry.get("elapsed", "")))
@@ -117,3 +155,45 @@ def render(trace: dict[str, Any]) -> str:
             text = body if isinstance(body, str) else json.dumps(body, indent=4, ensure_ascii=False)
             lines.extend("    " + line for line in text.splitlines())
     return "\n".join(lines) + "\n"
+
+
+def _gist(data: Any) -> str:
+    """One line saying what an entry is about: its message, the request/response line, or compact JSON."""
+    if isinstance(data, str):
+        return data
+    if isinstance(data, dict):
+        message = data.get("message")
+        if isinstance(message, list):
+            return "; ".join(str(m) for m in message)
+        if message is not None:
+            return str(message)
+        if isinstance(data.get("request"), dict):
+            return f"{data['request'].get('method', '')} {data['request'].get('url', '')}".strip()
+        if isinstance(data.get("response"), dict):
+            status = data["response"].get("status") or {}
+            return f"response {status.get('code', '')} {status.get('reason', '')}".strip()
+        if "configuration" in data:
+            return "configuration"
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def outline(trace: dict[str, Any]) -> str:
+    """One line per entry (section, source, step time, what it says): the trace at a glance, above ``render``."""
+    trace = canonical(trace)
+    rows: list[tuple[str, str, str, str]] = []
+    previous = 0.0
+    for section in SECTIONS:
+        for entry in trace.get("traceEntries", {}).get(section) or []:
+            try:
+                now = parse_elapsed(str(entry.get("elapsed", "")))
+            except ValueError:
+                now = previous
+            ms = f"{max(now - previous, 0.0) * 1000:.3f} ms"
+            previous = now
+            rows.append((section, str(entry.get("source", "?")), ms, _gist(entry.get("data"))))
+    if not rows:
+        return ""
+    w_section = max(len(r[0]) for r in rows)
+    w_source = max(len(r[1]) for r in rows)
+    w_ms = max(len(r[2]) for r in rows)
+    return "\n".join(f"{a:<{w_section}}  {b:<{w_source}}  {c:>{w_ms}}  {d}" for a, b, c, d in rows) + "\n"
