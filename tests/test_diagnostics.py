@@ -8,6 +8,7 @@ from apim_mi.diagnostics import (
     expected_audiences,
     near_miss,
     parse_www_authenticate,
+    reflects_secret,
     rejected_audience,
 )
 
@@ -136,3 +137,12 @@ def test_diagnose_403_and_unparseable_and_nothing() -> None:
 def test_long_headers_are_cut() -> None:
     (msg,) = diagnose_rejection(401, ["Custom " + "x" * 1000], ["https://x"])
     assert len(msg) < 400 and msg.endswith("…")
+
+
+def test_reflected_token_in_a_body() -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhcGk6Ly94In0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
+    assert reflects_secret(b'{"authorization": "Bearer ' + token.encode() + b'"}', {token})
+    assert reflects_secret(b"sig only: c2lnbmF0dXJlLW9mLXRoZS10b2tlbg", {token})
+    assert not reflects_secret(b'{"claims": {"aud": "api://x"}}', {token})
+    assert not reflects_secret(None, {token}) and not reflects_secret(b"x" * 10, {""})
+    assert not reflects_secret(token.encode(), {token}, limit=10)  # too big to scan

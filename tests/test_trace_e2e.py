@@ -91,6 +91,8 @@ def test_trace_view_flow_file_round_trip_and_no_token(tmp_path: Path, emu: Any, 
     md.wait_for(r"apim-mi: GET http://127\.0\.0\.1:\d+/api/orders \[demo api\] .*token added to Authorization")
     md.wait_for(re.escape(MI_ADDED))  # the content view, rendered by mitmdump --flow-detail 3
     md.stop()
+    # One log line for the injection (the trace-endpoint requests match no rule and log nothing).
+    assert len([line for line in md.output if re.search(r"\] apim-mi: (GET|POST) ", line)]) == 1
 
     # The trace is APIM's shape, timed for real.
     assert memory["traceId"] == trace_id
@@ -279,3 +281,49 @@ def test_client_id_expression_is_diagnosed(tmp_path: Path) -> None:
     assert f"{policy}: Error in element 'authentication-managed-identity' on line 3" in out
     assert "'client-id' attribute is invalid" in out and "expressions are not allowed" in out
     assert "Traceback" not in out
+
+
+@pytest.fixture
+def echo_backend() -> Iterator[str]:
+    """A careless backend that echoes the request headers in its body (the research's §6 caveat)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"headers": dict(self.headers.items())}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_backend_echoing_the_token_is_flagged(tmp_path: Path, emu: Any, echo_backend: str, proxy: Any) -> None:
+    """Redaction cannot reach a response body the client must receive: apim-mi says so instead of staying silent."""
+    rules = _rules(tmp_path, f"""
+        rules:
+          - name: echo
+            match: {{host: "{echo_backend.removeprefix('http://')}"}}
+            resource: "{DEMO_AUDIENCE}"
+    """)
+    flows = tmp_path / "flows.mitm"
+    md = proxy(emu, rules, "-w", str(flows))
+    with _client(md) as client:
+        r = client.get(f"{echo_backend}/echo")
+    assert r.json()["headers"]["Authorization"].removeprefix("Bearer ") in emu.stats()["issued_tokens"]
+    md.wait_for(r"\[echo\] backend answered 200: The backend's response body contains the managed identity token")
+    md.stop()
+    (flow,) = [f for f in _read_flows(flows) if METADATA_KEY in f.metadata]
+    assert flow.marked == ":warning:" and "response body contains the managed identity token" in flow.comment
+    assert flow.request.headers["Authorization"] == "Bearer [token redacted]"
+    assert leak_hits(emu, md.text().encode(), json.dumps(flow.metadata[METADATA_KEY]).encode()) == 0

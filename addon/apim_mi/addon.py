@@ -405,13 +405,16 @@ class ApimMi:
         self.inspector.finish(flow, scrub(state.run.trace.to_json(), state.run.trace.secrets))
 
     def _diagnose_backend(self, flow: http.HTTPFlow, state: _FlowState) -> None:
-        """A backend 401/403 to a request carrying our token: say why (audience near misses), in trace and log."""
+        """A backend 401/403 to a request carrying our token: say why (audience near misses), in trace and log; and
+        a response body that echoes the token (which redaction cannot remove)."""
         assert flow.response is not None
         run = state.run
         audiences = [str(i.claims.get("aud") or i.resource) for i in run.injections if i.claims or i.resource]
         found = diagnostics.diagnose_rejection(
             flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
         )
+        if run.injections and diagnostics.reflects_secret(flow.response.get_content(strict=False), run.trace.secrets):
+            found.append(diagnostics.REFLECTED)
         for message in found:
             run.warn("backend", "apim-mi", message)
             log.warning("apim-mi: %s %s [%s] backend answered %d: %s", flow.request.method, flow.request.pretty_url,

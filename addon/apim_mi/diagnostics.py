@@ -177,3 +177,24 @@ def diagnose_rejection(status: int, www_authenticate: Sequence[str], audiences: 
     if www_authenticate:
         return [f"The backend rejected the managed identity token (401). WWW-Authenticate: {_shown(www_authenticate)}"]
     return ["The backend rejected the managed identity token (401) without a WWW-Authenticate header."]
+
+
+REFLECTED = (
+    "The backend's response body contains the managed identity token (it echoes request headers?). mi_redact cannot "
+    "take it out without changing what the client receives, so saved flows and mitmweb show it; limit saving with "
+    "save_stream_filter or stop the backend from echoing Authorization."
+)
+
+
+def reflects_secret(body: bytes | None, secrets: Iterable[str], limit: int = 4 * 1024 * 1024) -> bool:
+    """Whether a (decoded) response body contains one of the secrets, or a token's signature part; bodies over
+    ``limit`` bytes are not scanned."""
+    if not body or len(body) > limit:
+        return False
+    for secret in secrets:
+        if not secret:
+            continue
+        parts = [secret, secret.rsplit(".", 1)[-1]] if secret.count(".") == 2 else [secret]
+        if any(len(p) >= 16 and p.encode() in body for p in parts):
+            return True
+    return False
