@@ -245,7 +245,14 @@ class Interpreter:
         return obj
 
     def e_member(self, n: A.Member, scope: Scope) -> Any:
-        obj = self.target(n.target, scope, n.null_cond)
+        if n.name == "HasValue" and not n.null_cond:
+            value = self.ev(n.target, scope)
+            return value is not None and (
+                not isinstance(value, TypeHandle | NamespaceHandle) or self.e_member_of(value, n)
+            )
+        return self.e_member_of(self.target(n.target, scope, n.null_cond), n)
+
+    def e_member_of(self, obj: Any, n: A.Member) -> Any:
         if isinstance(obj, NamespaceHandle):
             path = f"{obj.path}.{n.name}"
             full = resolve_type_name(path)

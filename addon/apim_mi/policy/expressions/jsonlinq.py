@@ -391,11 +391,15 @@ class _Pairs:
         self.pairs = pairs
 
 
-def parse_json(text: Any) -> JToken:
+def parse_json(text: Any, what: str = "JToken") -> JToken:
     """``JToken.Parse``: any JSON value."""
     if text is None:
         raise NetException("System.ArgumentNullException", "Value cannot be null. (Parameter 'json')")
     s = str(text)
+    if not s.strip():
+        raise NetException(
+            "Newtonsoft.Json.JsonReaderException", f"Error reading {what} from JsonReader. Path '', line 0, position 0."
+        )
     try:
         raw = json.loads(s, object_pairs_hook=_Pairs, parse_constant=_bad_constant)
     except (ValueError, RecursionError) as e:
@@ -408,7 +412,7 @@ def _bad_constant(name: str) -> Any:
 
 
 def parse_object(text: Any) -> JObject:
-    tok = parse_json(text)
+    tok = parse_json(text, "JObject")
     if not isinstance(tok, JObject):
         raise NetException(
             "Newtonsoft.Json.JsonReaderException",
@@ -419,7 +423,7 @@ def parse_object(text: Any) -> JObject:
 
 
 def parse_array(text: Any) -> JArray:
-    tok = parse_json(text)
+    tok = parse_json(text, "JArray")
     if not isinstance(tok, JArray):
         raise NetException(
             "Newtonsoft.Json.JsonReaderException",

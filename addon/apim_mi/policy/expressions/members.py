@@ -1623,6 +1623,13 @@ JTOKEN_PROPS: dict[str, Prop] = {
 }
 
 
+def _jtoken_to_string(t: JToken, a: Args) -> str:
+    """``ToString()`` is indented JSON (raw text for a JValue); ``ToString(Formatting.None)`` is compact JSON."""
+    if not a:
+        return str(t)
+    return t.to_json(not (isinstance(a[0], EnumValue) and a[0].name == "None"))
+
+
 def _root(t: JToken) -> JToken:
     while t.parent is not None:
         t = t.parent
@@ -1675,8 +1682,8 @@ def _values(t: JToken, ta: TArgs) -> list[Any]:
 
 
 JTOKEN_METHODS: dict[str, Method] = {
-    "ToString": lambda t, a, _: t.to_json(not (a and isinstance(a[0], EnumValue) and a[0].name == "None")),
-    "Value": lambda t, a, ta: _token_value(_jtoken_item(t, a[0]), ta),
+    "ToString": lambda t, a, _: _jtoken_to_string(t, a),
+    "Value": lambda t, a, ta: _token_value(_jtoken_item(t, a[0]) if a else t, ta),
     "Values": lambda t, a, ta: _values(t, ta),
     "SelectToken": lambda t, a, _: _select_token(t, a),
     "SelectTokens": lambda t, a, _: select_tokens(t, s_(a[0], "path")),
@@ -2033,6 +2040,12 @@ def _jwt_prop(j: Jwt, name: str) -> Any:
 
 def get_property(obj: Any, name: str) -> Any:
     """Read ``obj.Name`` (never called with None: the interpreter raises NullReferenceException first)."""
+    if name == "HasValue":  # Nullable<T>.HasValue of a non-null value
+        return True
+    if name == "Value" and isinstance(
+        obj, bool | int | float | Decimal | datetime | timedelta | uuid.UUID | DateTimeOffset
+    ):
+        return obj  # Nullable<T>.Value of a non-null value
     if isinstance(obj, str):
         if name == "Length":
             return len(obj)
@@ -2793,7 +2806,7 @@ def _props_methods() -> tuple[dict[str, dict[str, Prop]], dict[str, dict[str, Me
         "Reverse": lambda _s, a, t: a[0].reverse(),
         "Sort": lambda _s, a, t: a[0].sort(key=cmp_to_key(compare)),
         "ConvertAll": lambda _s, a, t: [call_fn(a[1], x) for x in items_of(a[0])],
-        "Copy": lambda _s, a, t: a[1].__setitem__(slice(0, i_(a[2])), list(a[0])[: i_(a[2])]),
+        "Copy": lambda _s, a, t: _array_copy(a),
     }
     M["System.BitConverter"] = {
         "ToString": lambda _s, a, t: "-".join(
@@ -2828,11 +2841,7 @@ def _props_methods() -> tuple[dict[str, dict[str, Prop]], dict[str, dict[str, Me
     M["System.Text.RegularExpressions.Match"] = {}
     P["System.Text.RegularExpressions.Match"] = {"Empty": lambda _: MatchObj(None)}
     M["System.Linq.Enumerable"] = {
-        "Range": lambda _s, a, t: (
-            new_list(list(range(i_(a[0]), i_(a[0]) + max(i_(a[1]), 0))))
-            if i_(a[1]) >= 0
-            else (_ for _ in ()).throw(out_of_range("count"))
-        ),
+        "Range": lambda _s, a, t: _range(a),
         "Repeat": lambda _s, a, t: new_list([a[0]] * max(min(i_(a[1]), MAX_ITEMS + 1), 0)),
         "Empty": lambda _s, a, t: [],
         **{k: (lambda fn: lambda _s, a, t: fn(a[0], a[1:], t))(f) for k, f in LINQ.items()},
@@ -2872,6 +2881,25 @@ def _props_methods() -> tuple[dict[str, dict[str, Prop]], dict[str, dict[str, Me
             {k: (lambda en, nm, val: lambda _: EnumValue(en, nm, val))(full, k, v) for k, v in members.items()}
         )
     return P, M
+
+
+def _range(a: Args) -> list[int]:
+    start, count = i_(a[0]), i_(a[1])
+    if count < 0 or start + count - 1 > 2**31 - 1:
+        raise out_of_range("count")
+    _check_count(count)
+    return list(range(start, start + count))
+
+
+def _array_copy(a: Args) -> None:
+    """``Array.Copy(src, dst, length)`` / ``Array.Copy(src, srcIndex, dst, dstIndex, length)``."""
+    if len(a) == 3:
+        src, si, dst, di, n = a[0], 0, a[1], 0, i_(a[2])
+    else:
+        src, si, dst, di, n = a[0], i_(a[1]), a[2], i_(a[3]), i_(a[4])
+    if n < 0 or si < 0 or di < 0 or si + n > len(src) or di + n > len(dst):
+        raise arg_error("Source array was not long enough. Check srcIndex and length, and the array's lower bounds.")
+    dst[di : di + n] = src[si : si + n]
 
 
 def _from_hex(v: Any) -> bytes:
@@ -3065,6 +3093,9 @@ def set_property(obj: Any, name: str, value: Any) -> None:
         return
     if isinstance(obj, JValue) and name == "Value":
         obj.value = value
+        return
+    if isinstance(obj, HashAlgo) and name == "Key":
+        obj.key = b_(value)
         return
     raise NetException(
         "System.InvalidOperationException", f"Property or indexer '{name}' cannot be assigned to -- it is read only"

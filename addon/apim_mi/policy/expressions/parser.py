@@ -171,12 +171,18 @@ class Parser:
     def try_type(self, allow_array: bool = True, nullable_follow_ident: bool = True) -> A.TypeRef | None:
         save = self.i
         try:
-            return self.type_ref(allow_array, nullable_follow_ident)
+            return self._type_ref(allow_array, nullable_follow_ident)
         except (_Backtrack, LexError):
             self.i = save
             return None
 
     def type_ref(self, allow_array: bool = True, nullable_follow_ident: bool = True) -> A.TypeRef:
+        try:
+            return self._type_ref(allow_array, nullable_follow_ident)
+        except _Backtrack:
+            raise self.error(f"Type expected, found '{self.tok.text}'" if self.tok.text else "Type expected") from None
+
+    def _type_ref(self, allow_array: bool = True, nullable_follow_ident: bool = True) -> A.TypeRef:
         t = self.tok
         if t.kind == "keyword" and t.text in PREDEFINED:
             self.advance()
@@ -212,10 +218,10 @@ class Parser:
         if not self.at_op("<"):
             raise _Backtrack
         self.advance()
-        args = [self.type_ref()]
+        args = [self._type_ref()]
         while self.at_op(","):
             self.advance()
-            args.append(self.type_ref())
+            args.append(self._type_ref())
         if not self.at_op(">"):
             raise _Backtrack
         self.advance()
@@ -317,8 +323,9 @@ class Parser:
         """The binary operator at the cursor and how many tokens it spans (``>>`` is two ``>``)."""
         t = self.tok
         if t.kind == "op":
-            if t.text == ">" and self.look().kind == "op" and self.look().text == ">" and self.look().pos == t.end:
-                return ">>", 2
+            nxt = self.look()
+            if t.text == ">" and nxt.kind == "op" and nxt.text in (">", ">=") and nxt.pos == t.end:
+                return ">" + nxt.text, 2
             return t.text, 1
         if t.kind == "keyword" and t.text in ("is", "as"):
             return t.text, 1
@@ -332,8 +339,6 @@ class Parser:
         while True:
             op, width = self._binary_op()
             if op not in ops:
-                return left
-            if op == ">>" and self.look(2).text == "=" and self.look(2).pos == self.look(1).end:
                 return left
             t = self.tok
             for _ in range(width):

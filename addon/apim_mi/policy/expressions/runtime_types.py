@@ -809,6 +809,8 @@ def cast(v: Any, t: TypeRef) -> Any:
         if is_integer(v):
             return Char(chr(int(v) & 0xFFFF))
         raise invalid_cast(v, target)
+    if full == "System.DateTimeOffset" and isinstance(v, datetime):
+        return DateTimeOffset(v if v.tzinfo is not None else v.replace(tzinfo=UTC))
     if is_instance(v, t):
         return v
     raise invalid_cast(v, target)
