@@ -116,6 +116,8 @@ def compile_expression(source: str, location: Location) -> CompiledExpression:
         program = parse_expression(source)
     except LexError as e:
         raise ExpressionSyntaxError(offset_location(location, source, e.offset), e.message) from None
+    except Exception as e:  # the contract: nothing but ExpressionSyntaxError escapes
+        raise ExpressionSyntaxError(location, f"Internal parser error: {type(e).__name__}: {e}") from None
     return CompiledExpression(source, program, location)
 
 

@@ -109,6 +109,10 @@ _SIMPLE_ESCAPES = {
 }  # fmt: skip
 
 
+def _isdigit(c: str) -> bool:
+    return "0" <= c <= "9" if c else False
+
+
 class LexError(Exception):
     """A lexical or syntax error at an offset inside the expression source."""
 
@@ -189,7 +193,7 @@ class _Lexer:
             return Token("string", *self._regular_string(start))
         if c == "'":
             return self.char_literal()
-        if c.isdigit() or (c == "." and self.peek(1).isdigit()):
+        if _isdigit(c) or (c == "." and _isdigit(self.peek(1))):
             return self.number()
         if c.isalpha() or c == "_" or (c == "@" and (self.peek(1).isalpha() or self.peek(1) == "_")):
             if c == "@":
@@ -399,18 +403,18 @@ class _Lexer:
             if not body:
                 raise LexError(start, "Invalid number")
             return self._int_suffix(start, int(body, base))
-        while self.i < self.stop and (src[self.i].isdigit() or src[self.i] == "_"):
+        while self.i < self.stop and (_isdigit(src[self.i]) or src[self.i] == "_"):
             self.i += 1
         is_real = False
-        if self.peek() == "." and self.peek(1).isdigit():
+        if self.peek() == "." and _isdigit(self.peek(1)):
             is_real = True
             self.i += 1
-            while self.i < self.stop and (src[self.i].isdigit() or src[self.i] == "_"):
+            while self.i < self.stop and (_isdigit(src[self.i]) or src[self.i] == "_"):
                 self.i += 1
-        if self.peek() in ("e", "E") and (self.peek(1).isdigit() or (self.peek(1) in "+-" and self.peek(2).isdigit())):
+        if self.peek() in ("e", "E") and (_isdigit(self.peek(1)) or (self.peek(1) in "+-" and _isdigit(self.peek(2)))):
             is_real = True
             self.i += 2
-            while self.i < self.stop and src[self.i].isdigit():
+            while self.i < self.stop and _isdigit(src[self.i]):
                 self.i += 1
         body = src[start : self.i].replace("_", "")
         suffix = self.peek().lower()

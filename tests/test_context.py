@@ -1,0 +1,99 @@
+"""The APIM context model's Python API (what the engine uses) and how expressions see it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from apim_mi.policy.context import Body, Context, Deployment, Headers, LastError, Query, Request, Response, Url
+from test_expressions_support import ev
+
+
+def test_headers_multimap() -> None:
+    h = Headers([("Accept", "a"), ("X-One", "1"), ("accept", "b")])
+    assert h.get_all("ACCEPT") == ["a", "b"] and h.get("accept") == "a,b" and h.get("nope", "d") == "d"
+    assert "x-one" in h and "x-two" not in h and len(h) == 2 and h.names() == ["Accept", "X-One"]
+    h.set("accept", ["c"])
+    assert h.pairs() == [("accept", "c"), ("X-One", "1")]
+    h.append("X-One", "2")
+    assert h.get("x-one") == "1,2"
+    h.remove("X-ONE")
+    assert h.pairs() == [("accept", "c")]
+    h.set("New", ["v1", "v2"])
+    assert h.pairs()[-2:] == [("New", "v1"), ("New", "v2")]
+    assert h.copy() == h and h.copy() is not h
+
+
+def test_url_parse_and_format() -> None:
+    u = Url.parse("https://Example.com/a/b?x=1&y=a%20b&x=2#frag")
+    assert (u.scheme, u.host, u.port, u.path) == ("https", "example.com", 443, "/a/b")
+    assert u.query.get_all("x") == ["1", "2"] and u.query.get("y") == "a b"
+    assert u.query_string == "?x=1&y=a%20b&x=2"  # untouched: original encoding kept
+    assert str(u) == "https://example.com/a/b?x=1&y=a%20b&x=2#frag"
+    u.query.set("y", ["c&d"])
+    assert u.query_string == "?x=1&y=c%26d&x=2"
+    u.port, u.scheme = 8443, "https"
+    u.path = "/z"
+    assert str(u) == "https://example.com:8443/z?x=1&y=c%26d&x=2#frag"
+    assert str(Url.parse("http://h")) == "http://h/" and Url.parse("http://h:80/").port == 80
+    assert Query.parse("a=1&b").pairs() == [("a", "1"), ("b", "")]
+    c = u.copy()
+    c.query.append("n", "1")
+    assert "n" not in u.query
+
+
+def test_body_consumption() -> None:
+    b = Body(b"abc")
+    assert b.read(preserve=True) == b"abc" and not b.consumed
+    assert b.read() == b"abc" and b.consumed and b.read() == b""
+
+
+def test_request_defaults_and_context() -> None:
+    r = Request("GET", Url.parse("http://backend/p"), Headers())
+    assert r.original_url == r.url and r.original_url is not r.url and r.ip_address == "127.0.0.1"
+    ctx = Context(request=r)
+    assert isinstance(ctx.request_id, uuid.UUID) and ctx.timestamp.tzinfo is UTC
+    assert ctx.deployment.gateway_id == "managed" and ctx.service_name == ctx.deployment.service_name
+    assert ctx.elapsed.total_seconds() >= 0
+    ctx.trace("m")
+    assert ctx.traces == ["m"]
+
+
+def test_expressions_see_engine_mutations() -> None:
+    r = Request("GET", Url.parse("http://backend/p?q=1"), Headers([("A", "1")]))
+    ctx = Context(request=r, deployment=Deployment(region="West Europe"))
+    assert ev('context.Request.Headers.GetValueOrDefault("a")', ctx) == "1"
+    r.headers.set("a", ["2", "3"])
+    r.url.path = "/new"
+    ctx.variables["v"] = "x"
+    ctx.response = Response(201, "Created", Headers([("Location", "/x")]), None)
+    ctx.last_error = LastError("set-header", "R", "M", "api", "inbound", "choose[1]/when[1]", "p1")
+    assert ev('context.Request.Headers["A"].Length + context.Request.Url.Path', ctx) == "2/new"
+    assert ev('(string)context.Variables["v"] + context.Response.StatusCode', ctx) == "x201"
+    assert ev("context.Response.Body == null", ctx) is True
+    assert ev("context.LastError.Path + context.LastError.PolicyId + context.LastError.Scope", ctx) == (
+        "choose[1]/when[1]p1api"
+    )
+    assert ev('context.Deployment.Region.ToLower() == "west europe"', ctx) is True
+    assert ev("context.Product == null && context.User == null", ctx) is True
+    ctx.timestamp = datetime(2020, 1, 1, tzinfo=UTC)
+    assert ev('context.Timestamp.ToString("yyyy")', ctx) == "2020"
+
+
+def test_expression_results_round_trip_through_variables() -> None:
+    r = Request("POST", Url.parse("http://b/"), Headers(), Body(b'{"k": [1, {"n": "v"}]}'))
+    ctx = Context(request=r)
+    for name, src in [
+        ("obj", "context.Request.Body.As<JObject>(true)"),
+        ("n", "41 + 1"),
+        ("s", '"t"'),
+        ("b", "true"),
+        ("l", 'long.Parse("5")'),
+        ("g", "Guid.NewGuid()"),
+        ("d", "DateTime.UtcNow"),
+    ]:
+        ctx.variables[name] = ev(src, ctx)
+    assert ev('((JObject)context.Variables["obj"])["k"][1]["n"].ToString()', ctx) == "v"
+    assert ev('(int)context.Variables["n"] + context.Variables.GetValueOrDefault<long>("l")', ctx) == 47
+    assert ev('context.Variables.GetValueOrDefault<bool>("b") && (string)context.Variables["s"] == "t"', ctx)
+    assert ev('((Guid)context.Variables["g"]).ToString().Length + ((DateTime)context.Variables["d"]).Year', ctx) > 2000
