@@ -1,8 +1,9 @@
 """Compiled rule matching: which rule (first in file order) applies to a request.
 
-Rules are indexed by exact host and by wildcard suffix, so a request only looks at the few rules that can match its
-host; the answer is the lowest-indexed candidate whose port, scheme, method and path also match. This keeps a match
-in the microseconds at 10 000 rules.
+Rules are indexed by exact host and by wildcard suffix, and within a host by the literal path prefix of their
+pattern, so a request only looks at the few rules that can match its host and path; the answer is the
+lowest-indexed candidate whose port, scheme, method and path also match. This keeps a match in the microseconds at
+10 000 rules, even when they all share one host.
 """
 
 from __future__ import annotations
@@ -70,40 +71,95 @@ def normalize_path(raw_path: str) -> str:
     return unquote(path) or "/"
 
 
+def _pattern_key(pattern: str) -> str | None:
+    """The literal path every path matching ``pattern`` equals or continues with ``/``; None if there is none.
+
+    ``/api/v1`` and ``/api/v1/`` → ``/api/v1``; ``/api/v*/x`` → ``/api``; ``/``, ``/*``, ``/v1*`` → None.
+    """
+    if not pattern.startswith("/") or pattern == "/":
+        return None
+    g = min((i for i in (pattern.find("*"), pattern.find("?")) if i >= 0), default=-1)
+    if g < 0:
+        return pattern[:-1] if pattern.endswith("/") else pattern
+    k = pattern.rfind("/", 0, g)
+    return pattern[:k] if k >= 1 else None
+
+
+def path_keys(path: str) -> list[str]:
+    """Every key a rule matching ``path`` can have: the path up to each inner ``/``, and the whole path."""
+    keys = []
+    i = path.find("/", 1)
+    while i >= 0:
+        keys.append(path[:i])
+        i = path.find("/", i + 1)
+    keys.append(path)
+    return keys
+
+
+class _Bucket:
+    """The rules of one host key, indexed by the literal path prefix of their pattern (``_pattern_key``)."""
+
+    __slots__ = ("by_key", "rest")
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, list[Rule]] = {}
+        self.rest: list[Rule] = []
+
+    def add(self, rule: Rule) -> None:
+        key = _pattern_key(rule.match.path)
+        if key is None:
+            self.rest.append(rule)
+        else:
+            self.by_key.setdefault(key, []).append(rule)
+
+    def lists(self, keys: list[str], out: list[list[Rule]]) -> None:
+        if self.rest:
+            out.append(self.rest)
+        by_key = self.by_key
+        if by_key:
+            for key in keys:
+                found = by_key.get(key)
+                if found:
+                    out.append(found)
+
+
 class Matcher:
     """First-match lookup over a rule list."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
-        self._exact: dict[str, list[Rule]] = {}
-        self._suffix: dict[str, list[Rule]] = {}
-        self._any: list[Rule] = []
+        self._exact: dict[str, _Bucket] = {}
+        self._suffix: dict[str, _Bucket] = {}
+        self._any = _Bucket()
         for rule in self.rules:
             host = rule.match.host
             if host == "*":
-                self._any.append(rule)
+                self._any.add(rule)
             elif host.startswith("*."):
-                self._suffix.setdefault(host[1:], []).append(rule)
+                self._suffix.setdefault(host[1:], _Bucket()).add(rule)
             else:
-                self._exact.setdefault(host, []).append(rule)
+                self._exact.setdefault(host, _Bucket()).add(rule)
 
-    def _candidates(self, host: str) -> list[list[Rule]]:
-        lists = [self._any]
-        if host in self._exact:
-            lists.append(self._exact[host])
+    def _candidates(self, host: str, path: str) -> list[list[Rule]]:
+        keys = path_keys(path)
+        lists: list[list[Rule]] = []
+        self._any.lists(keys, lists)
+        bucket = self._exact.get(host)
+        if bucket is not None:
+            bucket.lists(keys, lists)
         if self._suffix:
             dot = host.find(".")
             while dot >= 0:
                 bucket = self._suffix.get(host[dot:])
-                if bucket:
-                    lists.append(bucket)
+                if bucket is not None:
+                    bucket.lists(keys, lists)
                 dot = host.find(".", dot + 1)
         return lists
 
     def match(self, target: RequestTarget) -> Rule | None:
         host = target.host.lower().rstrip(".")
         best: Rule | None = None
-        for bucket in self._candidates(host):
+        for bucket in self._candidates(host, target.path):
             for rule in bucket:
                 if best is not None and rule.index >= best.index:
                     break

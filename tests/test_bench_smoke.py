@@ -1,0 +1,71 @@
+"""The benchmark harness in smoke mode (tiny sizes, no thresholds), so ``scripts/bench`` cannot rot.
+
+Runs ``bench/harness.py --smoke`` (what ``scripts/bench --smoke`` runs after setup) against real mitmdump processes,
+the emulator and the fast backend, all on loopback, and checks that the report has every section and that every
+number in its tables is finite. The plot is checked when matplotlib (the ``bench`` extra) is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SECTIONS = (
+    "## Targets",
+    "## Setup",
+    "## 1. Throughput and added latency through mitmdump",
+    "## 2. Cold start",
+    "## 3. Micro costs",
+)
+NUMBER = re.compile(r"(?<![\w.])-?\d[\d ]*(?:\.\d+)?")
+
+
+@pytest.mark.timeout(400)
+def test_bench_smoke(tmp_path: Path) -> None:
+    out, raw = tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "harness.py"), "--smoke", "--out", str(out), "--json", str(raw)],
+        cwd=ROOT, capture_output=True, text=True, timeout=380,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = out.read_text()
+    for heading in SECTIONS:
+        assert heading in report, f"missing section {heading!r}:\n{report}"
+    assert "Across a token expiry" in report
+    assert not re.search(r"not measured|\bn/a\b|\bnan\b|\binf\b", report, re.I), report
+
+    # every table row of every section carries numbers, and all of them are finite
+    rows = [ln for ln in report.splitlines() if ln.startswith("| ") and not ln.startswith("| ---")]
+    assert len(rows) > 25
+    for section in ("bare mitmdump", "addon, 1 rule", "addon, APIM policy", "apim-mi addon", "naive sync",
+                    "naive async", "spread/10000", "header lookup"):  # fmt: skip
+        assert any(section in r and NUMBER.search(r) for r in rows), f"no numbers for {section!r}:\n{report}"
+
+    results = json.loads(raw.read_text())
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts and all(isinstance(v, int | float) and math.isfinite(v) for v in facts.values()), facts
+    runs = results["throughput"]["runs"]
+    assert set(runs) >= {"bare mitmdump", "addon, 1 rule", "addon, APIM policy"}
+    for name, by_conc in runs.items():
+        for samples in by_conc.values():
+            for s in samples:
+                assert math.isfinite(s["rps"]) and s["rps"] > 0 and s["errors"] == 0, (name, s)
+                if name != "bare mitmdump":
+                    assert s["injected_share"] == 1.0, (name, s)  # a token on every timed request
+    cold = results["cold"]["runs"]
+    assert cold["apim-mi addon"][0]["token_requests"] == 1  # single-flight, even in smoke
+    assert all(r["failed"] == 0 for rs in cold.values() for r in rs)
+    assert results["expiry"]["runs"]["apim-mi addon"]["failed"] == 0
+
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = out.with_suffix(".png")
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
