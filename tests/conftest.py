@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "addon"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy import MI_ENV  # noqa: E402
+from proxy import MI_ENV, Mitmdump, proxy_for  # noqa: E402
 
 # Audiences the shared backend accepts (exact strings: X and X/ differ).
 DEMO_AUDIENCE = "api://00000000-0000-0000-0000-00000000a11c"
@@ -91,3 +92,17 @@ def tls_backend(emulator: object, certs: dict[str, Path]) -> Iterator[object]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(certs["cert"], certs["key"])
     yield from _backend(emulator, ctx)
+
+
+@pytest.fixture
+def md_factory(tmp_path: Path):
+    started: list[Mitmdump] = []
+
+    def make(emu: Any, rules: Path, *extra: str, protocol: str = "imds") -> Mitmdump:
+        md = proxy_for(tmp_path, emu, rules, *extra, protocol=protocol)
+        started.append(md)
+        return md
+
+    yield make
+    for md in started:
+        md.stop()

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = str(Path(sys.executable).parent / "mitmdump")
@@ -113,3 +116,31 @@ def run_mitmdump_expecting_exit(args: Sequence[str], *, confdir: Path, timeout: 
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def curl(*args: str, timeout: float = 20) -> tuple[int, dict[str, Any] | str]:
+    """(HTTP status, parsed JSON body or text) from a real curl; no proxy variables leak in."""
+    out = subprocess.run(
+        ["curl", "-sS", "--noproxy", "", "-m", str(timeout), "-w", "\n%{http_code}", *args],
+        capture_output=True, text=True, timeout=timeout + 5, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    body, _, code = out.stdout.rpartition("\n")
+    try:
+        return int(code), json.loads(body)
+    except json.JSONDecodeError:
+        return int(code), body
+
+
+def write_rules(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def proxy_for(tmp_path: Path, emu: Any, rules: Path, *extra: str, protocol: str = "imds") -> Mitmdump:
+    return start_mitmdump(
+        ["--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity", *extra],
+        env=emu.env(protocol),
+        confdir=tmp_path / "confdir",
+    )

@@ -3,59 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
-import subprocess
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import DEMO_AUDIENCE, USER_CLIENT_ID
-from proxy import Mitmdump, run_mitmdump_expecting_exit, start_mitmdump
-
-
-def curl(*args: str, timeout: float = 20) -> tuple[int, dict[str, Any] | str]:
-    """(HTTP status, parsed JSON body or text) from a real curl; no proxy variables leak in."""
-    out = subprocess.run(
-        ["curl", "-sS", "--noproxy", "", "-m", str(timeout), "-w", "\n%{http_code}", *args],
-        capture_output=True, text=True, timeout=timeout + 5, env={"PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    body, _, code = out.stdout.rpartition("\n")
-    try:
-        return int(code), json.loads(body)
-    except json.JSONDecodeError:
-        return int(code), body
-
-
-def write_rules(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "rules.yaml"
-    path.write_text(textwrap.dedent(body))
-    return path
-
-
-def proxy_for(tmp_path: Path, emu: Any, rules: Path, *extra: str, protocol: str = "imds") -> Mitmdump:
-    return start_mitmdump(
-        ["--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity", *extra],
-        env=emu.env(protocol),
-        confdir=tmp_path / "confdir",
-    )
-
-
-@pytest.fixture
-def md_factory(tmp_path: Path):
-    started: list[Mitmdump] = []
-
-    def make(emu: Any, rules: Path, *extra: str, protocol: str = "imds") -> Mitmdump:
-        md = proxy_for(tmp_path, emu, rules, *extra, protocol=protocol)
-        started.append(md)
-        return md
-
-    yield make
-    for md in started:
-        md.stop()
+from proxy import curl, run_mitmdump_expecting_exit, write_rules
 
 
 def test_regular_mode_http_curl(tmp_path: Path, emu: Any, backend: Any, md_factory: Any) -> None:
@@ -135,7 +90,9 @@ def test_reverse_mode_and_async_client(tmp_path: Path, emu: Any, backend: Any, m
     async def go() -> list[httpx.Response]:
         async with httpx.AsyncClient(trust_env=False, timeout=20) as client:
             return await asyncio.gather(
-                client.get(f"{md.url}/api/a"), client.post(f"{md.url}/api/b", json={"x": 1}), client.delete(f"{md.url}/api/c")
+                client.get(f"{md.url}/api/a"),
+                client.post(f"{md.url}/api/b", json={"x": 1}),
+                client.delete(f"{md.url}/api/c"),
             )
 
     get, post, delete = asyncio.run(go())

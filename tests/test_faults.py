@@ -75,7 +75,10 @@ class Outcome:
 
 
 def policy_for(resource: str, ignore_error: bool) -> Any:
-    text = f"rules:\n  - match: {{host: api.test}}\n    resource: {resource}\n    ignore_error: {str(ignore_error).lower()}\n"
+    text = (
+        f"rules:\n  - match: {{host: api.test}}\n    resource: {resource}\n"
+        f"    ignore_error: {str(ignore_error).lower()}\n"
+    )
     return load_rules_text(text, Path("faults.yaml")).rules[0].policy
 
 

@@ -10,8 +10,7 @@ import pytest
 from apim_mi.addon import ApimMi
 from conftest import DEMO_AUDIENCE
 from mitmproxy.test import taddons, tflow
-from proxy import start_mitmdump
-from test_e2e_proxy import curl, md_factory, write_rules  # noqa: F401  (fixture re-export)
+from proxy import curl, start_mitmdump, write_rules
 
 
 def rules_for(port: int, resource: str, path: str = "/api") -> str:
@@ -131,7 +130,7 @@ def test_bad_allow_list_is_a_clear_error() -> None:
         addon._running = True
         from mitmproxy import exceptions
 
-        with pytest.raises(exceptions.OptionsError, match="mi_allow_clients: '10.0.0.0/33' is not an IP"):
+        with pytest.raises(exceptions.OptionsError, match=r"mi_allow_clients: '10\.0\.0\.0/33' is not an IP"):
             tctx.configure(addon, mi_allow_clients=["10.0.0.0/33"])
 
 

@@ -116,7 +116,7 @@ async def test_timeout_is_bounded_and_the_flight_is_reused() -> None:
     clock = Clock()
     cred = ScriptedCredential(clock, delay=0.3)
     p = provider(cred, clock, timeout=0.05)
-    with pytest.raises(TokenError, match="within 0.05 s"):
+    with pytest.raises(TokenError, match=r"within 0\.05 s"):
         await p.get(KEY)
     await asyncio.sleep(0.35)
     assert (await p.get(KEY)).token.value  # the first flight finished and filled the cache

@@ -385,7 +385,8 @@ class ApimMi:
                         flow.response = flowcontext.make_response(run.response)
                     else:
                         flowcontext.apply_response(run.context.response, flow)
-                run.trace.add("outbound", "transfer-response", {"message": "Response has been sent to the caller in full"})
+                run.trace.add("outbound", "transfer-response",
+                              {"message": "Response has been sent to the caller in full"})
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
             flow.response = _apim_500(str(state.run.context.request_id))
