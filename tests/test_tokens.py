@@ -155,3 +155,32 @@ async def test_status_and_flush_never_show_the_token() -> None:
     assert token.value not in repr(token)
     assert p.flush() == 1 and p.status() == []
     await p.close()
+
+
+async def test_expiring_token_from_the_credentials_own_cache_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """azure-identity may hand back its cached token seconds before expiry; the provider waits it out once."""
+    clock = Clock()
+    cred = ScriptedCredential(clock, script=[3600])
+    p = provider(cred, clock)
+    first = (await p.get(KEY)).token
+    clock.now = first.expires_on - 0.5  # our copy is past the skew: a fetch is due
+
+    async def stale_then_fresh(*scopes: str, **kw: Any) -> AccessToken:
+        cred.calls += 1
+        if cred.calls == 2:
+            return AccessToken(first.value, int(first.expires_on))
+        exp = int(clock.now) + 3600
+        return AccessToken(jwt("api://app", exp), exp)
+
+    cred.get_token = stale_then_fresh  # type: ignore[method-assign]
+    loop_sleep = asyncio.sleep
+
+    async def fast_sleep(seconds: float) -> None:
+        clock.now += seconds
+        await loop_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", fast_sleep)
+    fresh = (await p.get(KEY)).token
+    monkeypatch.undo()
+    assert cred.calls == 3 and fresh.expires_on > first.expires_on
+    await p.close()

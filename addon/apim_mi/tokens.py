@@ -236,25 +236,33 @@ class TokenProvider:
         return cred
 
     async def _acquire(self, key: TokenKey) -> Token:
-        self.counters["token_requests"] += 1
-        try:
-            cred = self._credential(key)
-            access = await cred.get_token(_scope(key.resource))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            message, reason, body = describe_error(exc)
-            self.counters[f"fetch_failures.{reason}"] += 1
-            raise TokenError(key, message, reason=reason, error_response=body) from None
-        value = getattr(access, "token", "")
-        expires_on = float(getattr(access, "expires_on", 0) or 0)
+        value, expires_on = await self._call_credential(key)
         now = self._clock()
+        if value and now < expires_on <= now + EXPIRY_SKEW:
+            # azure-identity's own cache handed back its expiring token (it does not re-fetch within 30 s of its
+            # last request while the token is valid, which matters for short emulator lifetimes): once that token
+            # has expired, azure-identity must fetch a new one.
+            await asyncio.sleep(expires_on - now + 0.05)
+            value, expires_on = await self._call_credential(key)
+            now = self._clock()
         if not value or expires_on <= now + EXPIRY_SKEW:
             self.counters["fetch_failures.invalid_token"] += 1
             raise TokenError(
                 key, "the token endpoint returned an empty or already expired token", reason="InvalidToken"
             )
         return Token(value=value, expires_on=expires_on, acquired_at=now, claims=token_claims(value))
+
+    async def _call_credential(self, key: TokenKey) -> tuple[str, float]:
+        self.counters["token_requests"] += 1
+        try:
+            access = await self._credential(key).get_token(_scope(key.resource))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            message, reason, body = describe_error(exc)
+            self.counters[f"fetch_failures.{reason}"] += 1
+            raise TokenError(key, message, reason=reason, error_response=body) from None
+        return str(getattr(access, "token", "") or ""), float(getattr(access, "expires_on", 0) or 0)
 
     async def _fetch(self, key: TokenKey, entry: _Entry) -> Token:
         try:
