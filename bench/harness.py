@@ -53,7 +53,7 @@ class Settings:
     @classmethod
     def make(cls, smoke: bool) -> Settings:
         if smoke:
-            return cls(True, 1.0, 1, (1, 8), 1000, 20, 1, 1, 200, 32, 2, True)
+            return cls(True, 1.0, 1, (1, 8), 1000, 20, 1, 1, 200, 16, 2, True)  # lifetime 16 s: smoke ≤ 60 s
         return cls(False, 5.0, 3, (1, 16), 10_000, 200, 3, 1, 200, 40, 8, False)
 
 
@@ -735,47 +735,114 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
         w(prof)
         w("```")
         w("")
-    w(NOTES)
+    w(where_the_time_goes(summ, mic, s, big))
     return "\n".join(lines) + "\n", facts
 
 
-NOTES = """## What was profiled and changed
+# The previous full run (before the hot-path work below), same machine and harness: the "before" column.
+BEFORE = {
+    "ratio": {"addon, 1 rule": 0.62, "addon, 10 000 rules": 0.62, "addon, APIM policy": 0.49},
+    "added_p50": {"addon, 1 rule": 0.688, "addon, 10 000 rules": 0.745, "addon, APIM policy": 1.231},
+    "p99_hi": {"addon, 1 rule": 97.2, "addon, 10 000 rules": 218.2, "addon, APIM policy": 113.6},
+    "hooks": {"1 rule": 411.1, "1 rule, mi_trace=false": 306.3, "10 000 rules": 438.4, "APIM policy": 816.4},
+    "policy": {"shorthand rule": 44.4, "APIM policy": 294.5},
+    "load_s": 3.64,
+    "load_mib": 86.5,
+}
 
-Where a target is missed, this is what the profiles show (py-spy on the live mitmdump under wrk at c=8, and cProfile
-of the hooks above). Changes made under this benchmark are marked **fixed**; the others are reported to the owners of
-those files.
 
-- **fixed, rule matching** (`addon/apim_mi/matcher.py`): rules of a host were scanned linearly — 30.6 µs at 10 000
-  spread rules (100 on the host), 313 µs at 1 000 and 3 478 µs at 10 000 rules on one host (cProfile:
-  `spec_matches` + `path_matches` once per rule of the bucket). Rules of a host are now also indexed by the literal
-  path prefix of their pattern (`/api/v1/*` → `/api/v1`), and a request looks up only its own path's prefixes:
-  1–2 µs in every layout of the table (equal to the old matcher on 120 000 random rule sets × lookups).
-- **fixed, cold start** (`addon/apim_mi/tokens.py`): `azure.identity.aio` (≈ 70 ms to import) was imported on the
-  first token request, so every client of a cold start waited for it; it is now imported when the factory is built
-  at startup. Last client's TTFB, 200 clients, emulator 200 ms: 770–862 ms before, 694–753 ms after (paired probes).
-- **missed, per-flow cost of the addon** (throughput ratio and added p50): bare mitmdump spends ≈ 1 ms of CPU per
-  request here; the addon's hooks add ≈ 0.4 ms (1 rule) to ≈ 0.8 ms (APIM policy) more. py-spy at saturation: the
-  addon's hooks are 26 % of the proxy's CPU, the matcher 0.4 %, `TokenProvider.get` 0.3 %. Inside the hooks
-  (cProfile): `ApimMi._record` runs twice per flow (end of `_run_inbound` and again in `_finish`) and each time
-  builds `Trace.to_json()` and walks it with the recursive `trace.scrub` (and now `trace.canonical` with a
-  `sorted` per mapping) — about a third of the hook time; `request.pretty_url` 3× per flow (trace + log line)
-  ≈ 14 %; `Trace.add` with a `strftime` per entry ≈ 13 %; `flowcontext.context_from_flow` / `apply_request`
-  (clears and re-adds every header) ≈ 15 %; `is_loopback` parses an IP address twice per flow ≈ 4 %; a
-  `log.info` line per flow ≈ 2 %. `mi_trace=false` removes about 30 % of the hook time. These live in
-  `addon.py`, `trace.py` and `flowcontext.py` and are left to their owners.
-- **missed, 10 000-rule file load** (`addon/apim_mi/rules.py`, not changed here): ≈ 65 % of the load time is PyYAML's
-  pure-Python `yaml.compose` (`CSafeLoader`, available here, composes the same file in 1.4 s instead of 2.3 s),
-  ≈ 18 % JSON-Schema validation of the whole document, ≈ 13 % `_construct`, which builds a new `SafeLoader` per
-  scalar.
-- **10 000 rules and latency tails**: a full garbage collection walks every rule object: 125–142 ms with 10 000
-  rules loaded vs 22 ms without, which is the p99 at c=16 of the 10 000-rule variant above. `gc.freeze()` after
-  loading the rules (`gc.unfreeze()` before a reload) brings it to ≈ 0 (not changed here: `addon.py`).
-- **Short token lifetimes**: azure-identity's credential keeps its own cache and refuses to ask for a new token within
-  30 s of the last request while the cached one is valid, so a background refresh earlier than 30 s after the last
-  fetch gets the same token back; the expiry run therefore uses a 40 s lifetime (real tokens live hours).
+def where_the_time_goes(summ: dict[str, Any], mic: dict[str, Any], s: Settings, big: str) -> str:
+    """Before/after table (before: constants above; after: this run) and the profile summary."""
+    lo, hi = min(s.concs), max(s.concs)
+    rows: list[tuple[str, str, str]] = []
+    for name in ("addon, 1 rule", f"addon, {big}", "addon, APIM policy"):
+        key = name.replace(big, "10 000 rules")
+        if name in summ:
+            rows.append((f"{name}: throughput / bare (c={hi})", fmt(BEFORE["ratio"][key]), rng(summ[name][hi]["ratio"])))
+    for name in ("addon, 1 rule", f"addon, {big}", "addon, APIM policy"):
+        key = name.replace(big, "10 000 rules")
+        if name in summ:
+            rows.append((f"{name}: added p50 (c={lo})", f"{fmt(BEFORE['added_p50'][key], 3)} ms",
+                         f"{rng(summ[name][lo]['added_p50_ms'], 3)} ms"))  # fmt: skip
+    for name in ("addon, 1 rule", f"addon, {big}"):
+        key = name.replace(big, "10 000 rules")
+        if name in summ:
+            rows.append((f"{name}: p99 (c={hi})", f"{fmt(BEFORE['p99_hi'][key], 1)} ms",
+                         f"{fmt(summ[name][hi]['p99_ms']['median'], 1)} ms"))  # fmt: skip
+    for name, v in (mic.get("hooks") or {}).items():
+        if isinstance(v, dict) and "us" in v and name in BEFORE["hooks"]:
+            rows.append((f"addon hooks per flow, {name}", f"{fmt(BEFORE['hooks'][name], 1)} µs", f"{fmt(v['us'], 1)} µs"))
+    for name, v in (mic.get("policy") or {}).items():
+        if isinstance(v, dict) and "us" in v and name in BEFORE["policy"]:
+            rows.append((f"policy execution per flow, {name}", f"{fmt(BEFORE['policy'][name], 1)} µs",
+                         f"{fmt(v['us'], 1)} µs"))  # fmt: skip
+    load = mic.get("load", {})
+    if load.get("runs"):
+        rows.append(("10 000-rule file load", f"{fmt(BEFORE['load_s'])} s", f"{rng(load['load_s'])} s"))
+        rows.append(("… RSS growth", f"{fmt(BEFORE['load_mib'], 1)} MiB", f"{rng(load['rss_delta_mib'], 1)} MiB"))
+    table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    return WHERE.format(table=table)
+
+
+WHERE = """## Where the time goes
+
+Before: the previous full run of `scripts/bench` on this machine (the numbers that missed the targets); after: this
+run. Profiles: py-spy on the live mitmdump under `wrk -c8` (1 rule), and cProfile/py-spy of the hooks in-process.
+
+| | before | after |
+| --- | --- | --- |
+{table}
+
+### What changed (hot path and rules loading, behaviour unchanged; the whole test suite passes)
+
+- **Trace built once** (`trace.py`, `addon.py`): `_record` used to build `Trace.to_json()`, canonicalise it (a
+  `sorted` per mapping) and walk it with `scrub` twice per flow, plus once more for the trace endpoint. Entries are
+  now stored finished when added (canonical key order from a per-shape cache of key orders, scrubbed of the known
+  secrets in the same walk); entries added before the token existed are checked once at the end of the flow (one
+  C-speed `json.dumps`, walked only if a secret occurs); `to_json` runs once per flow, in `response`/`error`, and
+  its result goes both to `flow.metadata` and to the trace endpoint. The request hook keeps the summary, comment and
+  the one log line. Timestamps format the whole second once (`strftime` only when the second changes).
+- **Context in and out** (`flowcontext.py`): the request URL is read and parsed once (`original_url` is a copy),
+  headers are decoded straight from mitmproxy's fields, and `apply_request` writes back only what the policy changed
+  (URL, method, headers as one `fields` tuple instead of `clear()` + one `add` per header).
+- **Per-flow bookkeeping** (`addon.py`, `flowcontext.py`, `tokens.py`, `engine.py`): `is_loopback` is cached (client
+  address and destination host), `mi_redact`/`mi_trace` are copied by `configure` (each `ctx.options` read
+  deep-copies), the readiness wait only awaits while the proxy is still starting, the log line reuses the URL the
+  trace already has (no extra `pretty_url`), the statement handler table and a token's cache entry are looked up
+  without re-importing / allocating.
+- **GC pauses with 10 000 rules** (`addon.py`): `gc.freeze()` after loading the rules (`gc.unfreeze()` + collect
+  around a reload), so full collections no longer walk every rule object (125–142 ms each before).
+- **Rules loading** (`rules.py`): libyaml (`CSafeLoader`) composes the file; the pure-Python parser stays the
+  reference for anything libyaml refuses and for characters its reader rejects, so errors and their
+  `file:line:column` are unchanged. Scalars are constructed by one loader per file (plain strings directly), and
+  positions are kept as YAML marks (a `Location` is made only for an error). The schema is compiled once into a
+  predicate with jsonschema's Draft 2020-12 semantics for the keywords it uses (agrees with `jsonschema` on 40 000
+  generated documents); jsonschema itself only runs, and names the errors, when that predicate does not accept the
+  document.
+- **Bench**: smoke mode ≤ 60 s (token lifetime 16 s in smoke; `--quick` micro loops sized to their time budget),
+  a robust smoke-test assertion, and `scripts/test` installs `wrk` and the `bench` extra so CI runs it.
+
+### What is left (not changed here)
+
+- **mitmproxy itself**: hook dispatch (`AddonManager.trigger_event` over ~60 built-in addons per event) is about
+  half of bare mitmdump's CPU here, ≈ 1 ms per request in total. A throughput ratio of 0.95 leaves the addon
+  ≈ 50 µs of CPU per request: less than one log record plus an APIM trace costs in Python.
+- **One log line per injection** (a product requirement): `log.info` costs the record and mitmproxy's handlers, and
+  mitmproxy's `LegacyLogEvents` turns every record into an `add_log` hook dispatched to every addon: together
+  ≈ 6 % of the proxy's CPU at saturation, about a quarter of the addon's share.
+- **The trace's built-in entries** (`inspector.py`, owned elsewhere): `request_data` and `forward_data` each call
+  `request.pretty_url` (host header parsing and IDNA checks, ≈ 2 % of the proxy's CPU) and build the header lists;
+  passing the URL in would save one of them.
+- **Context construction** (`policy/context.py`, owned elsewhere): `Context` builds every default object
+  (`Deployment`, `Gateway`, a timestamp, …) per request; lazily created defaults would save a few µs.
+- **APIM policy variant**: about a quarter of its hook time is the expression interpreter
+  (`policy/expressions/`, owned elsewhere); `members.get_property` calls `dataclasses.fields()` on every member
+  access (≈ 4 % of the hook time), a per-class cache would remove it.
+- **Short token lifetimes**: azure-identity's credential keeps its own cache and refuses to ask for a new token
+  within 30 s of the last request while the cached one is valid; the full run uses a 40 s lifetime (real tokens live
+  hours), the smoke run 16 s (the token provider waits azure-identity's expiring token out and fetches once more).
 - The naive async addon (one shared credential) is about as fast as ours at a cold start (its 200 token requests
   run in parallel on the other CPU); what single-flight saves against it is the 200× token requests.
-- Smoke mode (`scripts/bench --smoke`, run by `tests/test_bench_smoke.py`): the same code with tiny sizes.
 """
 
 

@@ -48,8 +48,18 @@ def _status_kib(name: str) -> float:
 
 
 def per_call_us(fn: Any, min_time: float) -> float:
-    """Best of 5 repeats of an auto-sized loop, in microseconds per call."""
+    """Best of 5 repeats of an auto-sized loop, in microseconds per call.
+
+    Below 0.2 s (``--quick``, the smoke run) the loop is sized to ``min_time / 5`` per repeat instead of timeit's
+    0.2 s autorange, so a quick run takes a fraction of a second per measurement."""
     t = timeit.Timer(fn)
+    if min_time < 0.2:
+        number, took = 1, t.timeit(1)
+        while took < min_time / 50:
+            number *= 10
+            took = t.timeit(number)
+        number = max(1, int(number * min_time / 5 / max(took, 1e-9)))
+        return min(t.repeat(5, number)) / number * 1e6
     number, took = t.autorange()
     number = max(1, int(number * max(min_time / 5 / max(took, 1e-9), 1)))
     return min(t.repeat(5, number)) / number * 1e6

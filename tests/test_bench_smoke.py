@@ -27,25 +27,32 @@ SECTIONS = (
     "## 3. Micro costs",
 )
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d ]*(?:\.\d+)?")
+# what the report prints for a value that is missing or not finite (a whole table cell, or its median)
+MISSING = re.compile(r"(?:n/a|nan|-?inf)(?: \[.*\])?(?: ms| s| MiB| µs|×)?", re.I)
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(240)
 def test_bench_smoke(tmp_path: Path) -> None:
     out, raw = tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "harness.py"), "--smoke", "--out", str(out), "--json", str(raw)],
-        cwd=ROOT, capture_output=True, text=True, timeout=380,
+        cwd=ROOT, capture_output=True, text=True, timeout=220,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = out.read_text()
     for heading in SECTIONS:
         assert heading in report, f"missing section {heading!r}:\n{report}"
     assert "Across a token expiry" in report
-    assert not re.search(r"not measured|\bn/a\b|\bnan\b|\binf\b", report, re.I), report
+    # nothing failed to be measured: no section or cell says so (prose, code and profile text may say anything)
+    assert "not measured" not in report, report
 
     # every table row of every section carries numbers, and all of them are finite
     rows = [ln for ln in report.splitlines() if ln.startswith("| ") and not ln.startswith("| ---")]
     assert len(rows) > 25
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        bad = [part for c in cells for part in re.split(r" / |, ", c) if MISSING.fullmatch(part.strip())]
+        assert not bad, f"a value is missing in {row!r}"
     for section in ("bare mitmdump", "addon, 1 rule", "addon, APIM policy", "apim-mi addon", "naive sync",
                     "naive async", "spread/10000", "header lookup"):  # fmt: skip
         assert any(section in r and NUMBER.search(r) for r in rows), f"no numbers for {section!r}:\n{report}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from .matcher import RequestTarget, normalize_path
@@ -19,8 +21,10 @@ def target_of(flow: http.HTTPFlow) -> RequestTarget:
     return RequestTarget(req.scheme, req.host, req.port, normalize_path(req.path), req.method.upper())
 
 
+@lru_cache(maxsize=1024)
 def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1, IPv4-mapped loopback and ``localhost``."""
+    """127.0.0.0/8, ::1, IPv4-mapped loopback and ``localhost`` (cached: a pure function of a client's address or a
+    destination host, asked on every flow)."""
     if host.lower().rstrip(".") == "localhost":
         return True
     try:
@@ -32,31 +36,59 @@ def is_loopback(host: str) -> bool:
     return addr.is_loopback
 
 
+@dataclass(slots=True)
+class Received:
+    """The request as ``context_from_flow`` read it, so ``apply_request`` writes back only what the policy changed."""
+
+    url: str
+    method: bytes
+    headers: list[tuple[str, str]]
+
+
+def _decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+    """Header fields as mitmproxy's ``headers.items(multi=True)`` decodes them."""
+    return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
+
+
 def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
+    return request_context(flow, request_id)[0]
+
+
+def request_context(flow: http.HTTPFlow, request_id: uuid.UUID) -> tuple[Context, Received]:
+    """The policy's ``context`` for a flow, and what was read (for ``apply_request``)."""
     req = flow.request
-    url = Url.parse(req.url)
+    raw_url = req.url
+    url = Url.parse(raw_url)
     peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"
+    pairs = _decoded(req.headers.fields)
     request = Request(
         method=req.method,
         url=url,
-        headers=Headers(req.headers.items(multi=True)),
+        headers=Headers(pairs),
         body=Body(req.raw_content or b""),
         ip_address=peer,
-        original_url=Url.parse(req.url),
+        original_url=url.copy(),
     )
-    return Context(request=request, request_id=request_id)
+    return Context(request=request, request_id=request_id), Received(raw_url, req.data.method, pairs)
 
 
-def apply_request(request: Request, flow: http.HTTPFlow) -> None:
-    """Writes the policy's view of the request back (URL, method, headers, body) before it is forwarded."""
+def apply_request(request: Request, flow: http.HTTPFlow, received: Received | None = None) -> None:
+    """Writes the policy's view of the request back (URL, method, headers, body) before it is forwarded.
+
+    With ``received`` (from ``request_context``, the flow untouched since), what the policy left as it was is not
+    written again; the result is the same."""
     req = flow.request
     new_url = str(request.url)
-    if new_url != req.url:
+    if new_url != (received.url if received is not None else req.url):
         req.url = new_url
-    req.method = request.method
-    req.headers.clear()
-    for name, value in request.headers.pairs():
-        req.headers.add(name, value)
+    method = request.method.encode("utf-8", "surrogateescape")
+    if received is None or method != received.method:
+        req.data.method = method
+    pairs = request.headers.pairs()
+    if received is None or pairs != received.headers:
+        req.headers.fields = tuple(
+            (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs
+        )
     if request.body is not None and request.body.content != (req.raw_content or b""):
         req.content = request.body.content
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -80,50 +80,73 @@ def rules_schema() -> dict[str, Any]:
 
 @dataclass
 class _Positions:
-    """JSON path (tuple of keys/indexes) → location of the value, and of the key for mapping entries."""
+    """JSON path (tuple of keys/indexes) → location of the value, and of the key for mapping entries.
+
+    The tables hold YAML marks (0-based line and column); ``at`` makes the ``Location`` of the one that is asked for,
+    so a 10 000-rule file does not build 100 000 ``Location`` objects it never reports."""
 
     file: str
-    values: dict[tuple[Any, ...], Location] = field(default_factory=dict)
-    keys: dict[tuple[Any, ...], Location] = field(default_factory=dict)
+    values: dict[tuple[Any, ...], yaml.Mark] = field(default_factory=dict)
+    keys: dict[tuple[Any, ...], yaml.Mark] = field(default_factory=dict)
 
     def at(self, path: tuple[Any, ...], key: bool = False) -> Location:
         table = self.keys if key else self.values
         while path and path not in table:
             path = path[:-1]
-        return table.get(path, self.values.get((), Location(self.file, 1, 1)))
+        mark = table.get(path) or self.values.get(())
+        return Location(self.file, mark.line + 1, mark.column + 1) if mark is not None else Location(self.file, 1, 1)
 
 
 def _mark(file: str, node: yaml.Node) -> Location:
     return Location(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _construct(node: yaml.Node, path: tuple[Any, ...], pos: _Positions) -> Any:
-    """Plain data from a composed YAML node, remembering where every value came from."""
-    pos.values[path] = _mark(pos.file, node)
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _construct(node: yaml.Node, path: tuple[Any, ...], pos: _Positions, scalars: yaml.SafeLoader) -> Any:
+    """Plain data from a composed YAML node, remembering where every value came from. ``scalars`` constructs the
+    scalars (one loader for the whole document)."""
+    pos.values[path] = node.start_mark
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
+        keys = pos.keys
         for knode, vnode in node.value:
             if not isinstance(knode, yaml.ScalarNode):
                 raise LoadError(_mark(pos.file, knode), "mapping keys must be plain names")
             key = knode.value
             if key in out:
                 raise LoadError(_mark(pos.file, knode), f"duplicate key '{key}'")
-            pos.keys[(*path, key)] = _mark(pos.file, knode)
-            out[key] = _construct(vnode, (*path, key), pos)
+            kpath = (*path, key)
+            keys[kpath] = knode.start_mark
+            out[key] = _construct(vnode, kpath, pos, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, (*path, i), pos) for i, item in enumerate(node.value)]
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+        return [_construct(item, (*path, i), pos, scalars) for i, item in enumerate(node.value)]
+    if node.tag == _STR_TAG and type(node) is yaml.ScalarNode:
+        return node.value  # what SafeConstructor.construct_yaml_str returns
+    return scalars.construct_object(node, deep=True)
+
+
+# libyaml (PyYAML's C extension) composes ~2x faster than the pure-Python parser. The pure-Python one stays the
+# reference: it parses whatever libyaml refuses (so errors and their positions are PyYAML's own), and any text with
+# a character its reader rejects.
+_CLoader: Any = getattr(yaml, "CSafeLoader", None)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    if _CLoader is not None and not yaml.reader.Reader.NON_PRINTABLE.search(text):
+        try:
+            return yaml.compose(text, Loader=_CLoader)
+        except Exception:  # whatever libyaml refuses, the reference parser decides (and reports)
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
     pos = _Positions(file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
@@ -133,7 +156,11 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
         raise LoadError(Location(file, 1, 1), f"YAML error: {e}") from None
     if node is None:
         raise LoadError(Location(file, 1, 1), "the rules file is empty; it needs a 'rules:' list")
-    return _construct(node, (), pos), pos
+    scalars = yaml.SafeLoader("")
+    try:
+        return _construct(node, (), pos, scalars), pos
+    finally:
+        scalars.dispose()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,9 +168,155 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, _Positions]:
 
 
 def _schema_errors(data: Any, pos: _Positions) -> Iterator[LoadError]:
-    validator = jsonschema.Draft202012Validator(rules_schema())
+    """Every schema error, positioned. A valid document (the usual case) is recognised by a compiled check first;
+    jsonschema itself, which names the errors, only runs on documents that check does not accept."""
+    check = _compiled_schema()
+    try:
+        if check is not None and check(data):
+            return
+    except _Unsure:
+        pass
+    validator = _validator()
     for err in sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path))):
         yield _schema_error(err, pos)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(rules_schema())
+
+
+class _Unsure(Exception):
+    """The compiled check met a value it cannot judge exactly like jsonschema; jsonschema decides."""
+
+
+_Check = Callable[[Any], bool]
+# Keywords that only annotate; everything else the compiler does not know disables the compiled check.
+_ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "$comment", "title", "description", "default", "examples"})
+
+
+@cache
+def _compiled_schema() -> _Check | None:
+    """``rules_schema()`` as a Python predicate with jsonschema's Draft 2020-12 semantics for the keywords it uses,
+    or None if the schema uses a keyword the compiler does not know. ``True`` means valid; ``False`` or ``_Unsure``
+    send the document to jsonschema."""
+    schema = rules_schema()
+    defs = schema.get("$defs", {})
+    compiled: dict[str, _Check] = {}
+
+    def ref(name: str) -> _Check:
+        def check(x: Any) -> bool:
+            return compiled[name](x)
+
+        return check
+
+    try:
+        for name, sub in defs.items():
+            compiled[name] = _compile(sub, ref)
+        return _compile(schema, ref)
+    except _Unsure:
+        return None
+
+
+def _is_type(x: Any, name: str) -> bool:
+    if name == "string":
+        return isinstance(x, str)
+    if name == "object":
+        return isinstance(x, dict)
+    if name == "array":
+        return isinstance(x, list)
+    if name == "boolean":
+        return isinstance(x, bool)
+    if name == "null":
+        return x is None
+    if isinstance(x, bool):
+        return False
+    if name == "integer":
+        return isinstance(x, int) or (isinstance(x, float) and x.is_integer())
+    if name == "number":
+        if isinstance(x, int | float):
+            return True
+        raise _Unsure  # other numbers.Number types: leave them to jsonschema
+    raise _Unsure
+
+
+def _compile(schema: Any, ref: Callable[[str], _Check]) -> _Check:
+    if schema is True:
+        return lambda x: True
+    if schema is False:
+        return lambda x: False
+    if not isinstance(schema, dict):
+        raise _Unsure
+    checks: list[_Check] = []
+    props: dict[str, _Check] = {}
+    for kw, arg in schema.items():
+        if kw in _ANNOTATIONS:
+            continue
+        if kw == "$ref":
+            if not (isinstance(arg, str) and arg.startswith("#/$defs/")):
+                raise _Unsure
+            checks.append(ref(arg[len("#/$defs/") :]))
+        elif kw == "type":
+            names = [arg] if isinstance(arg, str) else list(arg)
+            checks.append(lambda x, names=names: any(_is_type(x, n) for n in names))
+        elif kw == "enum" or kw == "const":
+            values = [arg] if kw == "const" else list(arg)
+            if not all(type(v) is str for v in values):
+                raise _Unsure
+            allowed = frozenset(values)
+            checks.append(lambda x, allowed=allowed: isinstance(x, str) and x in allowed)
+        elif kw == "properties":
+            props = {k: _compile(v, ref) for k, v in arg.items()}
+            checks.append(lambda x, props=props: not isinstance(x, dict) or all(
+                props[k](v) for k, v in x.items() if type(k) is str and k in props))  # fmt: skip
+        elif kw == "additionalProperties":
+            if "patternProperties" in schema:
+                raise _Unsure
+            known = frozenset(schema.get("properties", {}))
+            extra = _compile(arg, ref)
+            checks.append(lambda x, known=known, extra=extra: not isinstance(x, dict) or all(
+                extra(v) for k, v in x.items() if not (type(k) is str and k in known)))  # fmt: skip
+        elif kw == "required":
+            names = list(arg)
+            checks.append(lambda x, names=names: not isinstance(x, dict) or all(n in x for n in names))
+        elif kw == "items":
+            if "prefixItems" in schema:
+                raise _Unsure
+            item = _compile(arg, ref)
+            checks.append(lambda x, item=item: not isinstance(x, list) or all(item(v) for v in x))
+        elif kw in ("minItems", "maxItems", "minLength", "maxLength"):
+            kind = list if kw.endswith("Items") else str
+            n = arg
+            if kw.startswith("min"):
+                checks.append(lambda x, kind=kind, n=n: not isinstance(x, kind) or len(x) >= n)
+            else:
+                checks.append(lambda x, kind=kind, n=n: not isinstance(x, kind) or len(x) <= n)
+        elif kw == "uniqueItems":
+            if arg:
+                checks.append(_unique)
+        elif kw == "pattern":
+            rx = re.compile(arg)
+            checks.append(lambda x, rx=rx: not isinstance(x, str) or rx.search(x) is not None)
+        elif kw in ("oneOf", "anyOf"):
+            subs = [_compile(v, ref) for v in arg]
+            if kw == "oneOf":
+                checks.append(lambda x, subs=subs: sum(1 for c in subs if c(x)) == 1)
+            else:
+                checks.append(lambda x, subs=subs: any(c(x) for c in subs))
+        elif kw == "not":
+            sub = _compile(arg, ref)
+            checks.append(lambda x, sub=sub: not sub(x))
+        else:
+            raise _Unsure
+    return lambda x: all(c(x) for c in checks)
+
+
+def _unique(x: Any) -> bool:
+    if not isinstance(x, list):
+        return True
+    if not all(type(v) is str for v in x):
+        raise _Unsure
+    return len(set(x)) == len(x)
 
 
 def _dotted(path: tuple[Any, ...]) -> str:

@@ -156,7 +156,9 @@ class TokenProvider:
 
     async def get(self, key: TokenKey) -> TokenResult:
         """A valid token for ``key``: cached, or fetched once for all concurrent callers, within ``timeout``."""
-        entry = self._entries.setdefault(key, _Entry())
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries.setdefault(key, _Entry())
         now = self._clock()
         token = entry.token
         if token is not None and now < token.expires_on - EXPIRY_SKEW:

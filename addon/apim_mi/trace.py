@@ -8,6 +8,7 @@ one from Azure. Nothing here ever sees a token: callers pass claims, not secrets
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,29 +34,96 @@ KEY_ORDER: tuple[str, ...] = (
 _RANK = {k: i for i, k in enumerate(KEY_ORDER)}
 
 
+def _sort_key(key: Any) -> tuple[int, str]:
+    return (_RANK.get(key, len(_RANK)), str(key))
+
+
+# Canonical order of a dict's keys, by the keys in their current order: trace data has a few dozen shapes, so the
+# sort runs once per shape. Only all-str key tuples are cached (1 == True == 1.0 would share an entry otherwise).
+_ORDER: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+_ORDER_MAX = 4096
+
+
+def _order(data: dict[Any, Any]) -> tuple[Any, ...]:
+    keys = tuple(data)
+    order = _ORDER.get(keys)
+    if order is None:
+        order = tuple(sorted(keys, key=_sort_key))
+        if len(_ORDER) < _ORDER_MAX and all(type(k) is str for k in keys):
+            _ORDER[keys] = order
+    return order
+
+
 def canonical(data: Any) -> Any:
     """``data`` with every dict's keys in the canonical order (``KEY_ORDER``, then alphabetical); lists keep theirs."""
-    if isinstance(data, dict):
-        keys = sorted(data, key=lambda k: (_RANK.get(k, len(_RANK)), str(k)))
-        return {k: canonical(data[k]) for k in keys}
-    if isinstance(data, list | tuple):
+    t = type(data)
+    if t is str or t is int or t is bool or t is float or data is None:
+        return data
+    if t is dict or isinstance(data, dict):
+        return {k: canonical(data[k]) for k in _order(data)}
+    if t is list or isinstance(data, list | tuple):
         return [canonical(v) for v in data]
     return data
 
 
+def _canonical_scrubbed(data: Any, secrets: set[str] | frozenset[str]) -> Any:
+    """``scrub(canonical(data), secrets)`` in one walk."""
+    t = type(data)
+    if t is str or isinstance(data, str):
+        for secret in secrets:
+            if secret and secret in data:
+                data = data.replace(secret, REDACTED)
+        return data
+    if t is int or t is bool or t is float or data is None:
+        return data
+    if t is dict or isinstance(data, dict):
+        return {k: _canonical_scrubbed(data[k], secrets) for k in _order(data)}
+    if t is list or isinstance(data, list | tuple):
+        return [_canonical_scrubbed(v, secrets) for v in data]
+    return data
+
+
+# Characters json.dumps escapes (with ensure_ascii=False): a secret containing one cannot be found in the JSON text.
+_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr, check_circular=False)
+
+
+def _may_hold_secret(data: Any, secrets: set[str]) -> bool:
+    """False only when no secret can occur anywhere in ``data`` (one C-speed ``json.dumps`` instead of a walk)."""
+    if any(_JSON_ESCAPED.search(s) for s in secrets):
+        return True
+    try:
+        text = _ENCODER.encode(data)
+    except (TypeError, ValueError, RecursionError):
+        return True
+    return any(s and s in text for s in secrets)
+
+
+# The last whole second formatted (``strftime`` is the expensive part): entries of one request share it.
+_LAST_SECOND: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(epoch: float) -> str:
     """``2023-05-03T12:03:04.6899436Z``: UTC with 7 fractional digits, as APIM writes it."""
+    global _LAST_SECOND
     whole = int(epoch)
     ticks = round((epoch - whole) * 10_000_000)
     if ticks >= 10_000_000:
         whole, ticks = whole + 1, ticks - 10_000_000
-    return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ticks:07d}Z"
+    last = _LAST_SECOND
+    if last[0] == whole:
+        return f"{last[1]}.{ticks:07d}Z"
+    prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    _LAST_SECOND = (whole, prefix)
+    return f"{prefix}.{ticks:07d}Z"
 
 
 def format_elapsed(seconds: float) -> str:
     """A .NET TimeSpan in the ``c`` format: ``00:00:00.2983315``."""
     ticks = max(round(seconds * 10_000_000), 0)
     secs, frac = divmod(ticks, 10_000_000)
+    if secs < 60:
+        return f"00:00:{secs:02d}.{frac:07d}"
     hours, rest = divmod(secs, 3600)
     minutes, s = divmod(rest, 60)
     return f"{hours:02d}:{minutes:02d}:{s:02d}.{frac:07d}"
@@ -73,21 +141,28 @@ REDACTED = "[token redacted]"
 
 def scrub(data: Any, secrets: set[str]) -> Any:
     """``data`` with every secret replaced, however deeply it is nested (a header value, an expression result)."""
-    if isinstance(data, str):
+    t = type(data)
+    if t is str or isinstance(data, str):
         for secret in secrets:
             if secret and secret in data:
                 data = data.replace(secret, REDACTED)
         return data
-    if isinstance(data, dict):
+    if t is int or t is bool or t is float or data is None:
+        return data
+    if t is dict or isinstance(data, dict):
         return {k: scrub(v, secrets) for k, v in data.items()}
-    if isinstance(data, list | tuple):
+    if t is list or isinstance(data, list | tuple):
         return [scrub(v, secrets) for v in data]
     return data
 
 
 @dataclass
 class Trace:
-    """Entries of one request, timed from when the proxy received it (``started``, epoch seconds)."""
+    """Entries of one request, timed from when the proxy received it (``started``, epoch seconds).
+
+    Entries are stored finished: canonical key order, scrubbed of the secrets known when they were added. An entry
+    added before a secret was registered is checked again (once) by ``to_json``.
+    """
 
     trace_id: str
     started: float = field(default_factory=time.time)
@@ -95,6 +170,8 @@ class Trace:
     entries: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
     secrets: set[str] = field(default_factory=set, repr=False)
     _t0: float = field(default=0.0, repr=False)
+    # every entry added, with how many secrets were known then (``secrets`` only grows)
+    _added: list[tuple[dict[str, Any], int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self._t0 = self.clock()
@@ -113,20 +190,50 @@ class Trace:
         return self.clock() - self._t0
 
     def add(self, section: str, source: str, data: Any) -> dict[str, Any]:
-        el = self.elapsed()
+        el = self.clock() - self._t0
+        secrets = self.secrets
+        if secrets:
+            source = _canonical_scrubbed(source, secrets)
+            data = _canonical_scrubbed(data, secrets)
+        else:
+            data = canonical(data)
         entry = {
             "source": source,
             "timestamp": format_timestamp(self.started + el),
             "elapsed": format_elapsed(el),
-            "data": scrub(data, self.secrets) if self.secrets else data,
+            "data": data,
         }
-        self.entries.setdefault(section, []).append(entry)
+        entries = self.entries.get(section)
+        if entries is None:
+            entries = self.entries[section] = []
+        entries.append(entry)
+        self._added.append((entry, len(secrets)))
         return entry
+
+    def _scrub_stale(self) -> None:
+        """Entries added before the last secret was registered: scrubbed now, if they hold it at all."""
+        secrets = self.secrets
+        n = len(secrets)
+        if not n:
+            return
+        added = self._added
+        stale = [i for i, (_, k) in enumerate(added) if k < n]
+        if not stale:
+            return
+        if _may_hold_secret([added[i][0] for i in stale], secrets):
+            for i in stale:
+                entry = added[i][0]
+                for key, value in list(entry.items()):
+                    entry[key] = _canonical_scrubbed(value, secrets)
+        for i in stale:
+            added[i] = (added[i][0], n)
 
     def to_json(self) -> dict[str, Any]:
         """The APIM document, in canonical key order; sections with no entries are left out, as APIM leaves out a
         skipped backend."""
-        return canonical({"traceId": self.trace_id, "traceEntries": {k: v for k, v in self.entries.items() if v}})
+        self._scrub_stale()
+        sections = {k: list(v) for k, v in self.entries.items() if v}
+        return {"traceId": self.trace_id, "traceEntries": {k: sections[k] for k in _order(sections)}}
 
 
 def render(trace: dict[str, Any]) -> str:

@@ -88,10 +88,16 @@ class PolicyRun:
 Handler = Callable[[PolicyRun, Statement, Scope], Awaitable[None]]
 
 
-def _handlers() -> Mapping[str, Handler]:
-    from .statements import HANDLERS
+_HANDLERS: Mapping[str, Handler] | None = None
 
-    return HANDLERS
+
+def _handlers() -> Mapping[str, Handler]:
+    global _HANDLERS
+    if _HANDLERS is None:
+        from .statements import HANDLERS
+
+        _HANDLERS = HANDLERS
+    return _HANDLERS
 
 
 def expression_text(value: Value) -> str:
