@@ -177,8 +177,9 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
 
 
 async def run_section(run: PolicyRun, section: str) -> None:
-    """One section of the effective policy, against the main request."""
-    await run_statements(run, run.policy.sections.get(section, []), Scope(section, "", run.context.request))
+    """One section of the effective policy: inbound/backend act on the main request, outbound on the response."""
+    request = run.context.request if section in ("inbound", "backend") else None
+    await run_statements(run, run.policy.sections.get(section, []), Scope(section, "", request))
 
 
 async def handle_error(run: PolicyRun, error: PolicyError) -> None:
@@ -207,15 +208,19 @@ async def handle_error(run: PolicyRun, error: PolicyError) -> None:
             "policyId": error.policy_id,
         },
     )
+    # The response being built: what the failing policy answers (check-header's 401 …) or APIM's generic 500.
+    # on-error's set-status/set-header/set-body act on it (context.Response); return-response replaces it.
+    error_response = getattr(error, "response", None)
+    run.context.response = error_response if error_response is not None else internal_server_error(run.context)
     statements = run.policy.sections.get("on-error", [])
     if statements:
         try:
             await run_statements(run, statements, Scope("on-error", "", None))
         except (PolicyError, ExecutionLimitError) as e:
             run.trace.add("on-error", getattr(e, "source", "") or "apim-mi", {"message": str(e)})
-            run.response = None
+            run.response = internal_server_error(run.context)
     if run.response is None:
-        run.response = internal_server_error(run.context)
+        run.response = run.context.response or internal_server_error(run.context)
 
 
 def internal_server_error(context: Context) -> Response:

@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from . import core
+from . import core, http, messages, routing, security
 
 if TYPE_CHECKING:
     from ..engine import Handler
 
-HANDLERS: Mapping[str, Handler] = {**core.HANDLERS}
+HANDLERS: Mapping[str, Handler] = {
+    **core.HANDLERS,
+    **http.HANDLERS,
+    **messages.HANDLERS,
+    **routing.HANDLERS,
+    **security.HANDLERS,
+}

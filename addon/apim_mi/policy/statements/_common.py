@@ -1,0 +1,121 @@
+"""Helpers shared by the statement modules: typed attribute values with the catalog's defaults, the message a
+statement acts on, APIM's JSON error bodies, and a ``PolicyError`` that carries the response APIM answers with."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from ...errors import PolicyError
+from ..catalog import default_of
+from ..context import Body, Headers, Response
+from ..engine import PolicyRun, Scope, evaluate, evaluate_string
+from ..model import Statement
+
+#: Marks trace entries whose wording APIM's documentation and real traces do not show.
+UNVERIFIED = {"emulator": "wording not verified against Azure"}
+
+
+class ResponseError(PolicyError):
+    """A policy failure that already decided the caller's answer (check-header's and validate-jwt's
+    ``{"statusCode": N, "message": …}``); the engine makes it ``context.Response`` while on-error runs."""
+
+    def __init__(self, source: str, message: str, reason: str, response: Response) -> None:
+        super().__init__(source, message, reason)
+        self.response = response
+
+
+def json_response(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    """The gateway's own error body: ``{"statusCode": N, "message": "…"}`` as JSON."""
+    body = json.dumps({"statusCode": status, "message": message}, indent=4).encode()
+    return Response(
+        status_code=status,
+        status_reason=reason_phrase(status),
+        headers=Headers([("Content-Type", "application/json; charset=utf-8"), *(headers or [])]),
+        body=Body(body, "application/json"),
+    )
+
+
+def reason_phrase(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
+def status_name(code: int) -> str:
+    """.NET's ``HttpStatusCode`` name (``OK``, ``NotFound``, ``InternalServerError``), as APIM's traces show it."""
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        return str(code)
+    return phrase if phrase.isupper() else "".join(w[:1].upper() + w[1:] for w in phrase.replace("-", " ").split())
+
+
+def _default(stmt: Statement, name: str, parent: str | None) -> str | None:
+    if parent is not None:
+        return default_of(parent, name, stmt.name)
+    return default_of(stmt.name, name)
+
+
+async def str_attr(
+    run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
+) -> str | None:
+    """An attribute as a string (expression evaluated), or the catalog's documented default."""
+    value = stmt.attrs.get(name)
+    if value is None:
+        return _default(stmt, name, parent)
+    return await evaluate_string(run, value, source or stmt.name, scope)
+
+
+async def int_attr(
+    run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
+) -> int | None:
+    value = stmt.attrs.get(name)
+    raw: Any = _default(stmt, name, parent) if value is None else await evaluate(run, value, source or stmt.name, scope)
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise PolicyError(source or stmt.name, f"The '{name}' attribute must be an integer (got {raw!r}).",
+                          "ExpressionValueEvaluationFailure")
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise PolicyError(source or stmt.name, f"The '{name}' attribute must be an integer (got {raw!r}).",
+                          "ExpressionValueEvaluationFailure") from None
+
+
+async def bool_attr(
+    run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
+) -> bool:
+    value = stmt.attrs.get(name)
+    raw: Any = _default(stmt, name, parent) if value is None else await evaluate(run, value, source or stmt.name, scope)
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw if raw is not None else "false").strip().lower()
+    if text not in ("true", "false"):
+        raise PolicyError(source or stmt.name, f"The '{name}' attribute must be true or false (got {raw!r}).",
+                          "ExpressionValueEvaluationFailure")
+    return text == "true"
+
+
+def current_response(run: PolicyRun) -> Response:
+    """``context.Response``: the backend's (outbound), the error response (on-error) or the one return-response is
+    building. In inbound, before any backend answered, an empty 200 is created, as APIM's set-status does."""
+    if run.context.response is None:
+        run.context.response = Response(200, "OK", Headers(), Body(b""))
+    return run.context.response
+
+
+def body_bytes(value: Any) -> bytes:
+    """An expression or literal result as body bytes (``byte[]`` stays binary, everything else ``ToString()``)."""
+    if value is None:
+        return b""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    from ..expressions import to_policy_string
+
+    return to_policy_string(value).encode()

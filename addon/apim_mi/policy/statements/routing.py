@@ -1,0 +1,169 @@
+"""Where the request goes: set-backend-service, rewrite-uri, set-query-parameter (apim.md §3.5, §4.2).
+
+``context.Request.Url`` is the backend URL in APIM; these policies change it, and the proxy forwards to it. apim-mi
+has no API definition, so the "API suffix" APIM strips before appending the operation path is
+``context.Api.Path`` when one is configured, and nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ...errors import PolicyError
+from ..context import Query, Url
+from ..engine import PolicyRun, Scope, evaluate_string
+from ..model import Statement
+from ._common import UNVERIFIED, bool_attr, str_attr
+
+_PARAM = re.compile(r"\{([^{}]+)\}")
+
+
+def _request(run: PolicyRun, scope: Scope) -> Any:
+    return scope.request or run.context.request
+
+
+def _api_relative_path(run: PolicyRun, path: str) -> str:
+    api = run.context.api
+    prefix = "/" + api.path.strip("/") if api is not None and api.path and api.path.strip("/") else ""
+    if prefix and (path == prefix or path.startswith(prefix + "/")):
+        return path[len(prefix):] or "/"
+    return path
+
+
+def _backend_url(run: PolicyRun, backend_id: str) -> str:
+    backends = run.services.settings.get("backends") or {}
+    entry = backends.get(backend_id)
+    if isinstance(entry, dict):
+        entry = entry.get("url")
+    if not entry:
+        known = ", ".join(sorted(backends)) or "none configured"
+        raise PolicyError("set-backend-service",
+                          f"Backend with id '{backend_id}' could not be found (backends: {known}).", "BackendNotFound")
+    return str(entry)
+
+
+async def set_backend_service(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """New base URL + the operation's path + the query (apim.md §3.5's worked example)."""
+    base = await str_attr(run, stmt, "base-url", scope)
+    backend_id = None
+    if not base:
+        backend_id = await str_attr(run, stmt, "backend-id", scope)
+        if not backend_id:
+            raise PolicyError("set-backend-service", "Either base-url or backend-id is required.",
+                              "ExpressionValueEvaluationFailure")
+        base = _backend_url(run, backend_id)
+    parts = urlsplit(base.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PolicyError("set-backend-service", f"The base URL '{base}' is not an absolute http(s) URL.",
+                          "ExpressionValueEvaluationFailure")
+    request = _request(run, scope)
+    old = request.url
+    relative = _api_relative_path(run, old.path)
+    new = Url.parse(base.strip())
+    new.path = new.path.rstrip("/") + (relative if relative.startswith("/") else "/" + relative)
+    new.query = Query(old.query.pairs())
+    new._raw_query, new._raw_pairs = old._raw_query, old._raw_pairs
+    request.url = new
+    if "Host" in request.headers:
+        request.headers.set("Host", [new.authority])
+    run.trace.add(scope.section, "set-backend-service", {
+        "message": f"Backend service URL was changed to {new.scheme}://{new.authority}{new.path}",
+        "backendId": backend_id,
+        **UNVERIFIED,
+    })
+
+
+async def rewrite_uri(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """``template`` is the new path and query; ``{name}`` takes the matched parameter or the query parameter of that
+    name. With ``copy-unmatched-params`` (default true) query parameters the template does not use are kept."""
+    template = (await str_attr(run, stmt, "template", scope) or "").strip()
+    copy_unmatched = await bool_attr(run, stmt, "copy-unmatched-params", scope)
+    request = _request(run, scope)
+    old_query = request.url.query
+    used: set[str] = set()
+
+    def value_of(name: str) -> str | None:
+        key = name.strip().lstrip("*")
+        matched = {k.lower(): v for k, v in request.matched_parameters.items()}
+        if key.lower() in matched:
+            return matched[key.lower()]
+        if key in old_query:
+            used.add(key.lower())
+            return old_query.get(key)
+        return None
+
+    def substitute(text: str, safe: str) -> str:
+        def repl(m: re.Match[str]) -> str:
+            v = value_of(m.group(1))
+            return "" if v is None else quote(v, safe=safe)
+
+        return _PARAM.sub(repl, text)
+
+    path_t, _, query_t = template.partition("?")
+    path = substitute(path_t, "/@:!$&'()*+,;=-._~")
+    new_query = Query()
+    for part in filter(None, query_t.split("&")):
+        name, eq, val = part.partition("=")
+        if eq and _PARAM.fullmatch(val.strip()):
+            v = value_of(_PARAM.fullmatch(val.strip()).group(1))  # type: ignore[union-attr]
+            if v is None:
+                continue  # an optional query parameter that was not supplied
+            new_query.append(name, v)
+        else:
+            new_query.append(name, substitute(val, "") if eq else "")
+    if copy_unmatched:
+        template_names = {n.lower() for n in new_query.names()}
+        for n, v in old_query.pairs():
+            if n.lower() not in used and n.lower() not in template_names:
+                new_query.append(n, v)
+    url = request.url.copy()
+    prefix = ""
+    api = run.context.api
+    if api is not None and api.service_url is not None:
+        prefix = api.service_url.path.rstrip("/")
+    url.path = prefix + (path if path.startswith("/") else "/" + path)
+    url.query = new_query
+    url._raw_query = url._raw_pairs = None
+    request.url = url
+    run.trace.add(scope.section, "rewrite-uri", {
+        "message": f"Updated request URL path to {url.path}{url.query_string}", **UNVERIFIED,
+    })
+
+
+async def set_query_parameter(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    name = await str_attr(run, stmt, "name", scope) or ""
+    action = (await str_attr(run, stmt, "exists-action", scope) or "override").strip().lower()
+    values: list[str] = []
+    for v in stmt.children_named("value"):
+        text = await evaluate_string(run, v.text, "set-query-parameter", scope)
+        if text is not None:
+            values.append(text)
+    request = _request(run, scope)
+    query = request.url.query
+    exists = name in query
+    if action == "delete":
+        query.remove(name)
+    elif action == "skip" and exists:
+        pass
+    elif action == "append":
+        for value in values:
+            query.append(name, value)
+    elif values:
+        query.set(name, values)
+    else:
+        query.remove(name)
+    run.trace.add(scope.section, "set-query-parameter", {
+        "message": f"Query parameter '{name}': {action}" + (" (already present, left unchanged)"
+                                                             if action == "skip" and exists else ""),
+        "parameter": {"name": name, "value": ",".join(values)},
+        **UNVERIFIED,
+    })
+
+
+HANDLERS = {
+    "set-backend-service": set_backend_service,
+    "rewrite-uri": rewrite_uri,
+    "set-query-parameter": set_query_parameter,
+}
