@@ -23,7 +23,11 @@ from proxy import MI_ENV, Mitmdump, proxy_for  # noqa: E402
 
 # Audiences the shared backend accepts (exact strings: X and X/ differ).
 DEMO_AUDIENCE = "api://00000000-0000-0000-0000-00000000a11c"
-TEST_AUDIENCES = [DEMO_AUDIENCE, "https://orders.contoso.test", "https://management.azure.com/"]
+TEST_AUDIENCES = [
+    DEMO_AUDIENCE, "https://orders.contoso.test", "https://management.azure.com/",
+    # examples/ (tests/test_examples.py)
+    "api://6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b", "https://vault.azure.net", "https://graph.microsoft.com",
+]  # fmt: skip
 USER_CLIENT_ID = "11111111-1111-1111-1111-111111111111"
 
 

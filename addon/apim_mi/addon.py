@@ -88,6 +88,9 @@ class ApimMi:
     # -- options ---------------------------------------------------------------------------------------------
 
     def load(self, loader: Any) -> None:
+        # azure-identity logs every token request (INFO) and every failure with a full traceback (WARNING) into
+        # mitmproxy's event log; the flow's own apim-mi line (and its trace) already carries the cause.
+        logging.getLogger("azure").setLevel(logging.ERROR)
         loader.add_option("mi_rules", str, "rules.yaml", "Rules file (.yaml, or .xml rules / a bare APIM <policies>).")
         loader.add_option(
             "mi_credential", str, "",
@@ -156,6 +159,7 @@ class ApimMi:
         try:
             config = load_rules(path)
             self.config = config
+            self._settings = {**self._settings, "backends": config.backends}  # set-backend-service backend-id
             self.matcher = Matcher(config.rules)
             self._watched = {f: _mtime(f) for f in config.files}
         finally:
@@ -182,7 +186,7 @@ class ApimMi:
         """Embedded emulator / demo backend (if asked for), the token provider, the startup summary."""
         assert self._ready is not None
         try:
-            settings: dict[str, Any] = {}
+            settings: dict[str, Any] = {"backends": self.config.backends if self.config else {}}
             if self.credential == "emulator":
                 await self._start_emulator()
                 settings["tenant_id"] = self.emulator.tenant_id

@@ -1,8 +1,15 @@
-"""``apim-mi``: the command line. Subcommands: demo, validate, trace, emulator."""
+"""``apim-mi``: the command line. Subcommands: validate, token, emulator, demo, trace.
+
+Exit codes (every subcommand): 0 = ok, 1 = warnings (``validate``), 2 = errors (a broken rules file, no token, an
+unreadable flow file, bad arguments).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -12,20 +19,121 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .errors import LoadError
+from .errors import LoadError, Location
 
 EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
 ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "mi.py"
+CREDENTIALS = ("default", "managed-identity", "workload-identity", "azure-cli", "emulator")
+
+#: Resources exactly as Microsoft documents them for authentication-managed-identity (research/apim.md §2.7).
+#: ``validate`` warns about a resource that misses one of these only by a trailing slash, case, ``api://`` or a
+#: ``/.default`` suffix, or that looks like a misspelling of one.
+DOCUMENTED_RESOURCES: tuple[str, ...] = (
+    "https://management.azure.com/",
+    "https://vault.azure.net",
+    "https://graph.microsoft.com",
+    "https://storage.azure.com/",
+    "https://servicebus.azure.net/",
+    "https://servicebus.azure.net",
+    "https://eventhubs.azure.net/",
+    "https://eventhubs.azure.net",
+    "https://cognitiveservices.azure.com",
+    "https://database.windows.net/",
+    "https://signalr.azure.com",
+)
+_AZURE_HOST = re.compile(r"\.(azure\.(com|net)|microsoft\.com|windows\.net)$", re.I)
 
 
 def _print_err(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(message, file=sys.stderr, flush=True)
 
 
 # -- validate ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Resource:
+    """A literal ``resource`` of an authentication-managed-identity statement, and where it was written."""
+
+    rule: str
+    value: str
+    location: Location
+
+
+def _resources(config: Any) -> list[_Resource]:
+    out: list[_Resource] = []
+    seen: set[tuple[str, str, str]] = set()
+    for rule in config.rules:
+        for stmt in rule.policy.statements():
+            res = stmt.attrs.get("resource") if stmt.name == "authentication-managed-identity" else None
+            if res is None or res.is_expression:
+                continue
+            key = (rule.name, res.text, str(stmt.location))
+            if key not in seen:
+                seen.add(key)
+                out.append(_Resource(rule.name, res.text, stmt.location))
+    return out
+
+
+def audience_warnings(config: Any) -> list[str]:
+    """Audience mistakes visible in the file alone: a documented Azure resource misspelt (trailing slash, case,
+    ``api://``, ``/.default``, a typo in the host), the same audience written two ways in one file (``api://GUID`` vs
+    ``GUID``, ``X`` vs ``X/``), and ``client-id`` given as an expression (APIM ignores it silently)."""
+    from .diagnostics import near_miss
+
+    warnings: list[str] = []
+    resources = _resources(config)
+    for r in resources:
+        if r.value in DOCUMENTED_RESOURCES:
+            continue
+        if r.value.endswith("/.default"):
+            warnings.append(
+                f"{r.location}: rule '{r.rule}': resource '{r.value}' is a scope; authentication-"
+                f"managed-identity takes the bare audience '{r.value.removesuffix('/.default')}'"
+            )
+            continue
+        for doc in DOCUMENTED_RESOURCES:
+            diffs = near_miss(r.value, doc)
+            if diffs:
+                warnings.append(
+                    f"{r.location}: rule '{r.rule}': resource '{r.value}' differs from the documented '{doc}' only by "
+                    f"{' and '.join(diffs)}; Entra issues aud exactly as written, and backends compare it exactly"
+                )
+                break
+        else:
+            host = urlsplit(r.value).hostname or ""
+            if _AZURE_HOST.search(host):
+                known = {urlsplit(d).hostname or "": d for d in DOCUMENTED_RESOURCES}
+                close = difflib.get_close_matches(host, list(known), n=1, cutoff=0.8)
+                if close and close[0] != host:
+                    warnings.append(
+                        f"{r.location}: rule '{r.rule}': resource host '{host}' is not a known Azure "
+                        f"resource; did you mean '{known[close[0]]}'?"
+                    )
+    for i, later in enumerate(resources):
+        for earlier in resources[:i]:
+            diffs = near_miss(later.value, earlier.value)
+            if diffs and not (later.value in DOCUMENTED_RESOURCES and earlier.value in DOCUMENTED_RESOURCES):
+                warnings.append(
+                    f"{later.location}: rule '{later.rule}': resource '{later.value}' and '{earlier.value}' (rule "
+                    f"'{earlier.rule}', {earlier.location}) differ only by {' and '.join(diffs)}: they are different "
+                    "audiences; a backend accepts only the form it is configured with"
+                )
+                break
+    for rule in config.rules:
+        for stmt in rule.policy.statements():
+            cid = stmt.attrs.get("client-id") if stmt.name == "authentication-managed-identity" else None
+            if cid is not None and cid.is_expression:
+                warnings.append(
+                    f"{stmt.location}: rule '{rule.name}': client-id is an expression; APIM ignores "
+                    "expressions there (use a literal or a {{named value}})"
+                )
+    return warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -43,7 +151,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         "matches every request it would"
         for later, earlier in Matcher(config.rules).shadowed()
     ]
-    print(f"{config.path}: {len(config.rules)} rule(s), credential: {config.credential or 'default'}")
+    warnings += audience_warnings(config)
+    scope = "applies to every request" if getattr(config, "applies_to_all", False) else f"{len(config.rules)} rule(s)"
+    print(f"{config.path}: {scope}, credential: {config.credential or 'default'}")
     for rule in config.rules:
         m = rule.match
         where = f"{m.scheme + '://' if m.scheme else ''}{m.host}{':' + str(m.port) if m.port else ''}{m.path}"
@@ -55,7 +165,88 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print("    " + effective_policy_xml(rule.policy).replace("\n", "\n    "))
     for w in warnings:
         print(f"warning: {w}")
+    print(f"{len(warnings)} warning(s)" if warnings else "ok")
     return EXIT_WARNINGS if warnings else EXIT_OK
+
+
+# -- token ------------------------------------------------------------------------------------------------------
+
+
+def _expiry(exp: float) -> str:
+    when = dt.datetime.fromtimestamp(exp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    left = int(exp - time.time())
+    return f"{when} (in {left // 60} min {left % 60} s)" if left >= 0 else f"{when} (expired)"
+
+
+async def _get_token(args: argparse.Namespace) -> tuple[Any, str]:
+    """(Token, description of the source); raises TokenError."""
+    from .tokens import TokenKey, TokenProvider, azure_credential_factory
+
+    emulator = None
+    source = args.credential
+    try:
+        if source == "emulator":
+            from .emulator import MANAGED_IDENTITY_ENV_VARS, Emulator, EmulatorConfig
+
+            _print_err("starting an embedded managed-identity emulator on 127.0.0.1 …")
+            emulator = Emulator(EmulatorConfig())
+            await emulator.start(host="127.0.0.1", port=0)
+            for var in MANAGED_IDENTITY_ENV_VARS:
+                os.environ.pop(var, None)
+            os.environ.update(emulator.env("imds"))
+            where = f"the embedded emulator at {emulator.url}"
+        else:
+            where = {"default": "DefaultAzureCredential", "managed-identity": "the managed identity endpoint",
+                     "workload-identity": "workload identity (AZURE_FEDERATED_TOKEN_FILE)",
+                     "azure-cli": "the Azure CLI (az login)"}[source]  # fmt: skip
+        identity = args.client_id or "system-assigned"
+        _print_err(f"requesting a token for '{args.resource}' ({identity}) from {where} …")
+        provider = TokenProvider(azure_credential_factory(args.timeout), timeout=args.timeout)
+        try:
+            result = await provider.get(TokenKey(source, args.client_id or "", args.resource))
+        finally:
+            await provider.close()
+        return result.token, where
+    finally:
+        if emulator is not None:
+            await emulator.stop()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Gets one token the way the proxy would, and shows its claims (the token itself only with --raw)."""
+    import logging
+
+    from .tokens import TokenError
+
+    logging.getLogger("azure").setLevel(logging.ERROR)  # one clear error line below instead of the SDK's warnings
+    started = time.perf_counter()
+    try:
+        token, where = asyncio.run(_get_token(args))
+    except TokenError as e:
+        _print_err(f"error: no token for '{args.resource}' from {args.credential}: {e.reason}: {e.message}")
+        if e.error_response:
+            _print_err("token endpoint said: " + json.dumps(e.error_response))
+        if e.reason == "AADSTS500011":
+            _print_err("hint: the resource does not exist in the tenant as written; see docs/troubleshooting.md")
+        return EXIT_ERRORS
+    except KeyboardInterrupt:
+        return EXIT_ERRORS
+    elapsed = (time.perf_counter() - started) * 1000
+    claims = dict(token.claims)
+    if args.json:
+        print(json.dumps({"claims": claims, "expires_on": int(token.expires_on)}, indent=2))
+    elif args.raw:
+        _print_err(
+            f"token from {where} in {elapsed:.0f} ms; aud={claims.get('aud', '?')}, expires {_expiry(token.expires_on)}"
+        )
+        print(token.value)
+    else:
+        print(f"token from {where} in {elapsed:.0f} ms (pass --raw to print it)")
+        for name in ("aud", "appid", "oid", "tid", "iss"):
+            if name in claims:
+                print(f"  {name:<6} {claims[name]}")
+        print(f"  {'exp':<6} {int(token.expires_on)}  {_expiry(token.expires_on)}")
+    return EXIT_OK
 
 
 # -- trace ------------------------------------------------------------------------------------------------------
@@ -65,7 +256,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     """Renders the APIM traces stored in a saved flow file (``mitmdump -w``)."""
     from mitmproxy import io
 
-    from .trace import METADATA_KEY, render
+    from .trace import METADATA_KEY, canonical, render
 
     shown = 0
     try:
@@ -78,11 +269,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 print(f"== {req.method} {req.pretty_url}" if req is not None else "== flow")
                 print(f"   {flow.comment}")
                 if args.json:
-                    print(json.dumps(meta.get("trace", {}), indent=2))
+                    print(json.dumps(canonical(meta.get("trace", {})), indent=2))
                 elif "trace" in meta:
                     print(render(meta["trace"]))
                 shown += 1
-    except (OSError, Exception) as e:  # FlowReadException and friends: one clear line
+    except Exception as e:  # OSError, FlowReadException and friends: one clear line
         _print_err(f"error: cannot read {args.flows}: {e}")
         return EXIT_ERRORS
     if not shown:
@@ -132,8 +323,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("\n3) the APIM trace of that request (also in mitmweb's 'APIM trace' view):\n")
         cmd_trace(argparse.Namespace(flows=str(flows), json=False))
         if args.serve:
-            print(f"\nThe proxy keeps running on 127.0.0.1:{args.port}. Try:\n"
-                  f"  curl -x http://127.0.0.1:{args.port} {url}\nCtrl-C to stop.")
+            print(
+                f"\nThe proxy keeps running on 127.0.0.1:{args.port}. Try:\n"
+                f"  curl -x http://127.0.0.1:{args.port} {url}\nCtrl-C to stop."
+            )
             proc.wait()
         return EXIT_OK if r.status_code == 200 else EXIT_ERRORS
     except KeyboardInterrupt:
@@ -170,38 +363,85 @@ def _wait_ready(proc: subprocess.Popen[str], lines: list[str], timeout: float = 
 
 
 def cmd_emulator(rest: Sequence[str]) -> int:
-    from .emulator.__main__ import main as emulator_main
+    """``apim-mi emulator …`` is ``python -m apim_mi.emulator …`` (same options, same exit codes)."""
+    from .emulator import cli as emulator_cli
 
-    return emulator_main(list(rest))
+    try:
+        args = emulator_cli.build_parser(prog="apim-mi emulator").parse_args(list(rest))
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERRORS)
+    return emulator_cli.run(args)
 
 
 # -- entry ------------------------------------------------------------------------------------------------------
 
+DESCRIPTION = """\
+Azure API Management's authentication-managed-identity policy on any machine, as a mitmproxy addon.
+The proxy itself runs in mitmproxy:  mitmdump -s addon/mi.py --set mi_rules=rules.yaml
+This command checks rules, fetches tokens, runs the local managed-identity emulator and reads traces."""
+
+EPILOG = """\
+examples:
+  apim-mi validate rules.yaml --effective
+  apim-mi token --resource https://management.azure.com/ --credential emulator
+  apim-mi emulator --port 8479 --well-known-resources
+  apim-mi trace flows.mitm
+
+exit codes: 0 ok, 1 warnings (validate), 2 errors.  Docs: README.md, docs/reference.md"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="apim-mi",
-        description="Azure API Management's authentication-managed-identity policy on any machine (mitmproxy addon).",
-        epilog="Run the proxy itself with: mitmdump -s addon/mi.py [--set mi_rules=rules.yaml]",
-    )
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="apim-mi", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    v = sub.add_parser("validate", help="check a rules file (errors with file:line:column, warnings)")
-    v.add_argument("rules", nargs="?", default="rules.yaml")
-    v.add_argument("--effective", action="store_true", help="print each rule's composed policy")
+    v = sub.add_parser(
+        "validate", help="check a rules file: errors with file:line:column, warnings (exit 0/1/2)",
+        description="Load a rules file exactly as the proxy does. Errors name file:line:column (exit 2). Warnings "
+                    "(exit 1): rules an earlier rule shadows, audiences that miss a documented Azure resource or "
+                    "another rule's audience only by api://, a trailing slash or case, client-id expressions.",
+    )  # fmt: skip
+    v.add_argument("rules", nargs="?", default="rules.yaml", help="rules file, .yaml or .xml (default rules.yaml)")
+    v.add_argument("--effective", action="store_true", help="print each rule's composed APIM policy")
     v.set_defaults(func=cmd_validate)
-    t = sub.add_parser("trace", help="print the APIM traces stored in a saved flow file (mitmdump -w)")
-    t.add_argument("flows")
-    t.add_argument("--json", action="store_true", help="print the trace JSON instead of the portal view")
-    t.set_defaults(func=cmd_trace)
-    d = sub.add_parser("demo", help="proxy + embedded emulator + demo backend: 401 direct vs 200 through the proxy")
-    d.add_argument("--rules", default="rules.yaml")
+    t = sub.add_parser(
+        "token", help="get one token as the proxy would and show its claims",
+        description="Get a token with azure-identity (the proxy's code path) and print its decoded claims (aud, "
+                    "appid, oid, tid) and expiry. The token itself is printed only with --raw (alone on stdout, "
+                    "so TOKEN=$(apim-mi token --raw ...) works). Exit 0 with a token, 2 without.",
+    )  # fmt: skip
+    t.add_argument("--resource", required=True, help="audience exactly as in the policy (X and X/ differ)")
+    t.add_argument("--client-id", default="", help="user-assigned identity's client id (default: system-assigned)")
+    t.add_argument("--credential", choices=CREDENTIALS, default="default",
+                   help="token source (default: default = DefaultAzureCredential); emulator starts an embedded "
+                        "emulator on 127.0.0.1")  # fmt: skip
+    t.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the token (default 10)")
+    out = t.add_mutually_exclusive_group()
+    out.add_argument("--raw", action="store_true", help="print the raw token (a secret!) on stdout")
+    out.add_argument("--json", action="store_true", help="print claims and expiry as JSON")
+    t.set_defaults(func=cmd_token)
+    sub.add_parser(
+        "emulator", add_help=False,
+        help="run the local managed-identity emulator (IMDS + App Service); see apim-mi emulator --help",
+    )  # fmt: skip
+    d = sub.add_parser(
+        "demo", help="proxy + embedded emulator + demo backend: 401 direct vs 200 through the proxy",
+        description="Start mitmdump with the addon, the embedded emulator and a token-validating demo backend; call "
+                    "the backend directly (401) and through the proxy (200), then print the APIM trace.",
+    )  # fmt: skip
+    d.add_argument("--rules", default="rules.yaml", help="rules file (default rules.yaml)")
     d.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     d.add_argument("--backend-port", type=int, default=8480, help="demo backend port (default 8480)")
     d.add_argument("--serve", action="store_true", help="keep the proxy running afterwards")
     d.add_argument("-v", "--verbose", action="store_true", help="show all of mitmdump's output")
     d.set_defaults(func=cmd_demo)
-    sub.add_parser("emulator", help="run the local managed-identity emulator (see: apim-mi emulator --help)",
-                   add_help=False)
+    tr = sub.add_parser(
+        "trace", help="print the APIM traces stored in a saved flow file (mitmdump -w)",
+        description="Render the APIM trace of every matched flow in a file saved with mitmdump -w, as mitmweb's "
+                    "'APIM trace' view shows it.",
+    )  # fmt: skip
+    tr.add_argument("flows", help="flow file written by mitmdump -w / mitmweb")
+    tr.add_argument("--json", action="store_true", help="print the trace JSON (canonical key order)")
+    tr.set_defaults(func=cmd_trace)
     return p
 
 
