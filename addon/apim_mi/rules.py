@@ -66,6 +66,7 @@ class RulesConfig:
     named_values: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     applies_to_all: bool = False
+    backends: dict[str, str] = field(default_factory=dict)
 
 
 @cache
@@ -488,9 +489,12 @@ def _load_policy(spec: str, base_dir: Path, file: str, loc: Location, ctx: _Load
     from .policy import loader
 
     if spec.lstrip().startswith("<"):
-        text_loc = Location(file, loc.line, loc.column)
         return loader.load_policy_text(
-            spec, source=f"{file}:{text_loc.line}", named_values=ctx.named_values, fragments_dir=ctx.fragments_dir
+            spec,
+            source=file,
+            named_values=ctx.named_values,
+            fragments_dir=ctx.fragments_dir,
+            origin=_inline_origin(ctx.text, loc),
         )
     path = (base_dir / spec).resolve()
     if not path.is_file():
@@ -499,11 +503,31 @@ def _load_policy(spec: str, base_dir: Path, file: str, loc: Location, ctx: _Load
     return loader.load_policy_file(path, named_values=ctx.named_values, fragments_dir=ctx.fragments_dir)
 
 
+def _inline_origin(text: str, loc: Location) -> Any:
+    """Where inline policy XML starts in the YAML file, so its errors name the real line and column: a block
+    scalar (``|``/``>``) starts on the next line at its indentation; a quoted one after the quote."""
+    from .policy.loader import Origin
+
+    lines = text.split("\n")
+    line = lines[loc.line - 1] if 0 < loc.line <= len(lines) else ""
+    indicator = line[loc.column - 1 : loc.column] if loc.column else ""
+    if indicator in ("|", ">"):
+        for n in range(loc.line, len(lines)):
+            if lines[n].strip():
+                indent = len(lines[n]) - len(lines[n].lstrip(" "))
+                return Origin(n + 1, indent + 1, indent)
+        return Origin(loc.line + 1, 1)
+    if indicator in ('"', "'"):
+        return Origin(loc.line, loc.column + 1)
+    return Origin(loc.line, loc.column)
+
+
 @dataclass
 class _LoadContext:
     named_values: dict[str, str]
     fragments_dir: Path | None
     files: list[Path]
+    text: str = ""
 
 
 def load_rules(path: str | Path) -> RulesConfig:
@@ -536,7 +560,7 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
     named = {str(k): str(v) for k, v in (data.get("named_values") or {}).items()}
     base_dir = path.parent
     fragments = data.get("fragments")
-    ctx = _LoadContext(named, (base_dir / fragments).resolve() if fragments else None, [path.resolve()])
+    ctx = _LoadContext(named, (base_dir / fragments).resolve() if fragments else None, [path.resolve()], text)
     outer = loader.DEFAULT_GLOBAL
     if "policy" in data:
         global_policy = _load_policy(str(data["policy"]), base_dir, display, pos.at(("policy",)), ctx)
@@ -565,5 +589,13 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
             )
         )
     return RulesConfig(
-        path=path, rules=rules, credential=data.get("credential"), named_values=named, files=ctx.files
+        path=path,
+        rules=rules,
+        credential=data.get("credential"),
+        named_values=named,
+        files=ctx.files,
+        backends={
+            str(k): substitute_named_values(str(v), named, pos.at(("backends", k)))
+            for k, v in (data.get("backends") or {}).items()
+        },
     )

@@ -103,14 +103,39 @@ def _describe(text: str, locate: rawxml.Locator) -> Callable[[int], str]:
     return describe
 
 
-def _parse_document(text: str, source: str, named_values: Mapping[str, str]) -> _Node:
+@dataclass(frozen=True)
+class Origin:
+    """Where a policy text embedded in another file starts: its first character is at ``line``:``column`` of that
+    file, and every following line is indented by ``indent`` more columns (a YAML block scalar's indentation)."""
+
+    line: int
+    column: int
+    indent: int = 0
+
+    def shift(self, locator: rawxml.Locator) -> rawxml.Locator:
+        def locate(offset: int) -> Location:
+            loc = locator(offset)
+            if loc.line <= 1:
+                return Location(loc.file, self.line, self.column + max(loc.column, 1) - 1)
+            return Location(loc.file, self.line + loc.line - 1, loc.column + self.indent)
+
+        return locate
+
+
+def _parse_document(
+    text: str, source: str, named_values: Mapping[str, str], origin: Origin | None = None
+) -> _Node:
     """Text of one file → the root ``_Node``; every failure is a ``LoadError`` located in that file."""
     original = rawxml.normalize_newlines(text)
     plain = rawxml.make_locator(source, original)
+    if origin is not None:
+        plain = origin.shift(plain)
     substituted, offsets = rawxml.substitute_named_values(
         original, named_values, locate=plain, describe=_describe(original, plain)
     )
     locate = rawxml.make_locator(source, original, offsets)
+    if origin is not None:
+        locate = origin.shift(locate)
     index = rawxml.LineIndex.of(substituted)
 
     spans: tuple[rawxml.Span, ...] = ()
@@ -558,8 +583,12 @@ def load_policy_text(
     fragments_dir: Path | None = None,
     compile_expression: ExpressionCompiler | None = None,
     scope: str = "api",
+    origin: Origin | None = None,
 ) -> Policy:
     """Parse and validate one ``<policies>`` document written at ``scope`` (global … operation).
+
+    ``origin``: the text is embedded in ``source`` (inline ``policy:`` in YAML, a rule in an XML rules file), and
+    locations are given in that file.
 
     ``source`` names the file in every location. Sections the document leaves out are recorded in
     ``Policy.absent`` and behave as ``<base/>`` in ``compose`` (at global scope they are simply empty).
@@ -567,7 +596,7 @@ def load_policy_text(
     if scope not in SCOPES:
         raise LoadError(Location(source), f"unknown policy scope '{scope}' (expected one of: {', '.join(SCOPES)})")
     loader = _Loader(compile_expression or _default_compiler(), named_values, fragments_dir, scope)
-    root = _parse_document(text, source, named_values)
+    root = _parse_document(text, source, named_values, origin)
     if root.name != "policies":
         hint = (
             ' This is a policy fragment; include it with <include-fragment fragment-id="…"/>.'
