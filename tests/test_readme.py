@@ -271,6 +271,17 @@ def test_paths_in_docs_exist(doc: Path) -> None:
     assert not missing, f"{doc.relative_to(ROOT)} names missing paths: {sorted(set(missing))}"
 
 
+def test_xml_rules_attributes_match_the_schema() -> None:
+    """The XML rules format is the YAML format in kebab-case: the same fields, so the two cannot drift apart."""
+    xmlrules = pytest.importorskip("apim_mi.xmlrules")
+    from apim_mi.rules import rules_schema
+
+    schema = rules_schema()
+    rule_fields = set(schema["$defs"]["rule"]["properties"]) - {"match"} | set(schema["$defs"]["match"]["properties"])
+    assert {a.replace("-", "_") for a in xmlrules._RULE_ATTRS} == rule_fields
+    assert {a.replace("-", "_") for a in xmlrules._ROOT_ATTRS} <= set(schema["properties"])
+
+
 def test_rules_yaml_has_the_schema_modeline() -> None:
     from apim_mi.rules import SCHEMA_MODELINE
 

@@ -153,7 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     ]
     warnings += audience_warnings(config)
     scope = "applies to every request" if getattr(config, "applies_to_all", False) else f"{len(config.rules)} rule(s)"
-    print(f"{config.path}: {scope}, credential: {config.credential or 'default'}")
+    print(f"{config.path}: {scope}, credential: {config.credential or 'not set (mi_credential, else default)'}")
     for rule in config.rules:
         m = rule.match
         where = f"{m.scheme + '://' if m.scheme else ''}{m.host}{':' + str(m.port) if m.port else ''}{m.path}"
