@@ -1,0 +1,144 @@
+"""Property: any small policy built from the supported statements (with failing expressions, bad codes, bad URLs,
+failing tokens and side requests) runs through inbound and outbound without an exception escaping the engine; the
+run either answers (run.response with a valid status) or lets the request continue."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from apim_mi.errors import LoadError
+from apim_mi.policy import engine
+from apim_mi.policy.context import Body, Context, Headers, Request, Response, Url
+from apim_mi.policy.loader import DEFAULT_GLOBAL, compose, load_policy_text
+from apim_mi.trace import Trace
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from test_statements import FakeSender, FakeTokens
+
+EXPRESSIONS = [
+    '@(context.Request.Method)', '@(((string)null).Length)', '@(context.Variables["nope"])',
+    '@(context.Variables.GetValueOrDefault<string>("v", "d"))', '@(1 + 2)', '@(true)', '@(null)',
+    '@(context.Request.Headers.GetValueOrDefault("X-A", ""))', '@(context.Response.StatusCode)',
+    '@(context.LastError.Reason)', '@(new JObject(new JProperty("a", 1)).ToString())', '@(int.Parse("x"))',
+]  # fmt: skip
+LITERALS = ["plain", "", "GET", "200", "https://side.test/x", "not a url", "true", "{\"a\": 1}", "/p/{id}", "a b"]
+value = st.sampled_from(EXPRESSIONS + LITERALS)
+name = st.sampled_from(["X-A", "Authorization", "Content-Type", "v", "r", "id"])
+
+
+def attr(v: str) -> str:
+    return v.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+
+def text(v: str) -> str:
+    return v.replace("&", "&amp;").replace("<", "&lt;")
+
+
+@st.composite
+def statement(draw: Any, section: str, depth: int = 0) -> str:
+    common = ["set-header", "set-variable", "set-status", "return-response", "send-request", "trace", "choose"]
+    if section == "inbound":
+        common += ["set-body", "set-method", "check-header", "set-query-parameter", "rewrite-uri",
+                   "set-backend-service", "authentication-basic", "validate-jwt", "authentication-managed-identity",
+                   "mock-response"]  # fmt: skip
+    elif section == "outbound":
+        common += ["set-body"]
+    kind = draw(st.sampled_from(common if depth < 2 else [c for c in common if c != "choose"]))
+    v, n = draw(value), draw(name)
+    match kind:
+        case "set-header":
+            action = draw(st.sampled_from(["override", "skip", "append", "delete"]))
+            return f'<set-header name="{n}" exists-action="{action}"><value>{text(v)}</value></set-header>'
+        case "set-variable":
+            return f'<set-variable name="{n}" value="{attr(v)}" />'
+        case "set-status":
+            return f'<set-status code="{draw(st.integers(-5, 1200))}" reason="{attr(v)}" />'
+        case "set-body":
+            return f"<set-body>{text(v)}</set-body>"
+        case "set-method":
+            return f"<set-method>{text(v)}</set-method>"
+        case "return-response":
+            var = ' response-variable-name="r"' if draw(st.booleans()) else ""
+            return (f'<return-response{var}><set-status code="{draw(st.integers(100, 599))}" />'
+                    f'<set-header name="{n}" exists-action="override"><value>{text(v)}</value></set-header>'
+                    "</return-response>")  # fmt: skip
+        case "send-request":
+            ignore = draw(st.sampled_from(["true", "false"]))
+            mode = draw(st.sampled_from(["new", "copy"]))
+            mi = '<authentication-managed-identity resource="r" />' if draw(st.booleans()) else ""
+            return (f'<send-request mode="{mode}" response-variable-name="r" timeout="{draw(st.integers(1, 90))}" '
+                    f'ignore-error="{ignore}"><set-url>{text(draw(value))}</set-url><set-method>GET</set-method>'
+                    f"{mi}</send-request>")  # fmt: skip
+        case "trace":
+            return f'<trace source="fuzz"><message>{text(v)}</message></trace>'
+        case "choose":
+            inner = draw(st.lists(statement(section, depth + 1), max_size=2))
+            other = draw(st.lists(statement(section, depth + 1), max_size=2))
+            return (f'<choose><when condition="{attr(draw(value))}">{"".join(inner)}</when>'
+                    f"<otherwise>{''.join(other)}</otherwise></choose>")  # fmt: skip
+        case "check-header":
+            return (f'<check-header name="{n}" failed-check-httpcode="{draw(st.integers(100, 599))}" '
+                    f'failed-check-error-message="{attr(v)}" ignore-case="true"><value>{text(draw(value))}</value>'
+                    "</check-header>")  # fmt: skip
+        case "set-query-parameter":
+            action = draw(st.sampled_from(["override", "skip", "append", "delete"]))
+            return (f'<set-query-parameter name="{n}" exists-action="{action}"><value>{text(v)}</value>'
+                    "</set-query-parameter>")  # fmt: skip
+        case "rewrite-uri":
+            return f'<rewrite-uri template="{attr(v)}" copy-unmatched-params="{draw(st.sampled_from(["true", "false"]))}" />'  # noqa: E501
+        case "set-backend-service":
+            return f'<set-backend-service base-url="{attr(v)}" />'
+        case "authentication-basic":
+            return f'<authentication-basic username="{attr(v)}" password="{attr(draw(value))}" />'
+        case "validate-jwt":
+            return (f'<validate-jwt header-name="{n}"><issuer-signing-keys><key>{text(v)}</key>'
+                    f"</issuer-signing-keys><audiences><audience>{text(draw(value))}</audience></audiences>"
+                    "</validate-jwt>")  # fmt: skip
+        case "authentication-managed-identity":
+            out = ' output-token-variable-name="v"' if draw(st.booleans()) else ""
+            return f'<authentication-managed-identity resource="{attr(v)}"{out} ignore-error="{draw(st.sampled_from(["true", "false"]))}" />'  # noqa: E501
+        case _:
+            return f'<mock-response status-code="{draw(st.integers(100, 599))}" content-type="application/json" />'
+
+
+@st.composite
+def policy_xml(draw: Any) -> str:
+    inbound = "".join(draw(st.lists(statement("inbound"), max_size=4)))
+    outbound = "".join(draw(st.lists(statement("outbound"), max_size=3)))
+    on_error = "".join(draw(st.lists(statement("on-error"), max_size=3)))
+    return (f"<policies><inbound>{inbound}</inbound><backend><forward-request /></backend>"
+            f"<outbound>{outbound}</outbound><on-error>{on_error}</on-error></policies>")  # fmt: skip
+
+
+def sender(mode: str) -> FakeSender:
+    return {"ok": FakeSender(), "403": FakeSender(status=403), "timeout": FakeSender(exc=TimeoutError()),
+            "refused": FakeSender(exc=OSError("refused"))}[mode]  # fmt: skip
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(policy_xml(), st.sampled_from(["ok", "403", "timeout", "refused"]), st.booleans())
+def test_engine_never_raises(xml: str, side: str, token_fails: bool) -> None:
+    try:
+        policy = compose(DEFAULT_GLOBAL, load_policy_text(xml, source="fuzz.xml"))
+    except LoadError:
+        assume(False)
+        return
+    request = Request("POST", Url.parse("https://api.test/p/1?id=3"),
+                      Headers([("Host", "api.test"), ("X-A", "1")]), Body(b'{"a": 1}'))  # fmt: skip
+    services = engine.Services(FakeTokens(fail=token_fails), "emulator", send=sender(side))  # type: ignore[arg-type]
+    run = engine.PolicyRun(policy, Context(request=request), Trace("t"), services)
+
+    async def go() -> None:
+        await engine.run_inbound(run)
+        if run.response is None:
+            run.context.response = Response(200, "OK", Headers([("Content-Type", "text/plain")]), Body(b"backend"))
+            await engine.run_outbound(run)
+
+    asyncio.run(go())
+    final = run.response or run.context.response
+    assert final is not None and isinstance(final.status_code, int)
+    if run.response is not None:
+        assert 100 <= run.response.status_code <= 999
+    if run.error is not None:
+        assert run.response is not None and run.context.last_error is not None
