@@ -123,3 +123,15 @@ def test_yaml_backends_map(tmp_path: Path) -> None:
             resource: r
         """)
     assert load_rules(path).backends == {"orders": "https://orders.test/api"}
+
+
+def test_bare_policies_file_through_mitmdump(tmp_path: Path, emu: object, backend: object, md_factory: object) -> None:
+    """A policy exported from Azure as the whole rules file: every request through the proxy gets it."""
+    from proxy import curl
+
+    rules = tmp_path / "policies.xml"
+    rules.write_text((DATA / "policies.xml").read_text())
+    md = md_factory(emu, rules)  # type: ignore[operator]
+    status, body = curl("-x", md.url, f"{backend.url}/anything")  # type: ignore[attr-defined]
+    assert status == 200, body
+    assert body["claims"]["aud"] == "api://00000000-0000-0000-0000-00000000a11c"  # type: ignore[index]
