@@ -344,6 +344,10 @@ def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError
         return LoadError(pos.at(path), f"{where}: {err.instance!r} is not one of: {choices}")
     if err.validator == "pattern" and path and path[-1] == "template":
         return LoadError(pos.at(path), f"{where}: the template must contain the placeholder {{token}}")
+    if err.validator == "pattern" and path and path[-1] == "header":
+        return LoadError(pos.at(path), f"{where}: {err.instance!r} is not a valid HTTP header name")
+    if err.validator == "pattern" and path and path[-2:-1] == ("methods",):
+        return LoadError(pos.at(path), f"{where}: {err.instance!r} is not an HTTP method (one per list item)")
     if err.validator == "pattern" and path and path[-1] == "path":
         return LoadError(pos.at(path), f"{where}: must start with / (got {err.instance!r})")
     if err.validator == "oneOf" and path and path[-2:-1] == ("rules",):
@@ -378,6 +382,8 @@ def substitute_named_values(text: str, named_values: Mapping[str, str], location
 def parse_host(spec: str) -> tuple[str, int | None]:
     """``Host[:port]`` → (lower-case host, port). Accepts ``[v6]:port``, ``*`` and ``*.suffix``."""
     spec = spec.strip().lower()
+    if "://" in spec:
+        raise ValueError(f"host '{spec}' must be a bare host name, not a URL (use scheme: to restrict the scheme)")
     port: int | None = None
     if spec.startswith("["):
         end = spec.find("]")

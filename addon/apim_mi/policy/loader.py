@@ -169,8 +169,11 @@ def _parse_document(
         except ValueError as e:
             raise PolicyLoadError(locate(0), f"The policy document is not well-formed XML: {e}") from None
     if root.getroottree().docinfo.doctype:
+        loc = locate(0)
         raise PolicyLoadError(
-            locate(0), "For security reasons DTD is prohibited in this XML document (remove the <!DOCTYPE>)."
+            loc,
+            f"Error on line {loc.line}, column {loc.column}: For security reasons DTD is prohibited in this XML "
+            "document (remove the <!DOCTYPE>).",
         )
     return _Builder(substituted, xml, spans, locate).build(root)
 
