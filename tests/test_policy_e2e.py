@@ -33,6 +33,7 @@ def proxy(tmp_path: Path, emu: Any, backend: Any, md_factory: Any) -> Any:
           - {{name: service bus, match: {{host: "{host}", path: /bus}}, policy: service-bus.xml}}
           - {{name: choose, match: {{host: "{host}", path: /choose}}, policy: choose-resource.xml}}
           - {{name: gatekeeper, match: {{host: "{host}", path: /gate}}, policy: gatekeeper.xml}}
+          - {{name: backend options, match: {{host: "{host}", path: /fwd}}, policy: backend-options.xml}}
     """)
     return md_factory(emu, rules)
 
@@ -82,3 +83,18 @@ def test_gatekeeper_policies_end_to_end(proxy: Any, backend: Any) -> None:
     assert body["path"] == "/api/v2/9" and body["query"] == "source=apim-mi" and body["claims"]["aud"] == DEMO_AUDIENCE
     status, body = curl("-x", proxy.url, "-D", "-", f"{base}/gate/5")
     assert "x-error-reason: headernotfound" in body.lower()  # type: ignore[union-attr]
+
+
+def test_backend_section_decides_whether_and_how_to_forward(proxy: Any, backend: Any) -> None:
+    base = backend.url
+    backend.reset()
+    status, body = curl("-x", proxy.url, "-D", "-", f"{base}/fwd/1?local=1")
+    assert isinstance(body, str) and body.startswith("HTTP/1.1 200"), body
+    assert "x-outbound: 200" in body.lower()
+    assert backend.stats()["requests"] == []  # no forward-request: the backend is never called
+
+    status, body = curl("-x", proxy.url, "-D", "-", f"{base}/fwd/2")
+    assert isinstance(body, str) and body.startswith("HTTP/1.1 200") and "x-outbound: 200" in body.lower(), body
+    status, body = curl("-x", proxy.url, f"{base}/fwd/3?anonymous=1")  # no token: the backend answers 401
+    assert (status, body) == (502, "forward-request: BackendErrorStatusCode")
+    assert [r["status"] for r in backend.stats()["requests"]] == [200, 401]

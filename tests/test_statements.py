@@ -159,6 +159,18 @@ async def test_send_request_mi_failure_inside_is_ignored_with_ignore_error() -> 
     assert run.response is None and run.context.variables["r"] is None and sender.sent == []
 
 
+async def test_failed_acquisition_names_the_configured_tenant_in_the_authority() -> None:
+    run = make_run(policies('<authentication-managed-identity resource="api://orders" />'),
+                   tokens=FakeTokens(fail=True), settings={"tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47"})
+    await engine.run_inbound(run)
+    failure = entries(run, "authentication-managed-identity")[0]
+    assert failure["message"] == ("Obtaining managed identity token using clientId:SYSTEM-ASSIGNED AAD Authority:"
+                                  "https://login.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47 for api://orders "
+                                  "audience failed.")
+    assert failure["errorResponse"] == {"error": "invalid_resource", "error_description": "AADSTS500011: not found"}
+    assert run.context.last_error is not None and run.context.last_error.source == "authentication-managed-identity"
+
+
 async def test_non_2xx_is_not_an_error() -> None:
     xml = policies('<send-request response-variable-name="r"><set-url>http://x.test/</set-url>'
                    '<set-method>GET</set-method></send-request>'
@@ -231,7 +243,45 @@ async def test_trace_policy_adds_custom_entry() -> None:
     assert data["message"] == "hi GET" and data["severity"] == "information" and data["metadata"] == {"k": "v"}
 
 
+async def test_context_trace_calls_become_entries_of_the_calling_policy() -> None:
+    """``context.Trace(message)`` from code lands in the trace under the policy whose expression called it, before
+    that expression's own "successfully evaluated" entry; a failing expression still records what it traced."""
+    run = make_run(policies('<set-variable name="v" value="@{ context.Trace(&quot;seen &quot; + '
+                            'context.Request.Method); return 1; }" />'
+                            '<set-header name="x" exists-action="override"><value>'
+                            '@{ context.Trace(&quot;about to fail&quot;); return ((string)null).Length.ToString(); }'
+                            '</value></set-header>'))
+    await engine.run_inbound(run)
+    variable = entries(run, "set-variable")
+    assert variable[0] == {"message": "seen GET", "emulator": "wording not verified against Azure"}
+    assert variable[1]["message"] == "Expression was successfully evaluated."
+    assert entries(run, "set-header")[0]["message"] == "about to fail"
+    assert run.context.last_error is not None and run.context.last_error.reason == "ExpressionValueEvaluationFailure"
+    assert run.context.traces == []
+
+
 # --------------------------------------------------------------------------------------------------------- routing
+
+
+async def test_forward_request_options() -> None:
+    run = make_run('<policies><inbound /><backend><forward-request timeout-ms="1500" follow-redirects="true" '
+                   'fail-on-error-status-code="true" /></backend><outbound /><on-error /></policies>')
+    await engine.run_inbound(run)
+    assert run.forward and run.forward_timeout == 1.5 and run.fail_on_error_status and run.response is None
+    assert "follow-redirects" in run.warnings[0]
+    assert engine.backend_error_status(run, 404) is not None and engine.backend_error_status(run, 302) is None
+    run = make_run(policies())  # the global <forward-request /> through <base/>: APIM's defaults
+    await engine.run_inbound(run)
+    assert run.forward and run.forward_timeout == 300 and not run.fail_on_error_status
+    assert engine.backend_error_status(run, 500) is None
+
+
+async def test_backend_without_forward_request_answers_from_outbound() -> None:
+    run = make_run('<policies><inbound /><backend /><outbound><set-body>local</set-body></outbound>'
+                   '<on-error /></policies>')
+    await engine.run_inbound(run)
+    assert not run.forward and run.response is not None
+    assert (run.response.status_code, run.response.body.content if run.response.body else None) == (200, b"local")
 
 
 async def test_set_backend_service_base_url_and_backend_id() -> None:

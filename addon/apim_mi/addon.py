@@ -186,7 +186,11 @@ class ApimMi:
         """Embedded emulator / demo backend (if asked for), the token provider, the startup summary."""
         assert self._ready is not None
         try:
-            settings: dict[str, Any] = {"backends": self.config.backends if self.config else {}}
+            # The tenant shown in a failed acquisition's "AAD Authority" (a token's own tid is used on success).
+            settings: dict[str, Any] = {
+                "backends": self.config.backends if self.config else {},
+                "tenant_id": os.environ.get("AZURE_TENANT_ID", ""),
+            }
             if self.credential == "emulator":
                 await self._start_emulator()
                 settings["tenant_id"] = self.emulator.tenant_id
@@ -402,7 +406,12 @@ class ApimMi:
             if flow.response is not None and run.error is None and run.response is None:
                 run.trace.add("backend", "forward-request", inspector.response_data(flow))
                 self._diagnose_backend(flow, state)
-                if run.policy.sections.get("outbound"):
+                error = engine.backend_error_status(run, flow.response.status_code)
+                if error is not None:
+                    await engine.handle_error(run, error)
+                    assert run.response is not None
+                    flow.response = flowcontext.make_response(run.response)
+                elif run.policy.sections.get("outbound"):
                     run.context.response = flowcontext.response_from_flow(flow.response)
                     await engine.run_outbound(run)
                     if run.response is not None:

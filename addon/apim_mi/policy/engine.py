@@ -70,6 +70,7 @@ class PolicyRun:
     response: Response | None = None
     forward: bool = False
     forward_timeout: float = 300.0
+    fail_on_error_status: bool = False
     injections: list[Injection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: PolicyError | None = None
@@ -108,6 +109,19 @@ def expression_text(value: Value) -> str:
     return src[1:] if src.startswith("@") else src
 
 
+#: Marks trace entries whose wording APIM's documentation and real traces do not show.
+UNVERIFIED = {"emulator": "wording not verified against Azure"}
+
+
+def record_code_traces(run: PolicyRun, source: str, scope: Scope) -> None:
+    """Entries for the ``context.Trace(message)`` calls the expression just made, under the calling policy."""
+    traces = run.context.traces
+    if traces:
+        for message in traces:
+            run.trace.add(scope.section, source, {"message": message, **UNVERIFIED})
+        traces.clear()
+
+
 async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> Any:
     """A literal, or an expression evaluated with APIM's trace entry; failures become ``PolicyError``."""
     if value is None:
@@ -119,6 +133,7 @@ async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scop
     try:
         result = value.expression.evaluate(run.context)
     except ExpressionRuntimeError as e:
+        record_code_traces(run, source, scope)
         raise PolicyError(
             source,
             f"Expression evaluation failed. {e.message}",
@@ -126,6 +141,7 @@ async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scop
             section=scope.section,
             path=scope.path,
         ) from None
+    record_code_traces(run, source, scope)
     shown = result if isinstance(result, bool | int | float) or result is None else to_policy_string(result)
     run.trace.add(
         scope.section,
@@ -239,7 +255,11 @@ def internal_server_error(context: Context) -> Response:
 
 
 async def run_inbound(run: PolicyRun) -> None:
-    """inbound then backend (up to forward-request); any failure goes through on-error."""
+    """inbound then backend (up to forward-request); any failure goes through on-error.
+
+    A backend section that never reaches forward-request does not call the backend (APIM's "Do not forward requests
+    to backend"): outbound runs at once on an empty 200, and that is the answer.
+    """
     try:
         await run_section(run, "inbound")
         if run.response is None:
@@ -248,6 +268,24 @@ async def run_inbound(run: PolicyRun) -> None:
         await handle_error(run, e)
     except ExecutionLimitError as e:
         await handle_error(run, PolicyError("apim-mi", str(e), "ExecutionLimit"))
+    if run.response is None and not run.forward:
+        from .context import Body, Headers, Response
+
+        run.trace.add("backend", "apim-mi", {
+            "message": "The backend section has no forward-request: the backend service is not called.", **UNVERIFIED
+        })  # fmt: skip
+        run.context.response = Response(200, "OK", Headers(), Body(b""))
+        await run_outbound(run)
+        if run.response is None:
+            run.response = run.context.response
+
+
+def backend_error_status(run: PolicyRun, status: int) -> PolicyError | None:
+    """forward-request's ``fail-on-error-status-code``: a 400–599 answer goes through on-error."""
+    if not run.fail_on_error_status or not 400 <= status <= 599:
+        return None
+    return PolicyError("forward-request", f"Backend service responded with status code {status} and "
+                       "fail-on-error-status-code is true.", "BackendErrorStatusCode", section="backend")
 
 
 async def run_outbound(run: PolicyRun) -> None:

@@ -13,9 +13,6 @@ from ..context import Body, Headers, Response
 from ..engine import PolicyRun, Scope, evaluate, evaluate_string
 from ..model import Statement
 
-#: Marks trace entries whose wording APIM's documentation and real traces do not show.
-UNVERIFIED = {"emulator": "wording not verified against Azure"}
-
 
 class ResponseError(PolicyError):
     """A policy failure that already decided the caller's answer (check-header's and validate-jwt's

@@ -1,5 +1,5 @@
 """The heart of the product: authentication-managed-identity and the policies it is used with
-(set-header, set-variable, choose), plus the structural markers base and forward-request."""
+(set-header, set-variable, choose), plus the structural marker base."""
 
 from __future__ import annotations
 
@@ -165,19 +165,10 @@ async def base(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """``<base/>`` is replaced during composition; one left at the global scope does nothing."""
 
 
-async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    """Marks the request for forwarding; the proxy sends it once the backend section is done."""
-    run.forward = True
-    timeout = stmt.attr("timeout")
-    if timeout and timeout.isdigit():
-        run.forward_timeout = float(timeout)
-
-
 HANDLERS = {
     MI: authentication_managed_identity,
     "set-header": set_header,
     "set-variable": set_variable,
     "choose": choose,
     "base": base,
-    "forward-request": forward_request,
 }

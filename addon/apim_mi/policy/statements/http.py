@@ -15,9 +15,9 @@ from urllib.parse import urlsplit
 
 from ...errors import PolicyError
 from ..context import Body, Headers, Request, Response, Url
-from ..engine import PolicyRun, Scope, evaluate_string, run_statements
+from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string, run_statements
 from ..model import Statement
-from ._common import UNVERIFIED, bool_attr, int_attr, str_attr
+from ._common import bool_attr, int_attr, str_attr
 
 SOURCE = "send-request"
 #: The children that configure the side request itself; any other child is run as a statement against it.

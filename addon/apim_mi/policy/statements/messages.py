@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ...errors import PolicyError
 from ..context import Body, Headers, Response
-from ..engine import PolicyRun, Scope, evaluate, evaluate_string, run_statements
+from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate, evaluate_string, run_statements
 from ..model import Statement
-from ._common import UNVERIFIED, body_bytes, current_response, int_attr, reason_phrase, status_name, str_attr
+from ._common import body_bytes, current_response, int_attr, reason_phrase, status_name, str_attr
 
 
 async def set_status(run: PolicyRun, stmt: Statement, scope: Scope) -> None:

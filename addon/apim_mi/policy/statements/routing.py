@@ -1,4 +1,5 @@
-"""Where the request goes: set-backend-service, rewrite-uri, set-query-parameter (apim.md §3.5, §4.2).
+"""Where the request goes: forward-request, set-backend-service, rewrite-uri, set-query-parameter (apim.md §3.5,
+§3.6, §4.2).
 
 ``context.Request.Url`` is the backend URL in APIM; these policies change it, and the proxy forwards to it. apim-mi
 has no API definition, so the "API suffix" APIM strips before appending the operation path is
@@ -13,9 +14,9 @@ from urllib.parse import quote, urlsplit
 
 from ...errors import PolicyError
 from ..context import Query, Url
-from ..engine import PolicyRun, Scope, evaluate_string
+from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string
 from ..model import Statement
-from ._common import UNVERIFIED, bool_attr, str_attr
+from ._common import bool_attr, int_attr, str_attr
 
 _PARAM = re.compile(r"\{([^{}]+)\}")
 
@@ -162,7 +163,20 @@ async def set_query_parameter(run: PolicyRun, stmt: Statement, scope: Scope) -> 
     })
 
 
+async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """Marks the request for forwarding (the proxy sends it once the backend section is done) with its options."""
+    timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
+    timeout = await int_attr(run, stmt, "timeout", scope)
+    run.forward = True
+    run.forward_timeout = timeout_ms / 1000 if timeout_ms is not None else float(300 if timeout is None else timeout)
+    run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
+    if await bool_attr(run, stmt, "follow-redirects", scope):
+        run.warn(scope.section, "forward-request", "follow-redirects=\"true\" is not supported by apim-mi: a 3xx "
+                 "from the backend reaches outbound and the client as it is.")
+
+
 HANDLERS = {
+    "forward-request": forward_request,
     "set-backend-service": set_backend_service,
     "rewrite-uri": rewrite_uri,
     "set-query-parameter": set_query_parameter,

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import PolicyError
-from ..engine import PolicyRun, Scope, evaluate_string
+from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string
 from ..model import Statement
-from ._common import UNVERIFIED, ResponseError, bool_attr, int_attr, json_response, str_attr
+from ._common import ResponseError, bool_attr, int_attr, json_response, str_attr
 
 
 def _request(run: PolicyRun, scope: Scope) -> Any:
