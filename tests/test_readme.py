@@ -286,3 +286,14 @@ def test_rules_yaml_has_the_schema_modeline() -> None:
     from apim_mi.rules import SCHEMA_MODELINE
 
     assert (ROOT / "rules.yaml").read_text().splitlines()[0] == SCHEMA_MODELINE
+
+
+def test_architecture_lists_every_module() -> None:
+    """docs/architecture.md's table names every module of the package (subpackages as a whole)."""
+    package = ROOT / "addon" / "apim_mi"
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `([\w/]+(?:\.py|/))`", text, re.M))
+    modules = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    modules |= {f"policy/{p.name}" for p in (package / "policy").glob("*.py") if p.name != "__init__.py"}
+    modules |= {"emulator/", "policy/expressions/", "policy/statements/"}
+    assert modules == listed
