@@ -539,3 +539,28 @@ def test_cli_errors_return_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "non-loopback" in capsys.readouterr().err
     assert emulator_main(["--fault", "explode"]) == 2
     assert emulator_main(["--lifetime", "0"]) == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apim_mi.emulator", "--port", "0"],
+        ["apim_mi.backend", "--jwks-uri", "http://127.0.0.1:1/t/discovery/v2.0/keys", "--audience", "api://a",
+         "--port", "0", "--log-level", "WARNING"],
+    ],
+    ids=["emulator", "backend"],
+)  # fmt: skip
+def test_cli_stops_cleanly_on_a_signal_sent_right_after_the_startup_line(args: list[str], sig: int) -> None:
+    """The handlers are installed before the line is printed, so a caller may signal as soon as it has read it."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    env["PYTHONPATH"] = str(ROOT / "addon")
+    proc = subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert " on http://127.0.0.1:" in proc.stdout.readline()
+    finally:
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in stderr

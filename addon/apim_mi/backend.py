@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import ipaddress
 import logging
-import signal
 import ssl as ssl_module
 import sys
 import time
@@ -40,7 +37,7 @@ import jwt
 from aiohttp import web
 
 from .emulator.config import DEFAULT_TENANT_ID
-from .emulator.loopthread import LoopThread
+from .emulator.serving import LoopbackServer, ServerThread, require_loopback, serve_until_stopped
 
 log = logging.getLogger("apim_mi.backend")
 
@@ -239,17 +236,10 @@ def _quote(value: str) -> str:
     return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class DemoBackend:
+class DemoBackend(LoopbackServer):
     """The protected API; one instance validates against one JWKS for a fixed list of audiences and issuers."""
+
+    _what = "backend"
 
     def __init__(
         self,
@@ -261,12 +251,11 @@ class DemoBackend:
         name: str = "demo-backend",
         jwks_ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        super().__init__()
         issuers = [issuer] if isinstance(issuer, str) else list(issuer)
         self.name = name
         self._validator = TokenValidator(JwksCache(jwks_uri, ssl=jwks_ssl), issuers, list(audiences), leeway)
         self._counters = _Counters()
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
 
     @property
     def audiences(self) -> list[str]:
@@ -285,47 +274,12 @@ class DemoBackend:
         *, allow_remote: bool = False,
     ) -> str:  # fmt: skip
         """Listen (HTTPS when ``ssl`` is given) and return the base URL; non-loopback needs ``allow_remote``."""
-        if self._runner is not None:
-            raise RuntimeError("the backend is already running")
-        if not allow_remote and not _is_loopback(host):
-            raise ValueError(f"refusing to listen on non-loopback host {host!r} (pass allow_remote=True to do so)")
-        runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port, ssl_context=ssl, backlog=256).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound_host, bound_port = runner.addresses[0][:2]
-        scheme = "https" if ssl is not None else "http"
-        # The bound address, not the name: "localhost" with port 0 may bind 127.0.0.1 and ::1 on different ports.
-        self._url = f"{scheme}://[{bound_host}]:{bound_port}" if ":" in bound_host else f"{scheme}://{bound_host}:{bound_port}"
-        return self._url
+        return await self._listen(host, port, ssl, allow_remote=allow_remote)
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        """Stop serving and close the JWKS session (a restart fetches the keys again)."""
+        await super().stop()
         await self._validator.jwks.close()
-        self._url = None
-
-    async def __aenter__(self) -> DemoBackend:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("the backend is not running")
-        return self._url
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
 
     def stats(self) -> BackendStats:
         c = self._counters
@@ -411,27 +365,21 @@ class DemoBackend:
         ))  # fmt: skip
         log.info("%s %s -> %s%s", request.method, request.path, status, f" ({error.description})" if error else "")
 
-    @staticmethod
-    def _require_loopback(request: web.Request) -> None:
-        if not _is_loopback(request.remote or ""):
-            raise web.HTTPForbidden(text='{"error": "the admin API answers only on loopback"}',
-                                    content_type="application/json")
-
     async def _admin_stats(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         return web.json_response(self.stats().to_json())
 
     async def _admin_reset(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         self.reset()
         return web.json_response({"status": "reset"})
 
     async def _admin_health(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         return web.json_response({"status": "ok", "audiences": self.audiences, "issuers": self.issuers})
 
 
-class DemoBackendThread:
+class DemoBackendThread(ServerThread[DemoBackend]):
     """``with DemoBackendThread(jwks_uri, issuer, audiences) as backend:`` runs a :class:`DemoBackend` on its own
     event loop in a daemon thread (for sync code and tests whose loop is busy)."""
 
@@ -448,53 +396,23 @@ class DemoBackendThread:
         leeway: float = 0,
         name: str = "demo-backend",
     ) -> None:
-        self._backend = DemoBackend(jwks_uri, issuer, audiences, leeway=leeway, name=name)
-        self._ssl, self._host, self._port, self._allow_remote = ssl, host, port, allow_remote
-        self._thread = LoopThread("apim-mi-demo-backend")
-
-    def start(self) -> str:
-        self._thread.start()
-        try:
-            return self._thread.run(
-                self._backend.start(self._host, self._port, self._ssl, allow_remote=self._allow_remote)
-            )
-        except BaseException:
-            self._thread.stop()
-            raise
-
-    def stop(self) -> None:
-        if self._thread.running:
-            self._thread.run(self._backend.stop())
-            self._thread.stop()
-
-    def __enter__(self) -> DemoBackendThread:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        backend = DemoBackend(jwks_uri, issuer, audiences, leeway=leeway, name=name)
+        super().__init__(backend, "apim-mi-demo-backend",
+                         lambda: backend.start(host, port, ssl, allow_remote=allow_remote))  # fmt: skip
 
     @property
     def backend(self) -> DemoBackend:
-        return self._backend
-
-    @property
-    def url(self) -> str:
-        return self._backend.url
-
-    @property
-    def port(self) -> int:
-        return self._backend.port
+        return self._server
 
     @property
     def audiences(self) -> list[str]:
-        return self._backend.audiences
+        return self._server.audiences
 
     def stats(self) -> BackendStats:
-        return self._thread.call(self._backend.stats)
+        return self._thread.call(self._server.stats)
 
     def reset(self) -> None:
-        self._thread.call(self._backend.reset)
+        self._thread.call(self._server.reset)
 
 
 # -- standalone ----------------------------------------------------------------------------------------------------
@@ -546,18 +464,9 @@ async def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"apim-mi backend: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"apim-mi demo backend on {url} | accepts aud {', '.join(args.audience)} | iss {', '.join(issuers)} | "
-          f"keys {jwks_uri} | Ctrl-C to stop", flush=True)  # fmt: skip
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        await backend.stop()
-    return 0
+    line = (f"apim-mi demo backend on {url} | accepts aud {', '.join(args.audience)} | iss {', '.join(issuers)} | "
+            f"keys {jwks_uri} | Ctrl-C to stop")  # fmt: skip
+    return await serve_until_stopped(backend, line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
 from typing import TextIO
 
@@ -19,6 +17,7 @@ from .config import DEFAULT_LIFETIME, DEFAULT_PORT, DEFAULT_TENANT_ID, WELL_KNOW
 from .config import parse_identity as _parse_identity
 from .faults import Fault
 from .server import Emulator
+from .serving import serve_until_stopped
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -123,17 +122,7 @@ async def serve(config: EmulatorConfig, args: argparse.Namespace, out: TextIO = 
     except ValueError as exc:  # a non-loopback host without --allow-remote
         print(f"apim-mi emulator: {exc}", file=sys.stderr)
         return 2
-    print(startup_line(emulator, args.json), file=out, flush=True)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        await emulator.stop()
-    return 0
+    return await serve_until_stopped(emulator, startup_line(emulator, args.json), out)
 
 
 def run(args: argparse.Namespace) -> int:

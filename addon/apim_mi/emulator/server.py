@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -21,6 +20,8 @@ from aiohttp import web
 
 from .config import SYSTEM, EmulatorConfig, Identity
 from .faults import DEFAULT_WRONG_AUDIENCE, REPLACING_KINDS, Fault, FaultKind, FaultQueue
+from .serving import LoopbackServer, require_loopback
+from .serving import is_loopback_host as is_loopback_host  # re-exported: the package exports it from here
 from .tokens import MintedToken, SigningKey, TokenMinter
 
 log = logging.getLogger("apim_mi.emulator")
@@ -32,8 +33,6 @@ APP_SERVICE_PATH = "/msi/token"
 ADMIN_PREFIX = "/_emulator"
 IMDS_API_VERSIONS = frozenset({"2018-02-01", "2019-03-11", "2019-06-01", "2019-08-01", "2021-02-01", "2021-10-01"})
 APP_SERVICE_API_VERSION = "2019-08-01"
-LISTEN_BACKLOG = 256
-SHUTDOWN_TIMEOUT = 1.0
 
 #: Every variable that steers azure-identity's managed-identity source selection. Delete them all (never set them
 #: to "") before applying :meth:`Emulator.env`, or a credential may pick another source (or the real IMDS).
@@ -69,20 +68,6 @@ _IMDS_STATUS_ERRORS: dict[int, tuple[str, str]] = {
     500: ("server_error", "An unexpected error occurred while fetching the token"),
     503: ("service_unavailable", "The token service is temporarily unavailable"),
 }
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``; anything else (including 0.0.0.0 and "") is remote."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def format_url(scheme: str, host: str, port: int) -> str:
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 @dataclass
@@ -190,14 +175,17 @@ class _Reject(Exception):
         self.description = description
 
 
-class Emulator:
+class Emulator(LoopbackServer):
     """A local managed-identity endpoint speaking IMDS and App Service 2019-08-01 to azure-identity.
 
     One instance owns one RSA signing key, one App Service secret, counters, a request log and a fault queue.
     All methods must be called from the loop that runs the server (use :class:`EmulatorThread` from other threads).
     """
 
+    _what = "emulator"
+
     def __init__(self, config: EmulatorConfig | None = None, *, key: SigningKey | None = None) -> None:
+        super().__init__()
         self._config = config or EmulatorConfig()
         self._initial_config = self._config
         if key is None:
@@ -207,63 +195,26 @@ class Emulator:
         self._identity_header = self._config.identity_header or secrets.token_urlsafe(24)
         self._faults = FaultQueue()
         self._state = _State(self._config.log_limit)
-        self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
-        self._url: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False) -> str:
         """Listen on ``host:port`` (0 = ephemeral) and return the base URL. Non-loopback needs ``allow_remote``."""
-        if self._runner is not None:
-            raise RuntimeError("the emulator is already running")
-        if not allow_remote and not is_loopback_host(host):
-            raise ValueError(f"refusing to listen on non-loopback host {host!r} (pass allow_remote=True to do so)")
+        url = await self._listen(host, port, allow_remote=allow_remote)
+        log.info("managed-identity emulator listening on %s (tenant %s)", url, self.tenant_id)
+        return url
+
+    def _starting(self) -> None:
+        # A fresh event per run: the last stop set the old one, and delayed replies of this run must wait again.
         self._closing = asyncio.Event()
-        runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        # The bound address, not the name: "localhost" with port 0 may bind 127.0.0.1 and ::1 on different ports.
-        bound_host, bound_port = runner.addresses[0][:2]
-        self._url = format_url("http", bound_host, bound_port)
-        log.info("managed-identity emulator listening on %s (tenant %s)", self._url, self.tenant_id)
-        return self._url
 
     async def stop(self) -> None:
         """Stop serving; pending delayed replies (latency, timeout faults) are dropped at once."""
         self._closing.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        self._url = None
+        await super().stop()
 
-    async def __aenter__(self) -> Emulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # -- accessors -------------------------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("the emulator is not running")
-        return self._url
-
-    @property
-    def port(self) -> int:
-        return int(self.url.rsplit(":", 1)[1])
-
-    @property
-    def running(self) -> bool:
-        return self._runner is not None
+    # -- accessors (url, port and running come from LoopbackServer) ------------------------------------------------
 
     @property
     def config(self) -> EmulatorConfig:
@@ -535,26 +486,20 @@ class Emulator:
 
     # -- admin API -------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _require_loopback(request: web.Request) -> None:
-        if not is_loopback_host(request.remote or ""):
-            raise web.HTTPForbidden(text='{"error": "the admin API answers only on loopback"}',
-                                    content_type="application/json")
-
     async def _admin_health(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         return web.json_response({"status": "ok", "url": self.url, "tenant_id": self.tenant_id})
 
     async def _admin_stats(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         return web.json_response(self.stats().to_json())
 
     async def _admin_get_config(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         return web.json_response(self._config.to_json())
 
     async def _admin_config(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         changes = await _json_body(request, dict)
         try:
             config = self.configure(**changes)
@@ -563,7 +508,7 @@ class Emulator:
         return web.json_response(config.to_json())
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         body = await _json_body(request, (list, dict, str, int))
         specs = body if isinstance(body, list) else [body]
         try:
@@ -574,12 +519,12 @@ class Emulator:
         return web.json_response({"faults_pending": self._faults.pending()})
 
     async def _admin_clear_faults(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         self.clear_faults()
         return web.json_response({"faults_pending": []})
 
     async def _admin_reset(self, request: web.Request) -> web.Response:
-        self._require_loopback(request)
+        require_loopback(request)
         self.reset()
         return web.json_response({"status": "reset"})
 
