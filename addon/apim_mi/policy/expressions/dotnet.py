@@ -285,6 +285,16 @@ def _offset_text(off: timedelta | None, style: str) -> str:
     return f"{sign}{h:02d}:{m:02d}"
 
 
+def _number_or_name(number: int, name: str, n: int) -> str:
+    """``d``/``M`` … ``dddd``/``MMMM``: the day and the month share .NET's rule of number, two digits, short name
+    (three letters) and full name."""
+    if n == 1:
+        return str(number)
+    if n == 2:
+        return f"{number:02d}"
+    return name[:3] if n == 3 else name
+
+
 def format_datetime(dt: datetime, fmt: str | None, offset_kind: bool = False) -> str:
     """``DateTime.ToString(format)`` with the invariant culture (the gateway's culture).
 
@@ -314,15 +324,7 @@ def format_datetime(dt: datetime, fmt: str | None, offset_kind: bool = False) ->
         elif c == "%":
             continue
         elif c == "d":
-            out.append(
-                str(dt.day)
-                if n == 1
-                else f"{dt.day:02d}"
-                if n == 2
-                else _DAYS[dt.weekday()][:3]
-                if n == 3
-                else _DAYS[dt.weekday()]
-            )
+            out.append(_number_or_name(dt.day, _DAYS[dt.weekday()], n))
         elif c in "fF":
             frac = f"{dt.microsecond:06d}0"[: min(n, 7)]
             out.append(frac.rstrip("0") if c == "F" else frac)
@@ -343,15 +345,7 @@ def format_datetime(dt: datetime, fmt: str | None, offset_kind: bool = False) ->
         elif c == "m":
             out.append(str(dt.minute) if n == 1 else f"{dt.minute:02d}")
         elif c == "M":
-            out.append(
-                str(dt.month)
-                if n == 1
-                else f"{dt.month:02d}"
-                if n == 2
-                else _MONTHS[dt.month - 1][:3]
-                if n == 3
-                else _MONTHS[dt.month - 1]
-            )
+            out.append(_number_or_name(dt.month, _MONTHS[dt.month - 1], n))
         elif c == "s":
             out.append(str(dt.second) if n == 1 else f"{dt.second:02d}")
         elif c == "t":

@@ -8,6 +8,7 @@ or :class:`EvalError` (what C# would have rejected at compile time, such as an u
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -762,20 +763,21 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, Char) or (isinstance(v, int | float | Decimal) and not isinstance(v, bool))
 
 
+_RING_OPS: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+"""``+ - *`` mean the same on Decimal, double and integers; only ``/`` and ``%`` need a rule per type."""
+
+
 def _arith(op: str, a: Any, b: Any) -> Any:
     x, y = _num(a), _num(b)
+    ring = _RING_OPS.get(op)
     if isinstance(x, Decimal) or isinstance(y, Decimal):
         dx, dy = (
             Decimal(str(x)) if isinstance(x, float) else Decimal(x),
             Decimal(str(y)) if isinstance(y, float) else Decimal(y),
         )
         try:
-            if op == "+":
-                return dx + dy
-            if op == "-":
-                return dx - dy
-            if op == "*":
-                return dx * dy
+            if ring is not None:
+                return ring(dx, dy)
             if dy == 0:
                 raise NetException("System.DivideByZeroException", "Attempted to divide by zero.")
             return dx / dy if op == "/" else dx % dy
@@ -786,12 +788,8 @@ def _arith(op: str, a: Any, b: Any) -> Any:
     if isinstance(x, float) or isinstance(y, float):
         fx, fy = float(x), float(y)
         try:
-            if op == "+":
-                return fx + fy
-            if op == "-":
-                return fx - fy
-            if op == "*":
-                return fx * fy
+            if ring is not None:
+                return ring(fx, fy)
             if op == "/":
                 if fy == 0:
                     return math.nan if fx == 0 or math.isnan(fx) else math.copysign(math.inf, fx) * math.copysign(1, fy)
@@ -802,12 +800,8 @@ def _arith(op: str, a: Any, b: Any) -> Any:
         except OverflowError:
             return math.inf
     ix, iy = int(x), int(y)
-    if op == "+":
-        r = ix + iy
-    elif op == "-":
-        r = ix - iy
-    elif op == "*":
-        r = ix * iy
+    if ring is not None:
+        r = ring(ix, iy)
     else:
         if iy == 0:
             raise NetException("System.DivideByZeroException", "Attempted to divide by zero.")

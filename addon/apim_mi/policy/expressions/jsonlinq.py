@@ -412,22 +412,20 @@ def _bad_constant(name: str) -> Any:
 
 
 def parse_object(text: Any) -> JObject:
-    tok = parse_json(text, "JObject")
-    if not isinstance(tok, JObject):
-        raise NetException(
-            "Newtonsoft.Json.JsonReaderException",
-            f"Error reading JObject from JsonReader. Current JsonReader item is not an object: "
-            f"{_start_name(tok)}. Path '', line 1, position 1.",
-        )
-    return tok
+    return _parse_as(text, JObject, "an object")
 
 
 def parse_array(text: Any) -> JArray:
-    tok = parse_json(text, "JArray")
-    if not isinstance(tok, JArray):
+    return _parse_as(text, JArray, "an array")
+
+
+def _parse_as[T: JContainer](text: Any, cls: type[T], what: str) -> T:
+    """``JObject.Parse``/``JArray.Parse``: any JSON parses, then Newtonsoft rejects the wrong kind of top token."""
+    tok = parse_json(text, cls.type_name)
+    if not isinstance(tok, cls):
         raise NetException(
             "Newtonsoft.Json.JsonReaderException",
-            f"Error reading JArray from JsonReader. Current JsonReader item is not an array: "
+            f"Error reading {cls.type_name} from JsonReader. Current JsonReader item is not {what}: "
             f"{_start_name(tok)}. Path '', line 1, position 1.",
         )
     return tok

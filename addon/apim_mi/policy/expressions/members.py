@@ -2480,23 +2480,19 @@ MATH_METHODS: dict[str, Method] = {
 
 # --- enums --------------------------------------------------------------------------------------------------
 
+# ``StringComparer.X`` stands for the comparison ``StringComparison.X`` names, so both read one table.
+_STRING_COMPARISON: dict[str, int] = {
+    "CurrentCulture": 0,
+    "CurrentCultureIgnoreCase": 1,
+    "InvariantCulture": 2,
+    "InvariantCultureIgnoreCase": 3,
+    "Ordinal": 4,
+    "OrdinalIgnoreCase": 5,
+}
+
 ENUMS: dict[str, dict[str, int]] = {
-    "System.StringComparison": {
-        "CurrentCulture": 0,
-        "CurrentCultureIgnoreCase": 1,
-        "InvariantCulture": 2,
-        "InvariantCultureIgnoreCase": 3,
-        "Ordinal": 4,
-        "OrdinalIgnoreCase": 5,
-    },
-    "System.StringComparer": {
-        "CurrentCulture": 0,
-        "CurrentCultureIgnoreCase": 1,
-        "InvariantCulture": 2,
-        "InvariantCultureIgnoreCase": 3,
-        "Ordinal": 4,
-        "OrdinalIgnoreCase": 5,
-    },
+    "System.StringComparison": _STRING_COMPARISON,
+    "System.StringComparer": _STRING_COMPARISON,
     "System.StringSplitOptions": {"None": 0, "RemoveEmptyEntries": 1, "TrimEntries": 2},
     "System.DateTimeKind": {"Unspecified": 0, "Utc": 1, "Local": 2},
     "System.MidpointRounding": {"ToEven": 0, "AwayFromZero": 1, "ToZero": 2},

@@ -161,11 +161,6 @@ class Parser:
         self.advance()
         return t.text
 
-    def nest(self) -> None:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise self.error("The expression is nested too deeply")
-
     # --- types -----------------------------------------------------------------------------------------------------
 
     def try_type(self, allow_array: bool = True, nullable_follow_ident: bool = True) -> A.TypeRef | None:
@@ -243,11 +238,8 @@ class Parser:
     # --- expressions -----------------------------------------------------------------------------------------------
 
     def expression(self) -> A.Expr:
-        self.nest()
-        try:
+        with _Deeper(self):
             return self.assignment()
-        finally:
-            self.depth -= 1
 
     def assignment(self) -> A.Expr:
         lam = self.try_lambda()
@@ -309,13 +301,10 @@ class Parser:
         cond = self.binary(0)
         if self.at_op("?"):
             q = self.advance()
-            self.nest()
-            try:
+            with _Deeper(self):
                 then = self.expression()
                 self.expect(":")
                 other = self.expression()
-            finally:
-                self.depth -= 1
             return A.Conditional(q.pos, cond, then, other)
         return cond
 
@@ -348,11 +337,8 @@ class Parser:
             elif op == "as":
                 left = A.AsExpr(t.pos, left, self.type_ref(nullable_follow_ident=False))
             elif op == "??":
-                self.nest()
-                try:
+                with _Deeper(self):
                     left = A.Binary(t.pos, op, left, self.binary(level))  # right associative
-                finally:
-                    self.depth -= 1
             else:
                 left = A.Binary(t.pos, op, left, self.binary(level + 1))
 
@@ -374,11 +360,8 @@ class Parser:
         t = self.tok
         if t.kind == "op" and t.text in ("!", "-", "+", "~"):
             self.advance()
-            self.nest()
-            try:
+            with _Deeper(self):
                 operand = self.unary()
-            finally:
-                self.depth -= 1
             return A.Unary(t.pos, t.text, operand)
         if t.kind == "op" and t.text in ("++", "--"):
             self.advance()
@@ -407,11 +390,8 @@ class Parser:
         )
         closes = nxt.kind == "eof" or (nxt.kind == "op" and nxt.text in (")", ";", ",", "]", "}"))
         if (predefined and not closes) or follows:
-            self.nest()
-            try:
+            with _Deeper(self):
                 operand = self.unary()
-            finally:
-                self.depth -= 1
             return A.Cast(start.pos, typ, operand)
         self.i = save
         return None
@@ -507,11 +487,8 @@ class Parser:
             return self.keyword_primary(t)
         if k == "op" and t.text == "(":
             self.advance()
-            self.nest()
-            try:
+            with _Deeper(self):
                 inner = self.expression()
-            finally:
-                self.depth -= 1
             self.expect(")")
             return inner
         raise self.unexpected()
@@ -655,16 +632,13 @@ class Parser:
 
     def block(self) -> A.Block:
         t = self.expect("{")
-        self.nest()
-        try:
+        with _Deeper(self):
             body: list[A.Stmt] = []
             while not self.at_op("}"):
                 if self.tok.kind == "eof":
                     raise self.error("'}' expected")
                 body.append(self.statement())
             self.advance()
-        finally:
-            self.depth -= 1
         return A.Block(t.pos, tuple(body))
 
     def statement(self) -> A.Stmt:
@@ -752,11 +726,8 @@ class Parser:
         return e
 
     def embedded(self) -> A.Stmt:
-        self.nest()
-        try:
+        with _Deeper(self):
             return self.statement()
-        finally:
-            self.depth -= 1
 
     def stmt_if(self) -> A.Stmt:
         t = self.advance()
@@ -903,3 +874,22 @@ class Parser:
             raise self.error("Type expected")
         self.expect(";")
         return decl
+
+
+class _Deeper:
+    """``with _Deeper(parser):`` parses one level deeper: past MAX_DEPTH a located syntax error, not a runaway
+    recursion; the level is left however the enclosed parse ends (a backtrack included)."""
+
+    __slots__ = ("p",)
+
+    def __init__(self, p: Parser) -> None:
+        self.p = p
+
+    def __enter__(self) -> None:
+        p = self.p
+        p.depth += 1
+        if p.depth > MAX_DEPTH:
+            raise p.error("The expression is nested too deeply")
+
+    def __exit__(self, *exc: object) -> None:
+        self.p.depth -= 1

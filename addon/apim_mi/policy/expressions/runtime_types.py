@@ -93,6 +93,14 @@ def _claim_text(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
 
 
+def _credentials(value: str, scheme: str) -> str:
+    """``value`` less its optional ``scheme`` (lower case, with the space): AsJwt/AsBasic take either form."""
+    s = value.strip()
+    if s[: len(scheme)].lower() == scheme:
+        s = s[len(scheme) :].strip()
+    return s
+
+
 def _b64url(s: str) -> bytes:
     s = s.strip()
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
@@ -102,9 +110,7 @@ def parse_jwt(value: str | None) -> Jwt | None:
     """``AsJwt()``: a JWS compact token, with or without a ``Bearer`` prefix; None when it is not one."""
     if value is None:
         return None
-    s = value.strip()
-    if s[:7].lower() == "bearer ":
-        s = s[7:].strip()
+    s = _credentials(value, "bearer ")
     parts = s.split(".")
     if len(parts) not in (3, 5):
         return None
@@ -128,9 +134,7 @@ def parse_basic(value: str | None) -> BasicAuthCredentials | None:
     """``AsBasic()``: ``Basic base64(user:password)`` (scheme optional); None when it is not one."""
     if value is None:
         return None
-    s = value.strip()
-    if s[:6].lower() == "basic ":
-        s = s[6:].strip()
+    s = _credentials(value, "basic ")
     try:
         text = base64.b64decode(s, validate=True).decode("utf-8")
     except (ValueError, binascii.Error, UnicodeDecodeError):
