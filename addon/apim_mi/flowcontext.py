@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from mitmproxy.net.http import url
+
 from .matcher import RequestTarget, normalize_path
 from .policy.context import Body, Context, Headers, Request, Response, Url
 
@@ -50,6 +52,13 @@ def _decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
 
 
+def request_url(req: http.Request) -> str:
+    """``req.url`` with an IPv6 host in brackets (mitmproxy writes ``http://::1:8080/``, which no URL parser reads)."""
+    if ":" not in req.host:
+        return req.url
+    return url.unparse(req.scheme, f"[{req.host}]", req.port, req.path if req.path != "*" else "")
+
+
 def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
     return request_context(flow, request_id)[0]
 
@@ -57,17 +66,17 @@ def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
 def request_context(flow: http.HTTPFlow, request_id: uuid.UUID) -> tuple[Context, Received]:
     """The policy's ``context`` for a flow, and what was read (for ``apply_request``)."""
     req = flow.request
-    raw_url = req.url
-    url = Url.parse(raw_url)
+    raw_url = request_url(req)
+    parsed = Url.parse(raw_url)
     peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"
     pairs = _decoded(req.headers.fields)
     request = Request(
         method=req.method,
-        url=url,
+        url=parsed,
         headers=Headers(pairs),
         body=Body(req.raw_content or b""),
         ip_address=peer,
-        original_url=url.copy(),
+        original_url=parsed.copy(),
     )
     return Context(request=request, request_id=request_id), Received(raw_url, req.data.method, pairs)
 
@@ -79,7 +88,7 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
     written again; the result is the same."""
     req = flow.request
     new_url = str(request.url)
-    if new_url != (received.url if received is not None else req.url):
+    if new_url != (received.url if received is not None else request_url(req)):
         req.url = new_url
     method = request.method.encode("utf-8", "surrogateescape")
     if received is None or method != received.method:
