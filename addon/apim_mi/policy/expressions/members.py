@@ -2002,18 +2002,24 @@ HASH_METHODS: dict[str, Method] = {
 # --- instance dispatch --------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=2048)
+def _dataclass_attr(cls: type, name: str) -> str | None:
+    """The attribute behind ``name`` on a context/domain dataclass (cached: asked on every member access)."""
+    if not name[:1].isupper():
+        return None
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z][a-z])", r"_\1\2", name).lower()
+    names = {f.name for f in fields(cls)}
+    if snake in names or snake in getattr(cls, "NET_PROPERTIES", frozenset()):
+        return snake
+    return name if name in names else None
+
+
 def _dataclass_prop(obj: Any, name: str) -> Any:
     """A PascalCase member of a context/domain dataclass: its snake_case field, or ``NET_PROPERTIES``."""
-    if not name[:1].isupper():
+    attr = _dataclass_attr(type(obj), name)
+    if attr is None:
         raise MemberNotFound(name)
-    snake = re.sub(r"(?<=[a-z0-9])([A-Z])|(?<=[A-Z])([A-Z][a-z])", r"_\1\2", name).lower()
-    names = {f.name for f in fields(obj)}
-    extra = getattr(type(obj), "NET_PROPERTIES", frozenset())
-    if snake in names or snake in extra:
-        return getattr(obj, snake)
-    if name in names:
-        return getattr(obj, name)
-    raise MemberNotFound(name)
+    return getattr(obj, attr)
 
 
 def _jwt_prop(j: Jwt, name: str) -> Any:
