@@ -1,8 +1,8 @@
 """Mutation fuzzer for the three parsers that read user input: the YAML rules loader, the policy XML loader and the
-C# expression parser. Every input must give a result or a typed error (``LoadError`` / ``ApimMiError``); anything
-else is a crash and is printed with the input that caused it.
+C# expression parser. Every input must give a result or a typed error (``LoadError`` / ``ApimMiError``) within
+``--hang`` seconds; anything else is a crash (or a hang) and is printed with the input that caused it.
 
-    .venv/bin/python scripts/fuzz.py                    # 100 000 inputs (about a minute or two)
+    .venv/bin/python scripts/fuzz.py                    # 100 000 inputs (a minute or two; progress on stderr)
     .venv/bin/python scripts/fuzz.py --inputs 3000      # quick
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -77,43 +78,68 @@ def targets() -> dict[str, Callable[[str], object]]:
     }
 
 
-def run(inputs: int, seed: int) -> tuple[Counter[str], list[tuple[str, str, BaseException]]]:
+class Hang(Exception):
+    """An input that took longer than ``--hang`` seconds: as much a defect as a crash (a proxy that stalls)."""
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise Hang("no result within the time limit")
+
+
+def run(
+    inputs: int, seed: int, hang: float = 5.0, progress: bool = False
+) -> tuple[Counter[str], list[tuple[str, str, BaseException]], tuple[float, str, str]]:
+    """Counts per target, the crashes and hangs, and the slowest input (seconds, target, text)."""
     rng = random.Random(seed)
     pools = seeds()
     fns = targets()
     counts: Counter[str] = Counter()
     crashes: list[tuple[str, str, BaseException]] = []
+    slowest = (0.0, "", "")
     names = list(fns)
+    signal.signal(signal.SIGALRM, _alarm)
     for i in range(inputs):
         name = names[i % len(names)]
         text = mutate(rng, rng.choice(pools[name]), pools[name])
         counts[name] += 1
+        started = time.perf_counter()
+        signal.setitimer(signal.ITIMER_REAL, hang)
         try:
             fns[name](text)
             counts[f"{name}.ok"] += 1
         except ApimMiError:
             counts[f"{name}.typed_error"] += 1
-        except Exception as e:  # the defect this fuzzer looks for
+        except Exception as e:  # the defects this fuzzer looks for: any other exception, or a hang
             crashes.append((name, text, e))
-    return counts, crashes
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        took = time.perf_counter() - started
+        if took > slowest[0]:
+            slowest = (took, name, text)
+        if progress and (i + 1) % 10_000 == 0:
+            print(f"  {i + 1} inputs, {len(crashes)} crashes", file=sys.stderr, flush=True)
+    return counts, crashes, slowest
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", type=int, default=100_000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--hang", type=float, default=5.0, help="seconds after which an input counts as a hang")
     args = p.parse_args(argv)
     t0 = time.monotonic()
-    counts, crashes = run(args.inputs, args.seed)
+    counts, crashes, slowest = run(args.inputs, args.seed, args.hang, progress=True)
     took = time.monotonic() - t0
-    print(f"{args.inputs} inputs in {took:.1f} s (seed {args.seed})")
+    print(f"{args.inputs} inputs in {took:.1f} s (seed {args.seed}); slowest {slowest[0] * 1000:.1f} ms ({slowest[1]})")
     for name in ("yaml", "xml", "expression"):
         print(f"  {name:<10} {counts[name]:>7} inputs: {counts[name + '.ok']:>6} accepted, "
               f"{counts[name + '.typed_error']:>6} typed errors, "
               f"{sum(1 for c in crashes if c[0] == name)} crashes")
+    if slowest[0] > 1.0:
+        print(f"SLOW in {slowest[1]}: {slowest[0]:.1f} s\n  input: {slowest[2]!r}")
     for name, text, e in crashes[:10]:
         print(f"CRASH in {name}: {type(e).__name__}: {e}\n  input: {text!r}")
-    return 1 if crashes else 0
+    return 1 if crashes or slowest[0] >= args.hang else 0
 
 
 if __name__ == "__main__":

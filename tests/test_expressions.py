@@ -180,6 +180,15 @@ def test_lexer_errors(src: str, message: str) -> None:
         tokenize(src)
 
 
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("src", ['$"{a"}:{b)c.@.d}"/', '$"{x"}/', '$"{x"}@'])
+def test_interpolation_hole_at_the_end_is_an_error_not_a_hang(src: str) -> None:
+    """Found by scripts/fuzz.py: a hole whose scan ended on a lone '/' or '@' at the end of the source looped
+    forever (``peek()`` is "" there, and "" is in every string), hanging the rules load."""
+    with pytest.raises(LexError, match="Unterminated string literal"):
+        tokenize(src)
+
+
 # -------------------------------------------------------------------------------------------------------- parser
 
 

@@ -126,7 +126,13 @@ def _construct(node: yaml.Node, path: tuple[Any, ...], pos: _Positions, scalars:
         return [_construct(item, (*path, i), pos, scalars) for i, item in enumerate(node.value)]
     if node.tag == _STR_TAG and type(node) is yaml.ScalarNode:
         return node.value  # what SafeConstructor.construct_yaml_str returns
-    return scalars.construct_object(node, deep=True)
+    try:
+        return scalars.construct_object(node, deep=True)
+    except yaml.YAMLError as e:  # an unknown or unusable tag: '=' (a YAML "value" key), !!python/…, !!binary …
+        problem = getattr(e, "problem", None) or "cannot be read"
+        raise LoadError(_mark(pos.file, node), f"YAML value {node.value!r}: {problem}") from None
+    except (ValueError, OverflowError) as e:  # e.g. a timestamp with no such day: 2026-02-30
+        raise LoadError(_mark(pos.file, node), f"YAML value {node.value!r}: {e}") from None
 
 
 # libyaml (PyYAML's C extension) composes ~2x faster than the pure-Python parser. The pure-Python one stays the

@@ -352,16 +352,20 @@ class _Lexer:
                 depth -= 1
             elif depth == 0 and c in ",:}":
                 break
-            if c in "\"'$@" and (c in "\"'" or self.peek(1) in '"$@'):
+            # peek() is "" at the end, and "" is `in` every string: compare with tuples. A sub-lexer that does not
+            # move on (a lone '/' at the end) must not stall the scan either.
+            if c in "\"'$@" and (c in "\"'" or self.peek(1) in ('"', "$", "@")):
                 sub = _Lexer(self.src, self.i, self.stop)
                 sub.next_token()
-                self.i = sub.i
-                continue
-            if c == "/" and self.peek(1) in "/*":
+                if sub.i > self.i:
+                    self.i = sub.i
+                    continue
+            elif c == "/" and self.peek(1) in ("/", "*"):
                 sub = _Lexer(self.src, self.i, self.stop)
                 sub.skip_trivia()
-                self.i = sub.i
-                continue
+                if sub.i > self.i:
+                    self.i = sub.i
+                    continue
             self.i += 1
         expr_end = self.i
         alignment: str | None = None
