@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from apim_mi.errors import LoadError
 from apim_mi.policy import engine
 from apim_mi.policy.context import Body, Context, Headers, Request, Response, Url
@@ -116,6 +117,8 @@ def sender(mode: str) -> FakeSender:
             "refused": FakeSender(exc=OSError("refused"))}[mode]  # fmt: skip
 
 
+# Random validate-jwt policies use short HMAC keys on purpose; PyJWT warns about each.
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(policy_xml(), st.sampled_from(["ok", "403", "timeout", "refused"]), st.booleans())
 def test_engine_never_raises(xml: str, side: str, token_fails: bool) -> None:
