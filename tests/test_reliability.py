@@ -134,6 +134,32 @@ def test_bad_allow_list_is_a_clear_error() -> None:
             tctx.configure(addon, mi_allow_clients=["10.0.0.0/33"])
 
 
+def test_no_token_to_a_remote_host_while_upstream_tls_is_not_verified(
+    tmp_path: Path, emu: Any, md_factory: Any
+) -> None:
+    """With ``ssl_insecure`` mitmproxy would hand the token to whoever answers for the host: refused like plain
+    http://, unless the rule opts in; the startup log says so."""
+    rules = write_rules(tmp_path, f"""
+        rules:
+          - name: remote
+            match: {{host: api.remote.test}}
+            resource: "{DEMO_AUDIENCE}"
+          - name: opted in
+            match: {{host: api.optin.test}}
+            resource: "{DEMO_AUDIENCE}"
+            allow_http: true
+    """)
+    md = md_factory(emu, rules, "--set", "ssl_insecure=true", "--set", "connection_strategy=lazy")
+    md.wait_for(r"ssl_insecure is on: upstream certificates are not verified")
+    status, body = curl("-k", "-x", md.url, "https://api.remote.test/x")
+    assert status == 500 and body["message"] == "Internal server error"  # type: ignore[index]
+    md.wait_for(r"Refusing to send a managed identity token over https:// without certificate verification "
+                r"\(ssl_insecure is on\) to api\.remote\.test")
+    status, _ = curl("-k", "-x", md.url, "https://api.optin.test/x")
+    assert status == 502  # the token was added and the request forwarded: the host does not exist here
+    md.wait_for(r"\[opted in\] .*token added to Authorization")
+
+
 def test_plain_http_to_a_remote_host_is_refused(tmp_path: Path, emu: Any, md_factory: Any) -> None:
     rules = write_rules(tmp_path, f"""
         rules:

@@ -84,6 +84,7 @@ class ApimMi:
         # Options read on every flow, copied here by configure (ctx.options deep-copies a value on each read).
         self._redact_on = True
         self._trace_on = True
+        self._ssl_insecure = False
 
     # -- options ---------------------------------------------------------------------------------------------
 
@@ -147,6 +148,8 @@ class ApimMi:
             self._redact_on = bool(opts.mi_redact)
         if "mi_trace" in updated:
             self._trace_on = bool(opts.mi_trace)
+        if "ssl_insecure" in updated:
+            self._ssl_insecure = bool(opts.ssl_insecure)
 
     def _load_rules(self) -> None:
         """Loads the rules file; on error the previous rules stay in force (the caller reports the error).
@@ -255,6 +258,9 @@ class ApimMi:
         if self.demo_backend is not None:
             log.info("apim-mi: demo backend (validates tokens) at %s", self.demo_backend.url)
         log.info("apim-mi: tokens are injected only for %s", who)
+        if self._ssl_insecure:
+            log.warning("apim-mi: ssl_insecure is on: upstream certificates are not verified, so no token goes to a "
+                        "remote https:// host unless its rule sets allow_http: true")
 
     async def _prefetch(self) -> None:
         from .tokens import TokenError, TokenKey
@@ -375,10 +381,12 @@ class ApimMi:
         trace.add("inbound", "api-inspector", received)
         trace.add("inbound", "api-inspector", inspector.configuration_data(flow, rule))
         await engine.run_inbound(run)
-        if run.response is None and run.injections and not self._secure_destination(flow, rule):
-            await engine.handle_error(run, PolicyError(
-                "apim-mi", f"Refusing to send a managed identity token over plain http:// to {flow.request.host} "
-                           "(set allow_http: true on the rule to allow it).", "InsecureDestination"))  # fmt: skip
+        if run.response is None and run.injections:
+            insecure = self._insecure_transport(flow, rule)
+            if insecure:
+                await engine.handle_error(run, PolicyError(
+                    "apim-mi", f"Refusing to send a managed identity token {insecure} to {flow.request.host} "
+                               "(set allow_http: true on the rule to allow it).", "InsecureDestination"))  # fmt: skip
         if run.response is not None:
             flow.response = flowcontext.make_response(run.response)
             self._finish(flow, state, url=received["request"]["url"])
@@ -388,8 +396,16 @@ class ApimMi:
         trace.add("backend", "forward-request", forwarded)
         self._record(flow, state, url=forwarded["request"]["url"])  # both urls are flow.request.pretty_url
 
-    def _secure_destination(self, flow: http.HTTPFlow, rule: Rule) -> bool:
-        return flow.request.scheme == "https" or rule.allow_http or flowcontext.is_loopback(flow.request.host)
+    def _insecure_transport(self, flow: http.HTTPFlow, rule: Rule) -> str:
+        """Why a token must not go to this destination ("" when it may): plain http://, or https:// while
+        mitmproxy does not verify upstream certificates (``ssl_insecure``), to a non-loopback host."""
+        if rule.allow_http or flowcontext.is_loopback(flow.request.host):
+            return ""
+        if flow.request.scheme != "https":
+            return "over plain http://"
+        if self._ssl_insecure:
+            return "over https:// without certificate verification (ssl_insecure is on)"
+        return ""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """The earliest point after the request went upstream: take the token out of the flow."""
