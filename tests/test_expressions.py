@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -559,6 +560,20 @@ def test_guid_uri_webutility_regex() -> None:
     assert ev('Regex.Matches("a1b2c3", @"\\d").Count') == 3
     assert ev('Regex.IsMatch("ABC", "abc", RegexOptions.IgnoreCase)') is True
     assert ev('new Regex(@"^\\w+$").IsMatch("word")') is True
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("call", ["Regex.IsMatch(s, p)", "Regex.Matches(s, p).Count", 'Regex.Replace(s, p, "x")',
+                                  "new Regex(p).Match(s).Success", "Regex.Split(s, p).Length"])
+def test_catastrophic_regex_times_out_instead_of_stalling_the_proxy(call: str) -> None:
+    """``^(a|a)+$`` against 40 a's and a b backtracks ~2^40 times: .NET would spin forever (no default timeout), and
+    with Python's ``re`` the proxy's event loop would; it ends as RegexMatchTimeoutException after REGEX_TIMEOUT."""
+    started = time.monotonic()
+    with pytest.raises(ExpressionRuntimeError, match="timed out") as ei:
+        ev(f'@{{ var s = new string(\'a\', 40) + "b"; var p = @"^(a|a)+$"; return {call}; }}')
+    assert ei.value.exception_type == "System.Text.RegularExpressions.RegexMatchTimeoutException"
+    assert ei.value.reason == "ExpressionValueEvaluationFailure"
+    assert time.monotonic() - started < 5
 
 
 def test_math_and_random() -> None:

@@ -25,6 +25,8 @@ from functools import cmp_to_key, lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus, urljoin, urlsplit
 
+import regex
+
 from .. import context as ctx
 from .ast import TypeRef
 from .dotnet import (
@@ -1407,38 +1409,48 @@ _REGEX_OPTIONS = {
 }
 
 
+#: Longest one regex operation may run. .NET's default is no limit, but here one catastrophic pattern meeting a
+#: request's header would stall every request through the proxy; the ``regex`` module can stop it, ``re`` cannot.
+REGEX_TIMEOUT = 1.0
+REGEX_TIMED_OUT = (
+    "The Regex engine has timed out while trying to match a pattern to an input string. This can occur for many "
+    "reasons, including very large inputs or excessive backtracking caused by nested quantifiers, back-references "
+    "and other factors."
+)
+
+
 @lru_cache(maxsize=256)
-def compile_regex(pattern: str, options: int = 0) -> re.Pattern[str]:
-    """.NET regex → Python ``re``: named groups ``(?<n>…)``/``(?'n'…)`` and ``\\k<n>`` are translated."""
+def compile_regex(pattern: str, options: int = 0) -> Any:
+    """.NET regex → a ``regex`` pattern: named groups ``(?<n>…)``/``(?'n'…)`` and ``\\k<n>`` are translated."""
     p = re.sub(r"\(\?<([A-Za-z_]\w*)>", r"(?P<\1>", pattern)
     p = re.sub(r"\(\?'([A-Za-z_]\w*)'", r"(?P<\1>", p)
     p = re.sub(r"\\k<([A-Za-z_]\w*)>", r"(?P=\1)", p)
-    flags = 0
+    flags = regex.VERSION0
     if options & 1:
-        flags |= re.IGNORECASE
+        flags |= regex.IGNORECASE
     if options & 2:
-        flags |= re.MULTILINE
+        flags |= regex.MULTILINE
     if options & 16:
-        flags |= re.DOTALL
+        flags |= regex.DOTALL
     if options & 32:
-        flags |= re.VERBOSE
+        flags |= regex.VERBOSE
     try:
-        return re.compile(p, flags)
-    except (re.error, OverflowError, RecursionError) as e:
+        return regex.compile(p, flags)
+    except (regex.error, OverflowError, RecursionError) as e:
         raise arg_error(f"Invalid pattern '{pattern}' at offset {getattr(e, 'pos', 0)}. {e}") from None
 
 
-def _regex_of(a: Args, i: int) -> re.Pattern[str]:
+def _regex_of(a: Args, i: int) -> Any:
     """The compiled pattern for a static Regex call ``(input, pattern[, …][, options])``."""
     opts = a[-1].value if len(a) > i + 1 and isinstance(a[-1], EnumValue) else 0
     return compile_regex(s_(a[i], "pattern"), opts)
 
 
-def _net_replacement(repl: str) -> Callable[[re.Match[str]], str]:
+def _net_replacement(repl: str) -> Callable[[Any], str]:
     """A .NET replacement pattern (``$1``, ``${name}``, ``$$``, ``$0``, ``$&``) as a Python function."""
     tokens = re.findall(r"\$\$|\$\{\w+\}|\$\d+|\$&|\$.|[^$]+|\$", repl)
 
-    def f(m: re.Match[str]) -> str:
+    def f(m: Any) -> str:
         out = []
         for t in tokens:
             if t == "$$":
@@ -1449,7 +1461,7 @@ def _net_replacement(repl: str) -> Callable[[re.Match[str]], str]:
                 name = t[2:-1]
                 try:
                     out.append(m.group(int(name) if name.isdigit() else name) or "")
-                except (IndexError, re.error):
+                except (IndexError, regex.error):
                     out.append(t)
             elif re.fullmatch(r"\$\d+", t):
                 try:
@@ -1463,10 +1475,19 @@ def _net_replacement(repl: str) -> Callable[[re.Match[str]], str]:
     return f
 
 
-def regex_replace(rx: re.Pattern[str], s: str, repl: Any) -> str:
-    if callable(repl):
-        return check_len(rx.sub(lambda m: to_net_string(call_fn(repl, MatchObj(m))), s))
-    return check_len(rx.sub(_net_replacement(s_(repl, "replacement")), s))
+def regex_replace(rx: Any, s: str, repl: Any) -> str:
+    fn = (lambda m: to_net_string(call_fn(repl, MatchObj(m)))) if callable(repl) else _net_replacement(
+        s_(repl, "replacement")
+    )
+    return check_len(_bounded(rx.sub, fn, s))
+
+
+def _bounded(op: Callable[..., Any], *args: Any) -> Any:
+    """One regex operation under ``REGEX_TIMEOUT``, timing out as .NET's RegexMatchTimeoutException."""
+    try:
+        return op(*args, timeout=REGEX_TIMEOUT)
+    except TimeoutError:
+        raise NetException("System.Text.RegularExpressions.RegexMatchTimeoutException", REGEX_TIMED_OUT) from None
 
 
 class MatchCollection:
@@ -1504,7 +1525,7 @@ def _next_match(m: MatchObj) -> MatchObj:
     if m.m is None:
         return m
     pos = m.m.end() + (1 if m.m.end() == m.m.start() else 0)
-    return MatchObj(m.m.re.search(m.m.string, pos))
+    return MatchObj(_bounded(m.m.re.search, m.m.string, pos))
 
 
 def _regex_static(name: str) -> Method:
@@ -1519,17 +1540,18 @@ def _regex_static(name: str) -> Method:
     return f
 
 
-def _regex_op(name: str, rx: re.Pattern[str], s: str, rest: Args) -> Any:
+def _regex_op(name: str, rx: Any, s: str, rest: Args) -> Any:
     if name == "IsMatch":
-        return rx.search(s) is not None
+        return _bounded(rx.search, s) is not None
     if name == "Match":
-        return MatchObj(rx.search(s, i_(rest[0]) if rest and is_integer(rest[0]) else 0))
+        return MatchObj(_bounded(rx.search, s, i_(rest[0]) if rest and is_integer(rest[0]) else 0))
     if name == "Matches":
-        return MatchCollection([MatchObj(m) for m in rx.finditer(s)])
+        matches = _bounded(lambda text, timeout: list(rx.finditer(text, timeout=timeout)), s)
+        return MatchCollection([MatchObj(m) for m in matches])
     if name == "Replace":
         return regex_replace(rx, s, rest[0])
     if name == "Split":
-        parts = rx.split(s)
+        parts = _bounded(rx.split, s)
         return [p if p is not None else "" for p in parts]
     raise MemberNotFound(name)
 

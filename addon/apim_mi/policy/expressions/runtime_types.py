@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -166,7 +165,7 @@ ENCODINGS = {
 
 @dataclass
 class RegexObj:
-    pattern: re.Pattern[str]
+    pattern: Any  # a compiled ``regex`` pattern
 
 
 @dataclass
@@ -180,7 +179,7 @@ class GroupObj:
 
 @dataclass
 class MatchObj:
-    m: re.Match[str] | None
+    m: Any  # a ``regex`` match, or None
 
     @property
     def success(self) -> bool:
@@ -192,15 +191,11 @@ class MatchObj:
             return GroupObj(False, "", 0, 0, str(key))
         try:
             v = m.group(key)
-        except (IndexError, error_type()):
+        except IndexError:  # no such group
             return GroupObj(False, "", 0, 0, str(key))
         if v is None:
             return GroupObj(False, "", 0, 0, str(key))
         return GroupObj(True, v, m.start(key), len(v), str(key))
-
-
-def error_type() -> type[Exception]:
-    return re.error
 
 
 @dataclass
