@@ -66,14 +66,18 @@ def canonical(data: Any) -> Any:
     return data
 
 
+def _scrub_text(text: str, secrets: set[str] | frozenset[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def _canonical_scrubbed(data: Any, secrets: set[str] | frozenset[str]) -> Any:
     """``scrub(canonical(data), secrets)`` in one walk."""
     t = type(data)
     if t is str or isinstance(data, str):
-        for secret in secrets:
-            if secret and secret in data:
-                data = data.replace(secret, REDACTED)
-        return data
+        return _scrub_text(data, secrets)
     if t is int or t is bool or t is float or data is None:
         return data
     if t is dict or isinstance(data, dict):
@@ -143,10 +147,7 @@ def scrub(data: Any, secrets: set[str]) -> Any:
     """``data`` with every secret replaced, however deeply it is nested (a header value, an expression result)."""
     t = type(data)
     if t is str or isinstance(data, str):
-        for secret in secrets:
-            if secret and secret in data:
-                data = data.replace(secret, REDACTED)
-        return data
+        return _scrub_text(data, secrets)
     if t is int or t is bool or t is float or data is None:
         return data
     if t is dict or isinstance(data, dict):

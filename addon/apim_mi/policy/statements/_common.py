@@ -116,3 +116,31 @@ def body_bytes(value: Any) -> bytes:
     from ..expressions import to_policy_string
 
     return to_policy_string(value).encode()
+
+
+async def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -> list[str]:
+    """The ``<value>`` children of set-header / set-query-parameter, evaluated; null results are dropped."""
+    values: list[str] = []
+    for v in stmt.children_named("value"):
+        text = await evaluate_string(run, v.text, source, scope)
+        if text is not None:
+            values.append(text)
+    return values
+
+
+def apply_exists_action(target: Any, name: str, values: list[str], action: str) -> bool:
+    """``exists-action`` (override / skip / append / delete) on a header or query collection, as APIM applies it
+    (override with no value removes the name); returns whether the name was there before."""
+    exists = name in target
+    if action == "delete":
+        target.remove(name)
+    elif action == "skip" and exists:
+        pass
+    elif action == "append":
+        for value in values:
+            target.append(name, value)
+    elif values:
+        target.set(name, values)
+    else:
+        target.remove(name)
+    return exists

@@ -9,6 +9,7 @@ from ...errors import PolicyError
 from ...tokens import TokenError, TokenKey
 from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, run_statements
 from ..model import Statement
+from ._common import apply_exists_action, value_children
 
 if TYPE_CHECKING:
     from ..context import Headers
@@ -107,26 +108,11 @@ def _target_headers(run: PolicyRun, scope: Scope, source: str) -> Headers:
 async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = await evaluate_string(run, stmt.attrs.get("name"), "set-header", scope) or ""
     action = (stmt.attr("exists-action") or "override").lower()
-    values: list[str] = []
-    for v in stmt.children_named("value"):
-        text = await evaluate_string(run, v.text, "set-header", scope)
-        if text is not None:
-            values.append(text)
+    values = await value_children(run, stmt, "set-header", scope)
     if any(c in name + "".join(values) for c in "\r\n"):
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
     headers = _target_headers(run, scope, "set-header")
-    exists = name in headers
-    if action == "delete":
-        headers.remove(name)
-    elif action == "skip" and exists:
-        pass
-    elif action == "append":
-        for value in values:
-            headers.append(name, value)
-    elif values:
-        headers.set(name, values)
-    else:
-        headers.remove(name)
+    exists = apply_exists_action(headers, name, values, action)
     carries_token = any(s in value for s in run.trace.secrets for value in values)
     if scope.request is not None and carries_token and (action != "skip" or not exists):
         if exists and action == "override":

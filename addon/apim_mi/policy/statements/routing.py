@@ -14,9 +14,9 @@ from urllib.parse import quote, urlsplit
 
 from ...errors import PolicyError
 from ..context import Query, Url
-from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string
+from ..engine import UNVERIFIED, PolicyRun, Scope
 from ..model import Statement
-from ._common import bool_attr, int_attr, str_attr
+from ._common import apply_exists_action, bool_attr, int_attr, str_attr, value_children
 
 _PARAM = re.compile(r"\{([^{}]+)\}")
 
@@ -136,25 +136,10 @@ async def rewrite_uri(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
 async def set_query_parameter(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = await str_attr(run, stmt, "name", scope) or ""
     action = (await str_attr(run, stmt, "exists-action", scope) or "override").strip().lower()
-    values: list[str] = []
-    for v in stmt.children_named("value"):
-        text = await evaluate_string(run, v.text, "set-query-parameter", scope)
-        if text is not None:
-            values.append(text)
+    values = await value_children(run, stmt, "set-query-parameter", scope)
     request = _request(run, scope)
     query = request.url.query
-    exists = name in query
-    if action == "delete":
-        query.remove(name)
-    elif action == "skip" and exists:
-        pass
-    elif action == "append":
-        for value in values:
-            query.append(name, value)
-    elif values:
-        query.set(name, values)
-    else:
-        query.remove(name)
+    exists = apply_exists_action(query, name, values, action)
     run.trace.add(scope.section, "set-query-parameter", {
         "message": f"Query parameter '{name}': {action}" + (" (already present, left unchanged)"
                                                              if action == "skip" and exists else ""),
