@@ -243,3 +243,29 @@ def test_outline_one_line_per_step() -> None:
     assert lines[2].endswith("0.273 ms  Managed identity token is added to Authorization header.")
     assert lines[4].startswith("outbound  transfer-response") and lines[4].endswith("sent to the caller in full")
     assert outline({"traceId": "x", "traceEntries": {}}) == ""
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "host_header", "expected"),
+    [
+        ("::1", 8443, "[::1]:8443", "https://[::1]:8443/path"),
+        ("::1", 443, None, "https://[::1]/path"),
+        ("api.test", 443, "api.test", "https://api.test/path"),
+        ("10.0.0.1", 8443, "api.test:8443", "https://api.test:8443/path"),
+    ],
+)
+def test_urls_in_traces_bracket_ipv6_hosts(host: str, port: int, host_header: str | None, expected: str) -> None:
+    """mitmproxy's ``pretty_url``/``url`` write ``https://::1:8443/path``, which no URL parser reads back; names and
+    IPv4 addresses come out exactly as mitmproxy's ``pretty_url``."""
+    from apim_mi import flowcontext
+
+    flow = tflow.tflow()
+    flow.request.scheme, flow.request.host, flow.request.port = "https", host, port
+    if host_header is None:
+        flow.request.headers.pop("host", None)
+    else:
+        flow.request.headers["host"] = host_header
+    assert flowcontext.pretty_url(flow.request) == expected
+    assert request_data(flow)["request"]["url"] == expected
+    if ":" not in host:
+        assert flow.request.pretty_url == expected

@@ -351,7 +351,7 @@ class ApimMi:
             peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
             flow.response = _error_response(403, f"apim-mi: client {peer} may not use managed identity rules "
                                                  "(allow it with mi_allow_clients or use --proxyauth).")
-            log.warning("apim-mi: refused %s from %s: client not allowed", flow.request.pretty_url, peer)
+            log.warning("apim-mi: refused %s from %s: client not allowed", flowcontext.pretty_url(flow.request), peer)
             return
         try:
             await self._run_inbound(flow, rule)
@@ -394,7 +394,7 @@ class ApimMi:
         flowcontext.apply_request(context.request, flow, as_read)
         forwarded = inspector.forward_data(flow, run.forward_timeout, trace.secrets)
         trace.add("backend", "forward-request", forwarded)
-        self._record(flow, state, url=forwarded["request"]["url"])  # both urls are flow.request.pretty_url
+        self._record(flow, state, url=forwarded["request"]["url"])  # both are the flow's pretty_url
 
     def _insecure_transport(self, flow: http.HTTPFlow, rule: Rule) -> str:
         """Why a token must not go to this destination ("" when it may): plain http://, or https:// while
@@ -468,8 +468,8 @@ class ApimMi:
             found.append(diagnostics.REFLECTED)
         for message in found:
             run.warn("backend", "apim-mi", message)
-            log.warning("apim-mi: %s %s [%s] backend answered %d: %s", flow.request.method, flow.request.pretty_url,
-                        run.rule_name, flow.response.status_code, message)
+            log.warning("apim-mi: %s %s [%s] backend answered %d: %s", flow.request.method,
+                        flowcontext.pretty_url(flow.request), run.rule_name, flow.response.status_code, message)
         if found and not flow.marked:
             flow.marked = ":warning:"
 
@@ -487,8 +487,8 @@ class ApimMi:
         self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None, trace: dict[str, Any] | None = None
     ) -> None:
         """Summary into flow.comment/metadata and one log line (never a token), when the request leaves and again
-        when the flow ends (then with ``trace``, the finished APIM trace). ``url``: ``flow.request.pretty_url`` if
-        the caller already has it."""
+        when the flow ends (then with ``trace``, the finished APIM trace). ``url``: the flow's ``pretty_url`` if the
+        caller already has it."""
         run = state.run
         secrets = run.trace.secrets
         elapsed_ms = (time.perf_counter() - state.started) * 1000
@@ -522,7 +522,7 @@ class ApimMi:
             flow.comment += "".join(f"\nwarning: {w}" for w in shown["warnings"])
         if first:
             if url is None:
-                url = flow.request.pretty_url
+                url = flowcontext.pretty_url(flow.request)
             if run.error is not None:
                 self.counters["failed"] += 1
                 cause = run.token_failures[-1] if run.token_failures else run.error.message
@@ -546,7 +546,7 @@ class ApimMi:
         state = self._flows.pop(flow.id, None)
         if state is not None:
             self._redact(flow, state)
-        log.error("apim-mi: %s %s failed closed: %s", flow.request.method, flow.request.pretty_url, reason)
+        log.error("apim-mi: %s %s failed closed: %s", flow.request.method, flowcontext.pretty_url(flow.request), reason)
 
     # -- commands ---------------------------------------------------------------------------------------------
 

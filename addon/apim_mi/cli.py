@@ -256,6 +256,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     """Renders the APIM traces stored in a saved flow file (``mitmdump -w``)."""
     from mitmproxy import io
 
+    from .flowcontext import pretty_url
     from .trace import METADATA_KEY, canonical, render
 
     shown = 0
@@ -266,7 +267,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 if not meta:
                     continue
                 req = getattr(flow, "request", None)
-                print(f"== {req.method} {req.pretty_url}" if req is not None else "== flow")
+                print(f"== {req.method} {pretty_url(req)}" if req is not None else "== flow")
                 print(f"   {flow.comment}")
                 if args.json:
                     print(json.dumps(canonical(meta.get("trace", {})), indent=2))

@@ -59,6 +59,19 @@ def request_url(req: http.Request) -> str:
     return url.unparse(req.scheme, f"[{req.host}]", req.port, req.path if req.path != "*" else "")
 
 
+def pretty_url(req: http.Request) -> str:
+    """``req.pretty_url`` (the Host header's authority, as the client addressed it) with an IPv6 host in brackets."""
+    if req.first_line_format == "authority":
+        return req.authority
+    host_header = req.host_header
+    if not host_header:
+        return request_url(req)
+    host, port = url.parse_authority(host_header, check=False)
+    host = f"[{host}]" if ":" in host else host
+    path = req.path if req.path != "*" else ""
+    return url.unparse(req.scheme, host, port or url.default_port(req.scheme) or 443, path)
+
+
 def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
     return request_context(flow, request_id)[0]
 

@@ -61,7 +61,7 @@ def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
     """The ``api-inspector`` request entry: the request as the proxy received it (client credentials hidden)."""
     req = flow.request
     headers = _headers(req.headers.items(multi=True))
-    return {"request": {"method": req.method, "url": req.pretty_url, "headers": headers}}
+    return {"request": {"method": req.method, "url": flowcontext.pretty_url(req), "headers": headers}}
 
 
 def configuration_data(flow: http.HTTPFlow, rule: Rule) -> dict[str, Any]:
@@ -88,7 +88,7 @@ def forward_data(flow: http.HTTPFlow, timeout: float, secrets: set[str]) -> dict
     req = flow.request
     return {
         "message": f"Request is being forwarded to the backend service. Timeout set to {timeout:g} seconds",
-        "request": {"method": req.method, "url": req.pretty_url,
+        "request": {"method": req.method, "url": flowcontext.pretty_url(req),
                     "headers": scrub(_headers(req.headers.items(multi=True), secrets), secrets)},
     }  # fmt: skip
 
