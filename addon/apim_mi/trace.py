@@ -73,20 +73,6 @@ def _scrub_text(text: str, secrets: set[str] | frozenset[str]) -> str:
     return text
 
 
-def _canonical_scrubbed(data: Any, secrets: set[str] | frozenset[str]) -> Any:
-    """``scrub(canonical(data), secrets)`` in one walk."""
-    t = type(data)
-    if t is str or isinstance(data, str):
-        return _scrub_text(data, secrets)
-    if t is int or t is bool or t is float or data is None:
-        return data
-    if t is dict or isinstance(data, dict):
-        return {k: _canonical_scrubbed(data[k], secrets) for k in _order(data)}
-    if t is list or isinstance(data, list | tuple):
-        return [_canonical_scrubbed(v, secrets) for v in data]
-    return data
-
-
 # Characters json.dumps escapes (with ensure_ascii=False): a secret containing one cannot be found in the JSON text.
 _JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr, check_circular=False)
@@ -143,17 +129,18 @@ def parse_elapsed(text: str) -> float:
 REDACTED = "[token redacted]"
 
 
-def scrub(data: Any, secrets: set[str]) -> Any:
-    """``data`` with every secret replaced, however deeply it is nested (a header value, an expression result)."""
+def scrub(data: Any, secrets: set[str] | frozenset[str], ordered: bool = False) -> Any:
+    """``data`` with every secret replaced, however deeply it is nested (a header value, an expression result);
+    ``ordered``: also in canonical key order, i.e. ``scrub(canonical(data), secrets)`` in one walk."""
     t = type(data)
     if t is str or isinstance(data, str):
         return _scrub_text(data, secrets)
     if t is int or t is bool or t is float or data is None:
         return data
     if t is dict or isinstance(data, dict):
-        return {k: scrub(v, secrets) for k, v in data.items()}
+        return {k: scrub(data[k], secrets, ordered) for k in (_order(data) if ordered else data)}
     if t is list or isinstance(data, list | tuple):
-        return [scrub(v, secrets) for v in data]
+        return [scrub(v, secrets, ordered) for v in data]
     return data
 
 
@@ -194,8 +181,8 @@ class Trace:
         el = self.clock() - self._t0
         secrets = self.secrets
         if secrets:
-            source = _canonical_scrubbed(source, secrets)
-            data = _canonical_scrubbed(data, secrets)
+            source = scrub(source, secrets, ordered=True)
+            data = scrub(data, secrets, ordered=True)
         else:
             data = canonical(data)
         entry = {
@@ -225,7 +212,7 @@ class Trace:
             for i in stale:
                 entry = added[i][0]
                 for key, value in list(entry.items()):
-                    entry[key] = _canonical_scrubbed(value, secrets)
+                    entry[key] = scrub(value, secrets, ordered=True)
         for i in stale:
             added[i] = (added[i][0], n)
 
