@@ -156,13 +156,8 @@ def harness(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         mp.undo()
 
 
-async def _through_addon(
-    addon: ApimMi, tokens: TokenProvider, req: RequestSpec
-) -> tuple[Any, dict[str, str], dict[str, str]]:
+async def _through_addon(addon: ApimMi, req: RequestSpec) -> tuple[Any, dict[str, str], dict[str, str]]:
     """One request through the addon's hooks: the flow, its headers before, and the headers as they were sent."""
-    addon.tokens = tokens
-    addon._ready = asyncio.get_running_loop().create_future()
-    addon._ready.set_result(None)
     host_header = f"[{req.host}]:{req.port}" if ":" in req.host else f"{req.host}:{req.port}"
     headers = [(b"host", host_header.encode()), (b"accept", b"*/*")]
     if req.client_auth:
@@ -191,9 +186,12 @@ async def _check_requests(
     with taddons.context(addon) as tctx:
         tctx.configure(addon, mi_rules=str(path), mi_credential="managed-identity")
         assert not addon._startup_error
+        addon.tokens = tokens
+        addon._ready = asyncio.get_running_loop().create_future()
+        addon._ready.set_result(None)
         for req in requests:
             expected = reference_match(rules, req)
-            flow, before, sent = await _through_addon(addon, tokens, req)
+            flow, before, sent = await _through_addon(addon, req)
             flows.append(flow)
             if expected is None:
                 assert flow.response.status_code == 200 and "apim_mi" not in flow.metadata
