@@ -52,24 +52,25 @@ def _decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
 
 
+def _unparse(scheme: str, host: str, port: int, path: str) -> str:
+    """A URL with an IPv6 host in brackets (mitmproxy writes ``http://::1:8080/``, which no URL parser reads)."""
+    return url.unparse(scheme, f"[{host}]" if ":" in host else host, port, path if path != "*" else "")
+
+
 def request_url(req: http.Request) -> str:
-    """``req.url`` with an IPv6 host in brackets (mitmproxy writes ``http://::1:8080/``, which no URL parser reads)."""
-    if ":" not in req.host:
-        return req.url
-    return url.unparse(req.scheme, f"[{req.host}]", req.port, req.path if req.path != "*" else "")
+    """``req.url``, IPv6 hosts in brackets."""
+    return req.url if ":" not in req.host else _unparse(req.scheme, req.host, req.port, req.path)
 
 
 def pretty_url(req: http.Request) -> str:
-    """``req.pretty_url`` (the Host header's authority, as the client addressed it) with an IPv6 host in brackets."""
+    """``req.pretty_url`` (the Host header's authority, as the client addressed it), IPv6 hosts in brackets."""
     if req.first_line_format == "authority":
         return req.authority
     host_header = req.host_header
     if not host_header:
         return request_url(req)
     host, port = url.parse_authority(host_header, check=False)
-    host = f"[{host}]" if ":" in host else host
-    path = req.path if req.path != "*" else ""
-    return url.unparse(req.scheme, host, port or url.default_port(req.scheme) or 443, path)
+    return _unparse(req.scheme, host, port or url.default_port(req.scheme) or 443, req.path)
 
 
 def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
