@@ -62,6 +62,8 @@ def options_table() -> str:
 def _schema_type(spec: dict[str, Any], schema: dict[str, Any]) -> str:
     if "$ref" in spec:
         return spec["$ref"].rsplit("/", 1)[-1]
+    if "oneOf" in spec:
+        return " or ".join(_schema_type(s, schema) for s in spec["oneOf"])
     if "enum" in spec:
         return " \\| ".join(f"`{v}`" for v in spec["enum"])
     kind = spec.get("type", "any")

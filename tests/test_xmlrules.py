@@ -17,7 +17,7 @@ def test_rule_list_in_xml() -> None:
     config = load_rules(DATA / "rules.xml")
     assert config.credential == "emulator" and not config.applies_to_all
     assert config.named_values == {"orders-app": "api://00000000-0000-0000-0000-00000000a11c"}
-    assert config.backends == {"orders": "https://orders.contoso.test/api"}
+    assert {k: b.url for k, b in config.backends.items()} == {"orders": "https://orders.contoso.test/api"}
     orders, bus, inline = config.rules
     assert (orders.name, orders.match.host, orders.match.path, orders.match.methods) == (
         "orders API", "orders.contoso.test", "/api/*", frozenset({"GET", "POST"}))  # fmt: skip
@@ -122,7 +122,7 @@ def test_yaml_backends_map(tmp_path: Path) -> None:
           - match: {host: a.test}
             resource: r
         """)
-    assert load_rules(path).backends == {"orders": "https://orders.test/api"}
+    assert {k: b.url for k, b in load_rules(path).backends.items()} == {"orders": "https://orders.test/api"}
 
 
 def test_bare_policies_file_through_mitmdump(tmp_path: Path, emu: object, backend: object, md_factory: object) -> None:

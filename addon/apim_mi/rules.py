@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .backends import Backend, BackendError, check_pools, parse_backend
 from .errors import LoadError, Location
 from .policy.model import Policy, Statement, Value
 
@@ -66,7 +67,7 @@ class RulesConfig:
     named_values: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     applies_to_all: bool = False
-    backends: dict[str, str] = field(default_factory=dict)
+    backends: dict[str, Backend] = field(default_factory=dict)
 
 
 @cache
@@ -606,8 +607,30 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
         credential=data.get("credential"),
         named_values=named,
         files=ctx.files,
-        backends={
-            str(k): substitute_named_values(str(v), named, pos.at(("backends", k)))
-            for k, v in (data.get("backends") or {}).items()
-        },
+        backends=_backends(data.get("backends") or {}, named, pos),
     )
+
+
+def _backends(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, Backend]:
+    """``backends:`` → APIM backend entities (a URL, or the backend resource's shape), named values substituted."""
+
+    def substituted(value: Any, path: tuple[Any, ...]) -> Any:
+        if isinstance(value, str):
+            return substitute_named_values(value, named, pos.at(path))
+        if isinstance(value, dict):
+            return {k: substituted(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [substituted(v, (*path, i)) for i, v in enumerate(value)]
+        return value
+
+    out: dict[str, Backend] = {}
+    for k, v in raw.items():
+        try:
+            out[str(k)] = parse_backend(str(k), substituted(v, ("backends", k)))
+        except BackendError as e:
+            raise LoadError(pos.at(("backends", k, *e.keys())), str(e)) from None
+    try:
+        check_pools(out)
+    except BackendError as e:
+        raise LoadError(pos.at(("backends", e.backend, *e.keys())), str(e)) from None
+    return out

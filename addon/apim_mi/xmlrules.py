@@ -29,6 +29,7 @@ from typing import Any
 
 from lxml import etree
 
+from .backends import Backend
 from .errors import LoadError, Location
 from .rules import (
     CREDENTIAL_SOURCES,
@@ -193,7 +194,7 @@ class _RuleList:
             url = substitute_named_values(url, named, loc)
             if not re.match(r"^https?://", url):
                 raise LoadError(loc, f"backend '{bid}': url must be an absolute http(s) URL (got '{url}')")
-            resolved[bid] = url
+            resolved[bid] = Backend(bid, url=url)
         return RulesConfig(
             path=self.path, rules=rules, credential=credential, named_values=named, files=files, backends=resolved
         )

@@ -38,6 +38,8 @@ def _backend_url(run: PolicyRun, backend_id: str) -> str:
     entry = backends.get(backend_id)
     if isinstance(entry, dict):
         entry = entry.get("url")
+    elif entry is not None and not isinstance(entry, str):  # an APIM backend entity (apim_mi.backends.Backend)
+        entry = entry.url
     if not entry:
         known = ", ".join(sorted(backends)) or "none configured"
         raise PolicyError("set-backend-service",
