@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_token)
     sub.add_parser(
         "emulator", add_help=False,
-        help="run the local managed-identity emulator (IMDS + App Service); see apim-mi emulator --help",
+        help="run the local managed-identity emulator (IMDS, App Service, Entra); see apim-mi emulator --help",
     )  # fmt: skip
     d = sub.add_parser(
         "demo", help="proxy + embedded emulator + demo backend: 401 direct vs 200 through the proxy",

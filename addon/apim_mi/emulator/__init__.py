@@ -7,6 +7,11 @@ Endpoints (``<url>`` is what :meth:`Emulator.start` returns):
   ``AZURE_POD_IDENTITY_AUTHORITY_HOST=<url>``.
 * ``GET <url>/msi/token?api-version=2019-08-01&resource=R[&client_id=…]`` with ``X-IDENTITY-HEADER: <secret>`` --
   App Service. ``IDENTITY_ENDPOINT=<url>/msi/token`` and ``IDENTITY_HEADER=<secret>``.
+* ``POST <authority>/{tenant}/oauth2/v2.0/token`` -- Entra's token endpoint (client credentials with a client secret,
+  a certificate assertion, or a federated assertion: a managed-identity token for ``api://AzureADTokenExchange`` or
+  the workload-identity service-account token), on the HTTPS listener started with ``https_port`` (``<authority>``
+  is ``authority_url``; its certificate comes from the local CA ``ca_pem``). ``tenant`` is the emulator's tenant or
+  one of ``other_tenants`` (cross-tenant app tokens). See :mod:`apim_mi.emulator.entra`.
 * ``GET <url>/{tenant}/discovery/v2.0/keys``, ``/{tenant}/discovery/keys`` (``tenant`` may also be ``common`` or
   ``organizations``) -- JWKS.
 * ``GET <url>/{tenant}/v2.0/.well-known/openid-configuration``, ``/{tenant}/.well-known/openid-configuration`` --
@@ -34,12 +39,19 @@ request), keyed ``"<identity>|<resource>"`` where identity is ``"system"`` or th
 """
 
 from .config import (
+    DEFAULT_APP_CLIENT_ID,
     DEFAULT_LIFETIME,
+    DEFAULT_OTHER_TENANT_ID,
     DEFAULT_PORT,
     DEFAULT_TENANT_ID,
+    EXCHANGE_AUDIENCES,
     SYSTEM,
     WELL_KNOWN_RESOURCES,
+    WORKLOAD_ISSUER,
+    WORKLOAD_SUBJECT,
+    AppRegistration,
     EmulatorConfig,
+    FederatedCredential,
     Identity,
     default_system_identity,
     default_user_identities,
@@ -51,18 +63,25 @@ from .thread import EmulatorThread
 from .tokens import MintedToken, SigningKey, TokenMinter
 
 __all__ = [
+    "DEFAULT_APP_CLIENT_ID",
     "DEFAULT_LIFETIME",
+    "DEFAULT_OTHER_TENANT_ID",
     "DEFAULT_PORT",
     "DEFAULT_TENANT_ID",
+    "EXCHANGE_AUDIENCES",
     "MANAGED_IDENTITY_ENV_VARS",
     "SYSTEM",
     "WELL_KNOWN_RESOURCES",
+    "WORKLOAD_ISSUER",
+    "WORKLOAD_SUBJECT",
+    "AppRegistration",
     "Emulator",
     "EmulatorConfig",
     "EmulatorStats",
     "EmulatorThread",
     "Fault",
     "FaultKind",
+    "FederatedCredential",
     "Identity",
     "MintedToken",
     "RequestRecord",

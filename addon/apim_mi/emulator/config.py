@@ -46,6 +46,20 @@ WELL_KNOWN_RESOURCES: tuple[str, ...] = (
 
 SYSTEM = "system"
 
+#: The second tenant the emulator serves (for cross-tenant app tokens); its app tokens carry this ``tid``.
+DEFAULT_OTHER_TENANT_ID = "5ca1ab1e-0000-4000-8000-000000000002"
+#: The app registration the Entra token endpoint knows by default (multi-tenant, present in every emulator tenant).
+DEFAULT_APP_CLIENT_ID = "5ca1ab1e-0000-4000-8000-0000000000a1"
+#: Audiences of a managed-identity (or workload-identity) token used as a federated credential, per cloud.
+EXCHANGE_AUDIENCES: tuple[str, ...] = (
+    "api://AzureADTokenExchange",
+    "api://AzureADTokenExchangeUSGov",
+    "api://AzureADTokenExchangeChina",
+)
+#: Issuer and subject of the Kubernetes service-account token the emulator writes for workload identity.
+WORKLOAD_ISSUER = "https://oidc.apim-mi.localhost/"
+WORKLOAD_SUBJECT = "system:serviceaccount:default:apim-mi"
+
 # A fixed namespace so that an identity given only by client id gets the same object id on every run.
 _OBJECT_ID_NAMESPACE = uuid.UUID("5ca1ab1e-0000-4000-8000-0000000000ff")
 
@@ -126,6 +140,55 @@ def derived_object_id(client_id: str) -> str:
     return str(uuid.uuid5(_OBJECT_ID_NAMESPACE, client_id.lower()))
 
 
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential of an app registration: tokens from ``issuer`` about ``subject``."""
+
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...] = ("api://AzureADTokenExchange",)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, "subject": self.subject, "audiences": list(self.audiences)}
+
+
+@dataclass(frozen=True)
+class AppRegistration:
+    """An app the Entra token endpoint issues client-credentials tokens to, in every tenant the emulator serves.
+
+    It authenticates with one of ``secrets``, a certificate assertion signed by the key of one of ``certificates``
+    (PEM), or a federated assertion matching one of ``federated``. ``federated=None`` trusts every managed identity
+    of the emulator (subject = its object id, issuer = the v2.0 issuer of the emulator's tenant) and the emulator's
+    workload-identity service account: the zero-configuration setup of tests and demos.
+    """
+
+    client_id: str = DEFAULT_APP_CLIENT_ID
+    name: str = "apim-mi-app"
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    certificates: tuple[bytes, ...] = field(default=(), repr=False)
+    federated: tuple[FederatedCredential, ...] | None = None
+
+    @property
+    def object_id(self) -> str:
+        """The app's service principal (the same in every tenant here; stable per client id)."""
+        return derived_object_id(self.client_id)
+
+    @property
+    def resource_id(self) -> str:
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        federated = None if self.federated is None else [f.to_json() for f in self.federated]
+        return {
+            "client_id": self.client_id,
+            "object_id": self.object_id,
+            "name": self.name,
+            "secrets": len(self.secrets),
+            "certificates": len(self.certificates),
+            "federated": federated,
+        }
+
+
 #: Fields that can change while the emulator runs (``Emulator.configure`` and ``POST /_emulator/config``).
 TUNABLE_FIELDS = ("token_lifetime", "latency_ms", "resources", "refresh_in")
 CONFIG_ALIASES = {"lifetime": "token_lifetime", "latency": "latency_ms"}
@@ -149,7 +212,7 @@ class EmulatorConfig:
     ``resources=None`` (or empty) accepts any resource; a list restricts to exactly those strings (no trailing-slash
     or case normalisation: ``X`` and ``X/`` are different resources, as in Entra). ``identity_header=None`` makes the
     emulator pick a random App Service secret. ``key_path`` keeps the RSA signing key across restarts (created on
-    first use).
+    first use). ``ca_dir`` keeps the local CA of the HTTPS (Entra) listener the same way.
     """
 
     tenant_id: str = DEFAULT_TENANT_ID
@@ -161,8 +224,11 @@ class EmulatorConfig:
     refresh_in: int | None = None
     identity_header: str | None = None
     key_path: str | None = None
+    ca_dir: str | None = None
     issuer: str | None = None
     log_limit: int = 10_000
+    other_tenants: list[str] = field(default_factory=lambda: [DEFAULT_OTHER_TENANT_ID])
+    apps: list[AppRegistration] = field(default_factory=lambda: [AppRegistration()])
 
     def __post_init__(self) -> None:
         self.validate()
@@ -188,6 +254,19 @@ class EmulatorConfig:
         head = [self.system_identity] if self.system_identity else []
         return head + list(self.user_identities)
 
+    @property
+    def tenants(self) -> list[str]:
+        """Every tenant the Entra endpoints answer for (the first is the managed identities' home tenant)."""
+        return [self.tenant_id, *(t for t in self.other_tenants if t.lower() != self.tenant_id.lower())]
+
+    def knows_tenant(self, tenant: str) -> str | None:
+        """The tenant id as configured, for a path segment naming it (case-insensitive), else None."""
+        return next((t for t in self.tenants if t.lower() == tenant.lower()), None)
+
+    def app(self, client_id: str) -> AppRegistration | None:
+        wanted = client_id.strip().lower()
+        return next((a for a in self.apps if a.client_id.lower() == wanted), None)
+
     def accepts_resource(self, resource: str) -> bool:
         return not self.resources or resource in self.resources
 
@@ -210,4 +289,6 @@ class EmulatorConfig:
             "token_lifetime": self.token_lifetime,
             "latency_ms": self.latency_ms,
             "refresh_in": self.refresh_in,
+            "other_tenants": self.tenants[1:],
+            "apps": [a.to_json() for a in self.apps],
         }

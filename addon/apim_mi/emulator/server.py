@@ -1,4 +1,4 @@
-"""The emulator's aiohttp server: token endpoints (IMDS, App Service), JWKS, OIDC discovery, admin API."""
+"""The emulator's aiohttp server: token endpoints (IMDS, App Service, Entra), JWKS, OIDC discovery, admin API."""
 
 from __future__ import annotations
 
@@ -7,26 +7,29 @@ import datetime as dt
 import hmac
 import json
 import logging
+import os
 import secrets
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from .config import SYSTEM, EmulatorConfig, Identity
+from . import entra
+from .config import EXCHANGE_AUDIENCES, SYSTEM, EmulatorConfig, Identity
 from .faults import DEFAULT_WRONG_AUDIENCE, REPLACING_KINDS, Fault, FaultKind, FaultQueue
 from .serving import LoopbackServer, require_loopback
 from .serving import is_loopback_host as is_loopback_host  # re-exported: the package exports it from here
-from .tokens import MintedToken, SigningKey, TokenMinter
+from .tokens import MintedToken, Principal, SigningKey, TokenMinter, v1_issuer
 
 log = logging.getLogger("apim_mi.emulator")
 
-Protocol = Literal["imds", "appservice"]
+Protocol = Literal["imds", "appservice", "entra"]
 
 IMDS_PATH = "/metadata/identity/oauth2/token"
 APP_SERVICE_PATH = "/msi/token"
@@ -196,12 +199,27 @@ class Emulator(LoopbackServer):
         self._faults = FaultQueue()
         self._state = _State(self._config.log_limit)
         self._closing = asyncio.Event()
+        self._ca: entra.LocalCA | None = None
+        self._authority_url: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False) -> str:
-        """Listen on ``host:port`` (0 = ephemeral) and return the base URL. Non-loopback needs ``allow_remote``."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False, https_port: int | None = None
+    ) -> str:
+        """Listen on ``host:port`` (0 = ephemeral) and return the base URL. Non-loopback needs ``allow_remote``.
+
+        ``https_port`` (0 = ephemeral) adds the HTTPS listener of the Entra token endpoint (:attr:`authority_url`),
+        with a certificate from the local CA (:attr:`ca_pem`; kept in ``config.ca_dir`` when set)."""
         url = await self._listen(host, port, allow_remote=allow_remote)
+        if https_port is not None:
+            try:
+                if self._ca is None:
+                    self._ca = entra.LocalCA.load_or_create(self._config.ca_dir)
+                self._authority_url = await self._add_site(host, https_port, self._ca.server_context)
+            except BaseException:
+                await self.stop()
+                raise
         log.info("managed-identity emulator listening on %s (tenant %s)", url, self.tenant_id)
         return url
 
@@ -212,6 +230,7 @@ class Emulator(LoopbackServer):
     async def stop(self) -> None:
         """Stop serving; pending delayed replies (latency, timeout faults) are dropped at once."""
         self._closing.set()
+        self._authority_url = None
         await super().stop()
 
     # -- accessors (url, port and running come from LoopbackServer) ------------------------------------------------
@@ -244,6 +263,45 @@ class Emulator(LoopbackServer):
     @property
     def signing_key(self) -> SigningKey:
         return self._key
+
+    @property
+    def has_authority(self) -> bool:
+        return self._authority_url is not None
+
+    @property
+    def authority_url(self) -> str:
+        """The Entra authority (``AZURE_AUTHORITY_HOST``): the HTTPS listener started with ``https_port``."""
+        if self._authority_url is None:
+            raise RuntimeError("the emulator's Entra endpoint is not running (start it with https_port=…)")
+        return self._authority_url
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The local CA that signs the HTTPS listener's certificate (trust it: ``connection_verify=<file>``)."""
+        if self._ca is None:
+            raise RuntimeError("the emulator's Entra endpoint is not running (start it with https_port=…)")
+        return self._ca.pem
+
+    def token_endpoint(self, tenant: str | None = None) -> str:
+        return f"{self.authority_url}/{tenant or self.tenant_id}/oauth2/v2.0/token"
+
+    def workload_identity_env(self, directory: str | os.PathLike[str]) -> dict[str, str]:
+        """Write the CA files and a service-account token (``federated-token``) into ``directory`` and return the
+        environment of workload identity on AKS, pointing at this emulator's Entra endpoint, with the CA bundle
+        trusted by requests (sync azure-identity) and OpenSSL (aiohttp). With it, ``ManagedIdentityCredential`` and
+        ``DefaultAzureCredential`` use workload identity, as on AKS; ``env("imds")`` is the managed-identity one."""
+        assert self._ca is not None
+        _ca_file, bundle = self._ca.write(directory)
+        token_file = Path(directory) / "federated-token"
+        token_file.write_text(entra.workload_identity_token(self._minter), "ascii")
+        return {
+            "AZURE_AUTHORITY_HOST": self.authority_url,
+            "AZURE_TENANT_ID": self.tenant_id,
+            "AZURE_CLIENT_ID": self._config.apps[0].client_id if self._config.apps else "",
+            "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
+            "SSL_CERT_FILE": str(bundle),
+            "REQUESTS_CA_BUNDLE": str(bundle),
+        }
 
     def env(self, protocol: Protocol = "imds") -> dict[str, str]:
         """The environment azure-identity needs to use this emulator (after deleting MANAGED_IDENTITY_ENV_VARS)."""
@@ -303,6 +361,7 @@ class Emulator(LoopbackServer):
         app.router.add_post(f"{ADMIN_PREFIX}/faults", self._admin_faults)
         app.router.add_delete(f"{ADMIN_PREFIX}/faults", self._admin_clear_faults)
         app.router.add_post(f"{ADMIN_PREFIX}/reset", self._admin_reset)
+        app.router.add_post(entra.TOKEN_PATH, self._entra_token)
         app.router.add_get("/{tenant}/discovery/v2.0/keys", self._jwks)
         app.router.add_get("/{tenant}/discovery/keys", self._jwks)
         app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._openid_v2)
@@ -354,7 +413,7 @@ class Emulator(LoopbackServer):
             identity = self._check_token_request(token_request)
         except _Reject as reject:
             return self._finish(record, error(reject.status, reject.code, reject.description))
-        minted = self._mint(identity, token_request.resource, fault)
+        minted = self._mint(identity, token_request.resource, fault, v2=token_request.resource in EXCHANGE_AUDIENCES)
         self._state.issued_tokens.append(minted.access_token)
         body = _token_body(minted, token_request, identity, self._config.refresh_in)
         log.info(
@@ -398,14 +457,51 @@ class Emulator(LoopbackServer):
             raise _Reject(400, "invalid_resource", _aadsts500011(token_request.resource, self.tenant_id))
         return token_request.identity
 
-    def _mint(self, identity: Identity, resource: str, fault: Fault | None) -> MintedToken:
+    def _mint(self, principal: Principal, resource: str, fault: Fault | None, **options: Any) -> MintedToken:
         now = int(time.time())
         audience, expires_on = resource, now + self._config.token_lifetime
         if fault is not None and fault.kind is FaultKind.WRONG_AUDIENCE:
             audience = fault.audience or DEFAULT_WRONG_AUDIENCE
         if fault is not None and fault.kind is FaultKind.EXPIRED:
             expires_on = now - 60
-        return self._minter.mint(identity, audience, now=now, expires_on=expires_on)
+        return self._minter.mint(principal, audience, now=now, expires_on=expires_on, **options)
+
+    async def _entra_token(self, request: web.Request) -> web.StreamResponse:
+        """Entra's v2 token endpoint, client credentials only (see :mod:`apim_mi.emulator.entra`)."""
+        record = self._record(request, "entra")
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        record.query = {k: v for k, v in form.items() if k not in entra.SECRET_FIELDS}
+        config = self._config
+        try:
+            tenant = config.knows_tenant(request.match_info["tenant"])
+            if tenant is None:
+                raise entra.EntraError(400, "invalid_request", _aadsts90002(request.match_info["tenant"]))
+            grant = entra.parse_grant(form)
+            app = config.app(grant.client_id)
+            if app is None:
+                raise entra.unknown_app(grant.client_id, tenant)
+            if not config.accepts_resource(grant.resource):
+                raise entra.EntraError(400, "invalid_resource", _aadsts500011(grant.resource, tenant))
+            token_url = f"{request.scheme}://{request.host}{request.path}"
+            appidacr = entra.authenticate(form, app, config, self._key, token_url)
+        except entra.EntraError as exc:
+            body = entra.error_body(exc.code, exc.description)
+            return self._finish(record, web.json_response(body, status=exc.status))
+        record.identity, record.resource = app.client_id, grant.resource
+        self._state.token_requests[token_key(app.client_id, grant.resource)] += 1
+        fault = self._faults.take(grant.resource, app.client_id)
+        record.fault = fault.kind.value if fault else None
+        if config.latency_ms and await self._sleep(config.latency_ms):
+            return self._finish(record, _drop(request))
+        if fault is not None and fault.kind in REPLACING_KINDS:
+            return self._finish(record, await self._apply_fault(request, fault, "entra"))
+        if fault is not None and fault.kind is FaultKind.SLOW and await self._sleep(fault.delay_ms):
+            return self._finish(record, _drop(request))
+        minted = self._mint(app, grant.resource, fault, tenant_id=tenant, appidacr=appidacr)
+        self._state.issued_tokens.append(minted.access_token)
+        log.info("issued token: protocol=entra app=%s tenant=%s aud=%s exp=%s",
+                 app.client_id, tenant, minted.claims["aud"], minted.expires_on)  # fmt: skip
+        return self._finish(record, web.json_response(entra.token_body(minted, config.refresh_in)))
 
     async def _apply_fault(self, request: web.Request, fault: Fault, protocol: Protocol) -> web.StreamResponse:
         kind = fault.kind
@@ -443,15 +539,16 @@ class Emulator(LoopbackServer):
 
     # -- JWKS and discovery ----------------------------------------------------------------------------------------
 
-    def _check_tenant(self, request: web.Request) -> None:
+    def _check_tenant(self, request: web.Request) -> str:
+        """The tenant the path names (an alias such as ``common`` means the emulator's own); 400 if unknown."""
         tenant = request.match_info["tenant"]
-        if tenant.lower() != self.tenant_id.lower() and tenant.lower() not in _KNOWN_TENANT_ALIASES:
-            body = {
-                "error": "invalid_tenant",
-                "error_description": f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the "
-                "correct tenant ID and are signing into the correct cloud.",
-            }
+        if tenant.lower() in _KNOWN_TENANT_ALIASES:
+            return self.tenant_id
+        known = self._config.knows_tenant(tenant)
+        if known is None:
+            body = {"error": "invalid_tenant", "error_description": _aadsts90002(tenant)}
             raise web.HTTPBadRequest(text=json.dumps(body), content_type="application/json")
+        return known
 
     async def _jwks(self, request: web.Request) -> web.Response:
         self._check_tenant(request)
@@ -460,18 +557,17 @@ class Emulator(LoopbackServer):
         return web.json_response({"keys": [self._key.jwk(self.issuer if v2 else None)]})
 
     async def _openid_v2(self, request: web.Request) -> web.Response:
-        self._check_tenant(request)
-        return web.json_response(self._openid_document(v2=True))
+        return web.json_response(self._openid_document(request, self._check_tenant(request), v2=True))
 
     async def _openid_v1(self, request: web.Request) -> web.Response:
-        self._check_tenant(request)
-        return web.json_response(self._openid_document(v2=False))
+        return web.json_response(self._openid_document(request, self._check_tenant(request), v2=False))
 
-    def _openid_document(self, *, v2: bool) -> dict[str, Any]:
-        base = f"{self.url}/{self.tenant_id}"
+    def _openid_document(self, request: web.Request, tenant: str, *, v2: bool) -> dict[str, Any]:
+        """Endpoints on the listener that was asked (so MSAL, reading it from the HTTPS authority, posts there)."""
+        base = f"{request.scheme}://{request.host}/{tenant}"
         oauth = f"{base}/oauth2/v2.0" if v2 else f"{base}/oauth2"
         return {
-            "issuer": self.issuer,
+            "issuer": self.issuer if tenant == self.tenant_id else v1_issuer(tenant),
             "jwks_uri": f"{base}/discovery/v2.0/keys" if v2 else f"{base}/discovery/keys",
             "token_endpoint": f"{oauth}/token",
             "authorization_endpoint": f"{oauth}/authorize",
@@ -563,6 +659,9 @@ def _status_fault(fault: Fault, protocol: Protocol) -> web.Response:
     description = fault.message or default_description
     if protocol == "imds":
         return _imds_error(fault.status, code, description, headers)
+    if protocol == "entra":
+        body = entra.error_body(entra.oauth_error(fault.status), description)
+        return web.json_response(body, status=fault.status, headers=headers)
     return _app_service_error(fault.status, description, headers)
 
 
@@ -600,6 +699,13 @@ def _token_body(
         # An integer on purpose: azure-identity's async cache computes ``now + refresh_in`` and a string breaks it.
         body["refresh_in"] = refresh_in
     return body
+
+
+def _aadsts90002(tenant: str) -> str:
+    return (
+        f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are "
+        "signing into the correct cloud."
+    )
 
 
 def _aadsts500011(resource: str, tenant_id: str) -> str:

@@ -90,6 +90,15 @@ class LoopbackServer(ABC):
         self._url = format_url("https" if ssl is not None else "http", bound_host, bound_port)
         return self._url
 
+    async def _add_site(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> str:
+        """A second listener for the same app, on the host :meth:`_listen` was allowed; returns its base URL."""
+        if self._runner is None:
+            raise RuntimeError(f"the {self._what} is not running")
+        before = list(self._runner.addresses)
+        await web.TCPSite(self._runner, host, port, ssl_context=ssl, backlog=LISTEN_BACKLOG).start()
+        bound_host, bound_port = next(a for a in self._runner.addresses if a not in before)[:2]
+        return format_url("https" if ssl is not None else "http", bound_host, bound_port)
+
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:

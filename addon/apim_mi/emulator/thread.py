@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,9 +27,14 @@ class EmulatorThread(ServerThread[Emulator]):
         port: int = 0,
         allow_remote: bool = False,
         key: SigningKey | None = None,
+        https_port: int | None = None,
     ) -> None:
         emulator = Emulator(config, key=key)
-        super().__init__(emulator, "apim-mi-emulator", lambda: emulator.start(host, port, allow_remote=allow_remote))
+        super().__init__(
+            emulator,
+            "apim-mi-emulator",
+            lambda: emulator.start(host, port, allow_remote=allow_remote, https_port=https_port),
+        )
 
     @property
     def emulator(self) -> Emulator:
@@ -54,6 +60,20 @@ class EmulatorThread(ServerThread[Emulator]):
     @property
     def openid_configuration_url(self) -> str:
         return self._server.openid_configuration_url
+
+    @property
+    def authority_url(self) -> str:
+        return self._server.authority_url
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._server.ca_pem
+
+    def token_endpoint(self, tenant: str | None = None) -> str:
+        return self._server.token_endpoint(tenant)
+
+    def workload_identity_env(self, directory: str | os.PathLike[str]) -> dict[str, str]:
+        return self._thread.call(self._server.workload_identity_env, directory)
 
     @property
     def config(self) -> EmulatorConfig:

@@ -16,15 +16,13 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-
-from .config import Identity
 
 #: Entra backdates ``iat``/``nbf`` by five minutes to absorb clock skew; the emulator does too.
 CLOCK_SKEW_BACKDATE = 300
@@ -134,37 +132,81 @@ class MintedToken:
         return int(self.claims["nbf"])
 
 
+class Principal(Protocol):
+    """What a token is issued to: a managed identity (:class:`~.config.Identity`) or an app registration."""
+
+    @property
+    def client_id(self) -> str: ...
+
+    @property
+    def object_id(self) -> str: ...
+
+    @property
+    def resource_id(self) -> str: ...
+
+
 class TokenMinter:
-    """Signs Entra v1 app-only access tokens for managed identities."""
+    """Signs Entra app-only access tokens: v1 (managed identities, apps) or v2 (the token-exchange audience)."""
 
     def __init__(self, key: SigningKey, tenant_id: str, issuer: str) -> None:
         self._key = key
         self._tenant_id = tenant_id
         self._issuer = issuer
 
-    def mint(self, identity: Identity, audience: str, *, now: int, expires_on: int) -> MintedToken:
-        """Sign a token for ``identity`` with ``aud`` exactly ``audience`` (no normalisation, as Entra)."""
+    def mint(
+        self,
+        principal: Principal,
+        audience: str,
+        *,
+        now: int,
+        expires_on: int,
+        tenant_id: str | None = None,
+        v2: bool = False,
+        appidacr: str = "2",
+    ) -> MintedToken:
+        """Sign a token for ``principal`` with ``aud`` exactly ``audience`` (no normalisation, as Entra).
+
+        ``tenant_id`` issues it in another tenant (``tid`` and ``iss`` follow); ``v2`` gives the v2.0 shape Entra uses
+        for the ``api://AzureADTokenExchange`` audience (``iss`` on login.microsoftonline.com, ``azp``)."""
+        tenant = tenant_id or self._tenant_id
+        issuer = v2_issuer(tenant) if v2 else (self._issuer if tenant == self._tenant_id else v1_issuer(tenant))
         issued_at = min(now, expires_on) - CLOCK_SKEW_BACKDATE
         claims: dict[str, Any] = {
             "aud": audience,
-            "iss": self._issuer,
+            "iss": issuer,
             "iat": issued_at,
             "nbf": issued_at,
             "exp": expires_on,
             "aio": b64url(secrets.token_bytes(48)),
-            "appid": identity.client_id,
-            "appidacr": "2",
-            "idp": self._issuer,
+        }
+        if v2:
+            claims.update({"azp": principal.client_id, "azpacr": appidacr})
+        else:
+            claims.update({"appid": principal.client_id, "appidacr": appidacr, "idp": issuer})
+        claims.update({
             "idtyp": "app",
-            "oid": identity.object_id,
+            "oid": principal.object_id,
             "rh": "0." + b64url(secrets.token_bytes(24)) + ".",
-            "sub": identity.object_id,
-            "tid": self._tenant_id,
+            "sub": principal.object_id,
+            "tid": tenant,
             "uti": b64url(secrets.token_bytes(16)),
             "jti": str(uuid.uuid4()),
-            "ver": "1.0",
-            "xms_mirid": identity.resource_id,
-        }
+            "ver": "2.0" if v2 else "1.0",
+        })
+        if principal.resource_id:
+            claims["xms_mirid"] = principal.resource_id
+        return MintedToken(self.sign(claims), claims)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """RS256 with the emulator's key (also used for the workload-identity service-account token)."""
         headers = {"typ": "JWT", "kid": self._key.kid, "x5t": self._key.x5t}
-        token = jwt.encode(claims, self._key.private_key, algorithm="RS256", headers=headers)
-        return MintedToken(token, claims)
+        return jwt.encode(claims, self._key.private_key, algorithm="RS256", headers=headers)
+
+
+def v1_issuer(tenant_id: str) -> str:
+    return f"https://sts.windows.net/{tenant_id}/"
+
+
+def v2_issuer(tenant_id: str) -> str:
+    """The issuer of v2.0 tokens, and of a managed identity used as a federated credential (Entra's FIC docs)."""
+    return f"https://login.microsoftonline.com/{tenant_id}/v2.0"
