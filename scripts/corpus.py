@@ -530,8 +530,9 @@ LIMITS = {
     "resource). `authentication-provider` is accepted and ignored.",
     "send-request": "aiohttp, never through a proxy; `authentication-certificate` and `proxy` children are not "
     "supported. Non-2xx answers are responses, not errors.",
-    "set-body": "Literal or expression; `template=\"liquid\"` fails as not supported. Not allowed in on-error "
-    "(as in APIM).",
+    "set-body": "Literal, expression or `template=\"liquid\"` (python-liquid with APIM's `body` and `context` "
+    "objects, DotLiquid's C# filter names, `KeyValuePair` iteration, `JSONArrayFor`; `{{x.y}}` without spaces is a "
+    "named value, as in APIM). Also in on-error, as deployed policies use it.",
     "set-backend-service": "`backend-id` resolves through the rules file's `backends:` map; `sf-*` are ignored.",
     "rewrite-uri": "`{name}` takes a matched template parameter or the query parameter of that name.",
     "validate-jwt": "RS*/ES*/HS* via OpenID configuration (JWKS cached 1 h, refetched on an unknown kid after 5 min) "
@@ -558,7 +559,9 @@ def policies_doc(report: Report | None) -> str:
         "Every APIM policy apim-mi knows. **Runs** policies execute as APIM does (defaults from the policy reference);",
         "the others load (their sections are checked) and fail loudly with `Policy 'x' is not supported` if a request",
         "reaches them. Unknown elements load the same way. Trace entries whose wording Azure's documentation does not",
-        "show carry `\"emulator\": \"wording not verified against Azure\"`.",
+        "show carry `\"emulator\": \"wording not verified against Azure\"`; conversions whose output APIM does not",
+        "document carry `\"emulator\": \"conversion rules inferred: APIM does not document them\"`, and their limits",
+        "say what was inferred (from the reference pages' examples and gateway output quoted in public write-ups).",
         "",
         "| policy | apim-mi | sections | attribute defaults | limits |",
         "|---|---|---|---|---|",
@@ -568,7 +571,7 @@ def policies_doc(report: Report | None) -> str:
         runs = "runs" if name in HANDLERS else "expanded at load" if name == "include-fragment" else "loads only"
         sections = ", ".join(s for s in SECTIONS if s in spec.sections)
         defaults = ", ".join(f"`{a.name}={a.default}`" for a in spec.attributes.values() if a.default is not None)
-        lines.append(f"| `{name}` | {runs} | {sections} | {defaults or '–'} | {LIMITS.get(name, '')} |")
+        lines.append(f"| `{name}` | {runs} | {sections} | {defaults or '–'} | {LIMITS.get(name, spec.limits)} |")
     lines += ["", "## Regression corpus", ""]
     if report is not None and report.parsed is not None and report.evaluated is not None:
         lines += [

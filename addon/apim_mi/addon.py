@@ -449,6 +449,9 @@ class ApimMi:
             self._finish(flow, state)
 
     def _finish(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None) -> None:
+        if flow.response is not None:
+            for name, value in state.run.response_headers:
+                flow.response.headers[name] = value
         self._redact(flow, state)
         trace = state.run.trace.to_json()  # once per flow, at its end; scrubbed (see Trace)
         self._record(flow, state, url=url, trace=trace)

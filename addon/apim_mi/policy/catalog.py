@@ -120,6 +120,7 @@ class ElementSpec:
     closed: bool = True  # undeclared attributes are errors
     supported: bool = True  # the engine runs it
     summary: str = ""
+    limits: str = ""  # what apim-mi does differently or infers (docs/policies.md)
 
     def attribute(self, name: str) -> AttributeSpec | None:
         return self.attributes.get(name)
@@ -162,7 +163,7 @@ SET_HEADER = ElementSpec(
 )
 SET_BODY = ElementSpec(
     "set-body",
-    sections=NOT_ON_ERROR,
+    sections=ALL_SECTIONS,  # on-error too: the APIM team's "Deep dive on set-body policy" (deployed policies do)
     attributes=_attrs(
         _enum("template", ("liquid", "none"), "none", expressions=False),
         _enum("xsi-nil", ("blank", "null"), "blank", expressions=False),
@@ -448,21 +449,105 @@ _KNOWN: tuple[ElementSpec, ...] = (
     _unsupported("rate-limit-by-key", INBOUND),
     _unsupported("quota", INBOUND),
     _unsupported("quota-by-key", INBOUND),
-    _unsupported("ip-filter", INBOUND),
-    _unsupported("cors", INBOUND),
     _unsupported("cache-lookup", INBOUND),
     _unsupported("cache-store", frozenset({"outbound"})),
     _unsupported("cache-lookup-value", ALL_SECTIONS),
     _unsupported("cache-store-value", ALL_SECTIONS),
     _unsupported("cache-remove-value", ALL_SECTIONS),
-    _unsupported("find-and-replace", ALL_SECTIONS),
     _unsupported("log-to-eventhub", ALL_SECTIONS),
     _unsupported("send-one-way-request", ALL_SECTIONS),
-    _unsupported("json-to-xml", frozenset({"inbound", "outbound", "on-error"})),
-    _unsupported("xml-to-json", frozenset({"inbound", "outbound", "on-error"})),
 )
 
-CATALOG: Mapping[str, ElementSpec] = MappingProxyType({s.name: s for s in (*_SUPPORTED, *_KNOWN)})
+
+def _items(name: str, item: str, *attributes: AttributeSpec) -> ChildSpec:
+    """A container of repeated text elements (cors' allowed-origins/origin …)."""
+    return ChildSpec(ElementSpec(name, attributes=_attrs(*attributes), body=Body.ELEMENTS,
+                                 children=(ChildSpec(ElementSpec(item, body=Body.TEXT), max=None),)))
+
+
+#: Transformations and access checks (policy/statements/transform.py, access.py).
+_CONTENT: tuple[ElementSpec, ...] = (
+    ElementSpec(
+        "json-to-xml",
+        sections=frozenset({"inbound", "outbound", "on-error"}),
+        attributes=_attrs(
+            AttributeSpec("apply", required=True), _bool("consider-accept-header", "true", expressions=True),
+            _bool("parse-date", "true"), AttributeSpec("namespace-separator", default="_"),
+            AttributeSpec("namespace-prefix"), AttributeSpec("attribute-block-name"),
+        ),
+        summary="Converts a JSON body to XML.",
+        limits="Inferred output (not documented): `<Document>` root unless the JSON is one property holding an "
+        "object; arrays as repeated elements; `True`/`False`; null as `xsi:nil=\"true\"`; non-XML names encoded "
+        "`_xHHHH_`; `parse-date` trims a date's trailing fractional zeros; no XML declaration. Content-Type becomes "
+        "`application/xml`. `consider-accept-header` converts only when Accept asks for XML (q>0, no wildcards).",
+    ),
+    ElementSpec(
+        "xml-to-json",
+        sections=frozenset({"inbound", "outbound", "on-error"}),
+        attributes=_attrs(
+            AttributeSpec("kind", required=True), AttributeSpec("apply", required=True),
+            _bool("consider-accept-header", "true", expressions=True),
+            _bool("always-array-child-elements", "false", expressions=True),
+        ),
+        summary="Converts an XML body to JSON.",
+        limits="Inferred output: `direct` is Newtonsoft's shape with APIM's `$` for `:` (`soap$Envelope`, "
+        "`@xmlns$soap`), the XML declaration as top-level properties, `@` attributes, `#text` for mixed content, "
+        "empty elements null; `javascript-friendly` drops the declaration and namespace declarations. Compact JSON, "
+        "Content-Type `application/json`. DTDs and external entities are not resolved.",
+    ),
+    ElementSpec(
+        "find-and-replace",
+        attributes=_attrs(AttributeSpec("from", required=True), AttributeSpec("to", required=True)),
+        summary="Replaces every occurrence of a string in the body.",
+        limits="Ordinal, case-sensitive replacement of every occurrence in the body (request before the backend, "
+        "response after it).",
+    ),
+    ElementSpec(
+        "xsl-transform",
+        sections=frozenset({"inbound", "outbound", "on-error"}),
+        body=Body.TEXT,
+        markup_text=True,  # <parameter> elements and the <xsl:stylesheet>, read by the handler
+        summary="Transforms an XML body with an XSLT 1.0 stylesheet (with parameters).",
+        limits="lxml/libxslt (XSLT 1.0 like .NET's XslCompiledTransform); `<parameter>` values (expressions "
+        "allowed) are string parameters; no document()/extension access; the stylesheet is compiled once per text.",
+    ),
+    ElementSpec(
+        "cors",
+        sections=INBOUND,
+        attributes=_attrs(_bool("allow-credentials", "false", expressions=True),
+                          _bool("terminate-unmatched-request", "true", expressions=True)),
+        body=Body.ELEMENTS,
+        children=(
+            _items("allowed-origins", "origin"),
+            _items("allowed-methods", "method", _int("preflight-result-max-age")),
+            _items("allowed-headers", "header"),
+            _items("expose-headers", "header"),
+        ),
+        ordered=True,
+        summary="Answers CORS preflight requests and adds CORS headers to allowed cross-origin responses.",
+        limits="Preflight answered with the requested method and headers echoed (inferred, as ASP.NET does); an "
+        "unmatched preflight always ends with an empty 200 (there is no other scope's cors to fall back to); "
+        "actual requests are checked by origin only and get Allow-Origin/-Credentials/Expose-Headers on whatever "
+        "response the caller gets.",
+    ),
+    ElementSpec(
+        "ip-filter",
+        sections=INBOUND,
+        attributes=_attrs(AttributeSpec("action", required=True)),
+        body=Body.ELEMENTS,
+        children=(
+            ChildSpec(ElementSpec("address", body=Body.TEXT), max=None),
+            ChildSpec(ElementSpec("address-range", attributes=_attrs(
+                AttributeSpec("from", required=True), AttributeSpec("to", required=True))), max=None),
+        ),
+        summary="Allows or forbids callers by IP address and range (403 otherwise).",
+        limits="The caller is the proxy client's address (`context.Request.IpAddress`); `<address>` also takes a "
+        "CIDR block. Refused: 403 `{\"statusCode\": 403, \"message\": \"Forbidden\"}`, LastError "
+        "`CallerIpNotAllowed`.",
+    ),
+)
+
+CATALOG: Mapping[str, ElementSpec] = MappingProxyType({s.name: s for s in (*_SUPPORTED, *_CONTENT, *_KNOWN)})
 
 
 def allowed_in(spec: ElementSpec, section: str) -> bool:

@@ -75,6 +75,8 @@ class PolicyRun:
     warnings: list[str] = field(default_factory=list)
     error: PolicyError | None = None
     token_failures: list[str] = field(default_factory=list)
+    #: Headers the caller's response gets whatever produced it (cors on an allowed cross-origin request).
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
 
     def add_secret(self, secret: str) -> None:
         """Registers a token so no trace entry can ever show it."""

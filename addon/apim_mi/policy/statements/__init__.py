@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from . import core, http, messages, routing, security
+from . import access, core, http, messages, routing, security, transform
 
 if TYPE_CHECKING:
     from ..engine import Handler
@@ -16,4 +16,6 @@ HANDLERS: Mapping[str, Handler] = {
     **messages.HANDLERS,
     **routing.HANDLERS,
     **security.HANDLERS,
+    **transform.HANDLERS,
+    **access.HANDLERS,
 }

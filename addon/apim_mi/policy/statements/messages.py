@@ -31,10 +31,11 @@ async def set_body(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """The body of the request (inbound/backend, send-request) or of the response (outbound, on-error, return)."""
     template = (stmt.attr("template") or "none").strip().lower()
     if template == "liquid":
-        raise PolicyError("set-body", "Liquid templates (template=\"liquid\") are not supported by apim-mi.",
-                          "PolicyNotSupported")
-    value = await evaluate(run, stmt.text, "set-body", scope)
-    data = body_bytes(value)
+        from .transform import liquid_body, message_of
+
+        data = await liquid_body(run, stmt, scope, message_of(run, scope))
+    else:
+        data = body_bytes(await evaluate(run, stmt.text, "set-body", scope))
     if scope.request is not None:
         target = scope.request
         target.body = Body(data, target.body.content_type if target.body else None)
