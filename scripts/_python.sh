@@ -51,3 +51,17 @@ ensure_debian_packages() {
         echo "warning: ${missing[*]} not installed and apt-get unavailable; tests needing them will be skipped" >&2
     fi
 }
+
+# Builds the wheel and installs it into a fresh venv outside the checkout (what `pip install apim-mi` gives an
+# operator); prints the venv's path. tests/test_installed.py runs the demo and mitmdump from it.
+build_installed_venv() {
+    local py dir
+    py="$(find_python)" || { echo "apim-mi needs Python >= 3.12" >&2; return 2; }
+    dir="${TMPDIR:-/tmp}/apim-mi-installed-$(id -u)"
+    rm -rf "$dir" && mkdir -p "$dir/dist"
+    echo "==> building the wheel and installing it into a fresh venv at $dir/venv" >&2
+    .venv/bin/python -m pip wheel -q --no-deps -w "$dir/dist" . >&2
+    "$py" -m venv "$dir/venv"
+    "$dir/venv/bin/python" -m pip install -q "$dir"/dist/apim_mi-*.whl >&2
+    echo "$dir/venv"
+}

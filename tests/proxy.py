@@ -80,15 +80,19 @@ def _pump(proc: subprocess.Popen[str], out: list[str]) -> None:
 
 
 def start_mitmdump(
-    args: Sequence[str], *, env: dict[str, str] | None = None, confdir: Path, timeout: float = 20.0
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    confdir: Path,
+    timeout: float = 20.0,
+    command: Sequence[str] = (MITMDUMP, "-s", str(ROOT / "addon" / "mi.py")),
+    cwd: Path = ROOT,
 ) -> Mitmdump:
-    """Starts mitmdump on an ephemeral loopback port with the addon, and waits until it listens."""
-    cmd = [
-        MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}",
-        "-s", str(ROOT / "addon" / "mi.py"), *args,
-    ]  # fmt: skip
+    """Starts mitmdump (``command``: the checkout's by default) on an ephemeral loopback port with the addon, and
+    waits until it listens."""
+    cmd = [*command, "--listen-host", "127.0.0.1", "--listen-port", "0", "--set", f"confdir={confdir}", *args]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=clean_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd, cwd=cwd, env=clean_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
     output: list[str] = []
     threading.Thread(target=_pump, args=(proc, output), daemon=True).start()

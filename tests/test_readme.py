@@ -204,7 +204,9 @@ def apim_mi_commands() -> list[tuple[Path, str]]:
     for doc in DOCS:
         for line in _code_lines(doc):
             for part in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line):
-                m = re.search(r"(?:^|\s|\$\()(?:\.venv/bin/)?apim-mi(\s.*)?$", part)
+                m = re.search(r"\$\((?:\.venv/bin/)?apim-mi(\s[^)]*)\)", part) or re.search(
+                    r"(?:^|\s|\$\()(?:\.venv/bin/)?apim-mi(\s.*)?$", part
+                )
                 if m:
                     cmds.append((doc, (m.group(1) or "").strip().rstrip(")")))
     return cmds
@@ -226,6 +228,12 @@ def test_apim_mi_command_parses(doc: Path, args: str) -> None:
         try:
             if argv and argv[0] == "emulator":
                 emulator_cli.config_from_args(emulator_cli.build_parser().parse_args(argv[1:]))
+            elif argv and argv[0] in ("proxy", "web"):  # mitmdump's / mitmweb's own argument parser
+                from mitmproxy import options
+                from mitmproxy.tools import cmdline
+
+                make = cmdline.mitmweb if argv[0] == "web" else cmdline.mitmdump
+                make(options.Options()).parse_args(argv[1:])
             else:
                 cli.build_parser().parse_args(argv)
         except SystemExit as e:

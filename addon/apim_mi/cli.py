@@ -1,4 +1,4 @@
-"""``apim-mi``: the command line. Subcommands: validate, token, emulator, demo, trace.
+"""``apim-mi``: the command line. Subcommands: proxy, web, addon-path, validate, token, emulator, demo, trace.
 
 Exit codes (every subcommand): 0 = ok, 1 = warnings (``validate``), 2 = errors (a broken rules file, no token, an
 unreadable flow file, bad arguments).
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from .errors import LoadError, Location
 
 EXIT_OK, EXIT_WARNINGS, EXIT_ERRORS = 0, 1, 2
-ADDON_SCRIPT = Path(__file__).resolve().parent.parent / "mi.py"
+DEMO_RULES = Path(__file__).resolve().parent / "data" / "demo-rules.yaml"  # a copy of the checkout's rules.yaml
 CREDENTIALS = ("default", "managed-identity", "workload-identity", "azure-cli", "emulator")
 
 #: Resources exactly as Microsoft documents them for authentication-managed-identity (research/apim.md §2.7).
@@ -285,11 +285,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
 # -- demo -------------------------------------------------------------------------------------------------------
 
 
-def _mitmdump() -> str:
-    exe = Path(sys.executable).parent / "mitmdump"
-    return str(exe) if exe.exists() else "mitmdump"
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Proxy + embedded emulator + demo backend: 401 direct, 200 through the proxy, then the trace."""
     import httpx
@@ -297,12 +292,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     backend = f"127.0.0.1:{args.backend_port}"
     workdir = Path(tempfile.mkdtemp(prefix="apim-mi-demo-"))
     flows = workdir / "flows.mitm"
-    cmd = [
-        _mitmdump(), "-s", str(ADDON_SCRIPT), "--listen-host", "127.0.0.1", "--listen-port", str(args.port),
-        "--set", f"mi_rules={args.rules}", "--set", f"mi_demo_backend={backend}", "-w", str(flows),
+    rules = args.rules or ("rules.yaml" if Path("rules.yaml").is_file() else str(DEMO_RULES))
+    proxy_args = [
+        "--listen-host", "127.0.0.1", "--listen-port", str(args.port),
+        "--set", f"mi_rules={rules}", "--set", f"mi_demo_backend={backend}", "-w", str(flows),
     ]  # fmt: skip
+    cmd = [sys.executable, "-m", "apim_mi.cli", "proxy", *proxy_args]  # apim-mi proxy, whatever PATH says
     env = {k: v for k, v in os.environ.items() if k.upper() not in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")}
-    print(f"$ {' '.join(cmd)}")
+    print(f"$ apim-mi proxy {' '.join(proxy_args)}")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
     lines: list[str] = []
     threading.Thread(target=_echo, args=(proc, lines, args.verbose), daemon=True).start()
@@ -378,11 +375,13 @@ def cmd_emulator(rest: Sequence[str]) -> int:
 
 DESCRIPTION = """\
 Azure API Management's authentication-managed-identity policy on any machine, as a mitmproxy addon.
-The proxy itself runs in mitmproxy:  mitmdump -s addon/mi.py --set mi_rules=rules.yaml
-This command checks rules, fetches tokens, runs the local managed-identity emulator and reads traces."""
+The proxy:  apim-mi proxy --set mi_rules=rules.yaml   (mitmdump with the packaged addon; apim-mi web: mitmweb)
+This command also checks rules, fetches tokens, runs the local managed-identity emulator and reads traces."""
 
 EPILOG = """\
 examples:
+  apim-mi proxy --set mi_rules=rules.yaml --set mi_credential=managed-identity
+  mitmdump -s "$(apim-mi addon-path)" --set mi_rules=rules.yaml
   apim-mi validate rules.yaml --effective
   apim-mi token --resource https://management.azure.com/ --credential emulator
   apim-mi emulator --port 8479 --well-known-resources
@@ -395,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="apim-mi", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    passthrough = "options after it go to %s unchanged; APIM_MI_SET_<OPTION>=value variables become --set options"
+    sub.add_parser("proxy", add_help=False, help="run mitmdump with the apim-mi addon; " + passthrough % "mitmdump")
+    sub.add_parser("web", add_help=False, help="run mitmweb with the apim-mi addon; " + passthrough % "mitmweb")
+    sub.add_parser("addon-path", help='print the packaged mitmproxy script, for mitmdump -s "$(apim-mi addon-path)"')
     v = sub.add_parser(
         "validate", help="check a rules file: errors with file:line:column, warnings (exit 0/1/2)",
         description="Load a rules file exactly as the proxy does. Errors name file:line:column (exit 2). Warnings "
@@ -429,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start mitmdump with the addon, the embedded emulator and a token-validating demo backend; call "
                     "the backend directly (401) and through the proxy (200), then print the APIM trace.",
     )  # fmt: skip
-    d.add_argument("--rules", default="rules.yaml", help="rules file (default rules.yaml)")
+    d.add_argument(
+        "--rules", default="", help="rules file (default: rules.yaml if present, else the packaged demo rules)"
+    )
     d.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
     d.add_argument("--backend-port", type=int, default=8480, help="demo backend port (default 8480)")
     d.add_argument("--serve", action="store_true", help="keep the proxy running afterwards")
@@ -450,6 +455,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "emulator":
         return cmd_emulator(argv[1:])
+    if argv and argv[0] in ("proxy", "web"):
+        from . import launcher
+
+        return launcher.run(argv[0], argv[1:], os.environ)
+    if argv[:1] == ["addon-path"]:
+        from . import launcher
+
+        print(launcher.addon_path())
+        return EXIT_OK
     args = build_parser().parse_args(argv)
     result: Any = args.func(args)
     return int(result)
