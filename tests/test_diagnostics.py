@@ -108,7 +108,8 @@ def test_diagnose_idx10214_trailing_slash() -> None:
 def test_diagnose_plain_mismatch_names_what_the_backend_expects() -> None:
     (msg,) = diagnose_rejection(401, [STORAGE], ["https://vault.azure.net"])
     assert msg == ("The backend expects audience 'https://storage.azure.com' but the token's audience is "
-                   "'https://vault.azure.net'. Set the policy's resource to what the backend expects.")
+                   "'https://vault.azure.net'. Set the policy's resource (or the rule's scope, plus '/.default') to "
+                   "what the backend expects.")
 
 
 def test_diagnose_right_audience_other_cause() -> None:

@@ -63,6 +63,12 @@ class _Resource:
     rule: str
     value: str
     location: Location
+    scope: str | None = None
+
+    @property
+    def written(self) -> str:
+        """How the file spells it: ``scope '…/.default'`` or ``resource '…'``."""
+        return f"scope '{self.scope}'" if self.scope else f"resource '{self.value}'"
 
 
 def _resources(config: Any) -> list[_Resource]:
@@ -76,7 +82,7 @@ def _resources(config: Any) -> list[_Resource]:
             key = (rule.name, res.text, str(stmt.location))
             if key not in seen:
                 seen.add(key)
-                out.append(_Resource(rule.name, res.text, stmt.location))
+                out.append(_Resource(rule.name, res.text, stmt.location, getattr(rule, "scope", None)))
     return out
 
 
@@ -85,6 +91,7 @@ def audience_warnings(config: Any) -> list[str]:
     ``api://``, ``/.default``, a typo in the host), the same audience written two ways in one file (``api://GUID`` vs
     ``GUID``, ``X`` vs ``X/``), and ``client-id`` given as an expression (APIM ignores it silently)."""
     from .diagnostics import near_miss
+    from .scopes import scope_of
 
     warnings: list[str] = []
     resources = _resources(config)
@@ -94,14 +101,16 @@ def audience_warnings(config: Any) -> list[str]:
         if r.value.endswith("/.default"):
             warnings.append(
                 f"{r.location}: rule '{r.rule}': resource '{r.value}' is a scope; authentication-"
-                f"managed-identity takes the bare audience '{r.value.removesuffix('/.default')}'"
+                f"managed-identity takes the bare audience '{r.value.removesuffix('/.default')}' (or write it as "
+                f"scope: '{r.value}' in a rules file)"
             )
             continue
         for doc in DOCUMENTED_RESOURCES:
             diffs = near_miss(r.value, doc)
             if diffs:
                 warnings.append(
-                    f"{r.location}: rule '{r.rule}': resource '{r.value}' differs from the documented '{doc}' only by "
+                    f"{r.location}: rule '{r.rule}': {r.written} differs from the documented "
+                    f"'{scope_of(doc) if r.scope else doc}' only by "
                     f"{' and '.join(diffs)}; Entra issues aud exactly as written, and backends compare it exactly"
                 )
                 break
@@ -120,7 +129,7 @@ def audience_warnings(config: Any) -> list[str]:
             diffs = near_miss(later.value, earlier.value)
             if diffs and not (later.value in DOCUMENTED_RESOURCES and earlier.value in DOCUMENTED_RESOURCES):
                 warnings.append(
-                    f"{later.location}: rule '{later.rule}': resource '{later.value}' and '{earlier.value}' (rule "
+                    f"{later.location}: rule '{later.rule}': {later.written} and {earlier.written} (rule "
                     f"'{earlier.rule}', {earlier.location}) differ only by {' and '.join(diffs)}: they are different "
                     "audiences; a backend accepts only the form it is configured with"
                 )

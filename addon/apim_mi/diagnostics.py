@@ -159,7 +159,8 @@ def diagnose_rejection(status: int, www_authenticate: Sequence[str], audiences: 
                 messages.append(
                     f"Audience near miss: the token's audience is '{aud}' but the backend expects '{exp}'; they differ "
                     f"only by {_join(diffs)}. Entra issues the audience exactly as the policy's resource is written: "
-                    f"use resource=\"{exp}\" (or make the backend accept '{aud}')."
+                    f"use resource=\"{exp}\" (scope: '{exp}/.default' in a rules file) (or make the backend accept "
+                    f"'{aud}')."
                 )
     if messages:
         return messages
@@ -169,7 +170,8 @@ def diagnose_rejection(status: int, www_authenticate: Sequence[str], audiences: 
                 f"'{token_auds[0]}': the identity probably lacks an app role or permission on the backend.{tail}"]
     if expected and not any(a in expected for a in token_auds):
         return [f"The backend expects audience {_join([repr(e) for e in expected])} but the token's audience is "
-                f"{_join([repr(a) for a in token_auds])}. Set the policy's resource to what the backend expects."]
+                f"{_join([repr(a) for a in token_auds])}. Set the policy's resource (or the rule's scope, plus "
+                "'/.default') to what the backend expects."]
     if expected or (seen_aud and seen_aud in token_auds and description):
         why = f": {description}" if description else ""
         return [f"The backend rejected the managed identity token although its audience '{token_auds[0]}' is one it "

@@ -55,6 +55,7 @@ class Rule:
     credential: str | None = None
     allow_http: bool = False
     shorthand: bool = False
+    scope: str | None = None  # the v2 scope as written, when the rule gave one instead of a resource
 
 
 @dataclass
@@ -363,11 +364,13 @@ def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError
 
 
 def _shorthand_conflict(rule: Mapping[str, Any]) -> str:
-    fields = ("resource", "client_id", "header", "template", "exists_action", "ignore_error")
+    fields = ("resource", "scope", "client_id", "header", "template", "exists_action", "ignore_error")
     shorthand = [k for k in fields if k in rule]
     if "policy" in rule:
         return f"'policy' cannot be combined with the shorthand field(s) {', '.join(shorthand)}; put them in the policy"
-    return "a rule needs either 'resource' (shorthand) or 'policy' (APIM policy XML)"
+    if "resource" in rule and "scope" in rule:
+        return "'resource' (v1) and 'scope' (v2) name the same audience: give one of them"
+    return "a rule needs either 'resource' or 'scope' (shorthand) or 'policy' (APIM policy XML)"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -464,6 +467,27 @@ class TemplateExpression:
     def evaluate(self, context: Any) -> Any:
         token = context.variables.get(self.variable)
         return None if token is None else self.template.replace("{token}", token)
+
+
+def scope_as_resource(rule: Mapping[str, Any], loc: Location, named_values: Mapping[str, str]) -> Mapping[str, Any]:
+    """A shorthand rule with its v2 ``scope`` replaced by the v1 ``resource`` it stands for (a located error when it
+    is not exactly one ``.default`` scope)."""
+    from .scopes import resource_from_scope
+
+    if "scope" not in rule:
+        return rule
+    scope = rule["scope"]
+    texts = [scope] if isinstance(scope, str) else list(scope)
+    try:
+        resource = resource_from_scope([substitute_named_values(str(t), named_values, loc) for t in texts])
+    except ValueError as e:
+        raise LoadError(loc, str(e)) from None
+    return {**{k: v for k, v in rule.items() if k != "scope"}, "resource": resource}
+
+
+def written_scope(rule: Mapping[str, Any]) -> str | None:
+    scope = rule.get("scope")
+    return None if scope is None else (scope if isinstance(scope, str) else " ".join(map(str, scope)))
 
 
 def shorthand_policy(rule: Mapping[str, Any], loc: Location, named_values: Mapping[str, str]) -> Policy:
@@ -587,7 +611,8 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
             inner = _load_policy(str(raw["policy"]), base_dir, display, pos.at((*rpath, "policy")), ctx)
             shorthand = False
         else:
-            inner = shorthand_policy(raw, pos.at((*rpath, "resource")), named)
+            at = pos.at((*rpath, "scope" if "scope" in raw else "resource"))
+            inner = shorthand_policy(scope_as_resource(raw, at, named), at, named)
             shorthand = True
         rules.append(
             Rule(
@@ -599,6 +624,7 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
                 credential=raw.get("credential"),
                 allow_http=bool(raw.get("allow_http", False)),
                 shorthand=shorthand,
+                scope=written_scope(raw),
             )
         )
     return RulesConfig(

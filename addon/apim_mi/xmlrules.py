@@ -9,6 +9,7 @@ host ``*`` and ``RulesConfig.applies_to_all``. The rule list mirrors ``rules.yam
       <policies> … </policies>                                  <!-- optional global scope -->
       <rule name="orders API" host="orders.contoso.com" path="/api/*" methods="GET,POST"
             resource="{{orders-app}}" client-id="11111111-1111-1111-1111-111111111111"/>
+      <rule name="graph" host="graph.microsoft.com" scope="https://graph.microsoft.com/.default"/>
       <rule name="service bus" host="*.servicebus.windows.net" resource="https://servicebus.azure.net"
             template="{token}"/>
       <rule name="legacy" host="legacy.contoso.com" policy="policies/legacy.xml"/>
@@ -37,6 +38,7 @@ from .rules import (
     Rule,
     RulesConfig,
     parse_host,
+    scope_as_resource,
     shorthand_policy,
     substitute_named_values,
 )
@@ -44,10 +46,10 @@ from .rules import (
 ROOT = "apim-mi"
 _ROOT_ATTRS = {"credential", "fragments"}
 _RULE_ATTRS = {
-    "name", "host", "path", "methods", "scheme", "resource", "client-id", "header", "template", "exists-action",
-    "ignore-error", "credential", "allow-http", "policy",
+    "name", "host", "path", "methods", "scheme", "resource", "scope", "client-id", "header", "template",
+    "exists-action", "ignore-error", "credential", "allow-http", "policy",
 }  # fmt: skip
-_SHORTHAND = ("resource", "client-id", "header", "template", "exists-action", "ignore-error")
+_SHORTHAND = ("resource", "scope", "client-id", "header", "template", "exists-action", "ignore-error")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _METHOD = re.compile(r"^[A-Za-z]+$")
 _POLICIES_OPEN = re.compile(r"<policies(?=[\s>/])")
@@ -107,6 +109,15 @@ class _RuleList:
         src = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
         idx = src.find(f"<{el.tag}")
         return Location(self.file, line, idx + 2 if idx >= 0 else 1)
+
+    def attr_loc(self, el: Any, name: str) -> Location:
+        """Where ``name="`` is written in ``el``'s start tag (the element's location if not found)."""
+        start = self.loc(el)
+        for n in range(start.line - 1, min(start.line + 20, len(self.lines))):
+            col = self.lines[n].find(f' {name}="', start.column if n == start.line - 1 else 0)
+            if col >= 0:
+                return Location(self.file, n + 1, col + 2)
+        return start
 
     def _cut_policies(self) -> str:
         """Each ``<policies>…</policies>`` becomes ``<policies ref="n"/>`` plus the newlines it spanned."""
@@ -242,9 +253,11 @@ class _RuleList:
                                  "put them in the policy")  # fmt: skip
         if bool(inline) and "policy" in a:
             raise LoadError(loc, "give the policy either as policy=\"file\" or as an inline <policies>, not both")
-        if not has_policy and "resource" not in a:
-            raise LoadError(loc, "a rule needs either resource=\"…\" (shorthand) or a policy (policy=\"file\" or "
-                                 "an inline <policies>)")  # fmt: skip
+        if not has_policy and "resource" not in a and "scope" not in a:
+            raise LoadError(loc, "a rule needs either resource=\"…\" or scope=\"…/.default\" (shorthand) or a policy "
+                                 "(policy=\"file\" or an inline <policies>)")  # fmt: skip
+        if "resource" in a and "scope" in a:
+            raise LoadError(loc, "resource (v1) and scope (v2) name the same audience: give one of them")
         match = self._match(a, loc)
         for flag in ("ignore-error", "allow-http"):
             if flag in a and a[flag] not in ("true", "false"):
@@ -260,7 +273,7 @@ class _RuleList:
             files.append(policy_path)
             inner = loader.load_policy_file(policy_path, named_values=named, fragments_dir=fragments_dir)
         else:
-            raw = self._shorthand(a, loc)
+            raw = scope_as_resource(self._shorthand(a, loc), self.attr_loc(el, "scope"), named)
             inner = shorthand_policy(raw, loc, named)
         return Rule(
             name=a.get("name") or f"rule {index + 1}",
@@ -271,6 +284,7 @@ class _RuleList:
             credential=a.get("credential"),
             allow_http=a.get("allow-http") == "true",
             shorthand=not has_policy,
+            scope=a.get("scope"),
         )
 
     def _match(self, a: dict[str, str], loc: Location) -> MatchSpec:
@@ -293,9 +307,10 @@ class _RuleList:
         return MatchSpec(host=host, port=port, path=path, methods=frozenset(methods), scheme=scheme)
 
     def _shorthand(self, a: dict[str, str], loc: Location) -> dict[str, Any]:
-        raw: dict[str, Any] = {"resource": a["resource"]}
-        if not a["resource"].strip():
-            raise LoadError(loc, "resource must not be empty")
+        field = "scope" if "scope" in a else "resource"
+        raw: dict[str, Any] = {field: a[field]}
+        if not a[field].strip():
+            raise LoadError(loc, f"{field} must not be empty")
         if "client-id" in a:
             raw["client_id"] = a["client-id"]
         if "header" in a:
