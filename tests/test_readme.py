@@ -245,7 +245,7 @@ def _runnable(args: str) -> bool:
     if not argv:
         return False
     if argv[0] == "validate":
-        return all(not a.endswith((".yaml", ".xml")) or (ROOT / a).exists() for a in argv[1:])
+        return all(a.startswith("-") or (ROOT / a).exists() for a in argv[1:])  # files or folders of the repo
     return argv[0] == "token" and "emulator" in argv and "--raw" not in argv
 
 
@@ -306,4 +306,7 @@ def test_architecture_lists_every_module() -> None:
     modules = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     modules |= {f"policy/{p.name}" for p in (package / "policy").glob("*.py") if p.name != "__init__.py"}
     modules |= {"emulator/", "policy/expressions/", "policy/statements/"}
+    sources = package / "sources"
+    modules |= {f"sources/{p.name}{'/' if p.is_dir() else ''}" for p in sources.iterdir()
+                if p.name not in ("__init__.py", "__pycache__")} if sources.is_dir() else set()  # fmt: skip
     assert modules == listed

@@ -343,6 +343,12 @@ class ApimMi:
         except Exception as e:  # a matcher bug must not forward a flow that may match: fail closed
             self._fail_closed(flow, None, f"rule matching failed: {e!r}")
             return
+        routed = None
+        if rule is None and self.config is not None and self.config.gateway is not None:
+            from .sources.apiops.flows import route_flow  # an APIM instance answers what no rule matched
+
+            routed = route_flow(self.config.gateway, flow)
+            rule = routed.rule if routed is not None else None
         if rule is None:
             return
         self.counters["matched"] += 1
@@ -354,12 +360,12 @@ class ApimMi:
             log.warning("apim-mi: refused %s from %s: client not allowed", flowcontext.pretty_url(flow.request), peer)
             return
         try:
-            await self._run_inbound(flow, rule)
+            await self._run_inbound(flow, rule, routed)
         except Exception as e:  # fail closed on any bug, exactly as on a policy error
             log.exception("apim-mi: internal error while running rule '%s'", rule.name)
             self._fail_closed(flow, rule, f"internal error: {e!r}")
 
-    async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule) -> None:
+    async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule, routed: Any = None) -> None:
         ready = self._ready
         assert ready is not None
         if not ready.done() or ready.cancelled() or ready.exception() is not None:
@@ -373,19 +379,27 @@ class ApimMi:
         received = inspector.request_data(flow)
         self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
         context, as_read = flowcontext.request_context(flow, request_id)
+        if routed is not None:
+            from .sources.apiops import flows
+
+            flows.apply_route(routed, context)
         trace = Trace.since(request_id.hex, flow.request.timestamp_start)
         services = engine.Services(self.tokens, self._source(rule), settings=self._settings)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
         state = _FlowState(rule, run, time.perf_counter())
         self._flows[flow.id] = state
         trace.add("inbound", "api-inspector", received)
-        trace.add("inbound", "api-inspector", inspector.configuration_data(flow, rule))
+        trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
+                  else inspector.configuration_data(flow, rule))
         await engine.run_inbound(run)
+        if routed is not None and run.response is None and (no_backend := flows.unrouted(routed, context)):
+            await engine.handle_error(run, no_backend)
         if run.response is None and run.injections:
-            insecure = self._insecure_transport(flow, rule)
+            destination = context.request.url  # where the request goes once the policy has run
+            insecure = self._insecure_transport(destination.scheme, destination.host, rule)
             if insecure:
                 await engine.handle_error(run, PolicyError(
-                    "apim-mi", f"Refusing to send a managed identity token {insecure} to {flow.request.host} "
+                    "apim-mi", f"Refusing to send a managed identity token {insecure} to {destination.host} "
                                "(set allow_http: true on the rule to allow it).", "InsecureDestination"))  # fmt: skip
         if run.response is not None:
             flow.response = flowcontext.make_response(run.response)
@@ -396,12 +410,12 @@ class ApimMi:
         trace.add("backend", "forward-request", forwarded)
         self._record(flow, state, url=forwarded["request"]["url"])  # both are the flow's pretty_url
 
-    def _insecure_transport(self, flow: http.HTTPFlow, rule: Rule) -> str:
+    def _insecure_transport(self, scheme: str, host: str, rule: Rule) -> str:
         """Why a token must not go to this destination ("" when it may): plain http://, or https:// while
         mitmproxy does not verify upstream certificates (``ssl_insecure``), to a non-loopback host."""
-        if rule.allow_http or flowcontext.is_loopback(flow.request.host):
+        if rule.allow_http or flowcontext.is_loopback(host):
             return ""
-        if flow.request.scheme != "https":
+        if scheme != "https":
             return "over plain http://"
         if self._ssl_insecure:
             return "over https:// without certificate verification (ssl_insecure is on)"

@@ -150,6 +150,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .matcher import Matcher
     from .rules import load_rules
 
+    if Path(args.rules).is_dir():  # an APIOps extraction: report every problem, not just the first
+        from .sources.apiops import validate_extraction
+
+        return validate_extraction(Path(args.rules), effective=args.effective)
     try:
         config = load_rules(args.rules)
     except LoadError as e:
@@ -172,10 +176,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             from .policy.loader import effective_policy_xml
 
             print("    " + effective_policy_xml(rule.policy).replace("\n", "\n    "))
+    count = len(warnings)
+    if config.gateway is not None:  # the APIM instance it names (apim:)
+        from .sources.apiops.report import report
+
+        count += report(config.gateway, effective=args.effective)[1]
     for w in warnings:
         print(f"warning: {w}")
-    print(f"{len(warnings)} warning(s)" if warnings else "ok")
-    return EXIT_WARNINGS if warnings else EXIT_OK
+    print(f"{count} warning(s)" if count else "ok")
+    return EXIT_WARNINGS if count else EXIT_OK
 
 
 # -- token ------------------------------------------------------------------------------------------------------
@@ -392,6 +401,7 @@ examples:
   apim-mi proxy --set mi_rules=rules.yaml --set mi_credential=managed-identity
   mitmdump -s "$(apim-mi addon-path)" --set mi_rules=rules.yaml
   apim-mi validate rules.yaml --effective
+  apim-mi validate apimartifacts
   apim-mi token --resource https://management.azure.com/ --credential emulator
   apim-mi emulator --port 8479 --well-known-resources
   apim-mi trace flows.mitm
@@ -413,8 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(exit 1): rules an earlier rule shadows, audiences that miss a documented Azure resource or "
                     "another rule's audience only by api://, a trailing slash or case, client-id expressions.",
     )  # fmt: skip
-    v.add_argument("rules", nargs="?", default="rules.yaml", help="rules file, .yaml or .xml (default rules.yaml)")
-    v.add_argument("--effective", action="store_true", help="print each rule's composed APIM policy")
+    v.add_argument("rules", nargs="?", default="rules.yaml",
+                   help="rules file, .yaml or .xml (default rules.yaml), or an APIOps extraction folder")
+    v.add_argument("--effective", action="store_true",
+                   help="print each rule's (each operation's) composed APIM policy")
     v.set_defaults(func=cmd_validate)
     t = sub.add_parser(
         "token", help="get one token as the proxy would and show its claims",

@@ -69,6 +69,8 @@ class RulesConfig:
     files: list[Path] = field(default_factory=list)
     applies_to_all: bool = False
     backends: dict[str, Backend] = field(default_factory=dict)
+    #: An APIM instance (``sources.apiops.Gateway``) answering what the rules do not match.
+    gateway: Any = None
 
 
 @cache
@@ -571,6 +573,12 @@ def load_rules(path: str | Path) -> RulesConfig:
     """Load, validate and compile a rules file (``.yaml``/``.yml``, or ``.xml``)."""
     path = Path(path)
     display = str(path)
+    if path.is_dir():
+        from .sources.apiops import load_gateway
+
+        gateway = load_gateway(path)
+        return RulesConfig(path=path, rules=[], files=gateway.instance.extraction.files, gateway=gateway,
+                           backends=gateway.instance.backend_settings())  # type: ignore[arg-type]
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:
@@ -603,7 +611,7 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
         global_policy = _load_policy(str(data["policy"]), base_dir, display, pos.at(("policy",)), ctx)
         outer = loader.compose(loader.DEFAULT_GLOBAL, global_policy)
     rules: list[Rule] = []
-    for i, raw in enumerate(data["rules"]):
+    for i, raw in enumerate(data.get("rules") or []):
         rpath = ("rules", i)
         loc = pos.at(rpath)
         match = _match_spec(raw.get("match", {}), (*rpath, "match"), pos)
@@ -627,7 +635,7 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
                 scope=written_scope(raw),
             )
         )
-    return RulesConfig(
+    config = RulesConfig(
         path=path,
         rules=rules,
         credential=data.get("credential"),
@@ -635,6 +643,13 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
         files=ctx.files,
         backends=_backends(data.get("backends") or {}, named, pos),
     )
+    if "apim" in data:
+        from .sources.apiops import from_rules_entry
+
+        config.gateway = from_rules_entry(data["apim"], base_dir, lambda p: pos.at(p, key=True))
+        config.files += config.gateway.instance.extraction.files + config.gateway.instance.overrides.files
+        config.backends = {**config.gateway.instance.backend_settings(), **config.backends}
+    return config
 
 
 def _backends(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, Backend]:

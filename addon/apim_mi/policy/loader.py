@@ -544,6 +544,8 @@ class _Loader:
                 f"Policy fragment '{fid}' cannot be included: no fragments folder is configured.",
             )
         path = self.fragments_dir / f"{fid}.xml"
+        if not path.is_file() and (self.fragments_dir / fid / "policy.xml").is_file():
+            path = self.fragments_dir / fid / "policy.xml"  # APIOps: policy fragments/<id>/policy.xml
         try:
             data = path.read_bytes()
         except OSError:

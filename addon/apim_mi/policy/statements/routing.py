@@ -26,7 +26,12 @@ def _request(run: PolicyRun, scope: Scope) -> Any:
 
 
 def _api_relative_path(run: PolicyRun, path: str) -> str:
+    """The operation's part of the backend URL's path: without the API's serviceUrl path (an APIM instance's
+    ``context.Request.Url`` is serviceUrl + operation path), else without ``context.Api.Path``."""
     api = run.context.api
+    base = api.service_url.path.strip("/") if api is not None and api.service_url is not None else ""
+    if base and (path.strip("/") == base or path.startswith("/" + base + "/")):
+        return path[len(base) + 1 :] or "/"
     prefix = "/" + api.path.strip("/") if api is not None and api.path and api.path.strip("/") else ""
     if prefix and (path == prefix or path.startswith(prefix + "/")):
         return path[len(prefix):] or "/"

@@ -1,0 +1,189 @@
+"""An APIOps extraction as the rules (tests/data/apiops/contoso, written for these tests): loading, routing with APIM's
+precedence and version sets, scope composition, named values, subscriptions; end to end through one real mitmdump
+in forward mode (the client calls https://contoso.azure-api.net through the proxy) with the validating backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apim_mi.errors import LoadError
+from apim_mi.policy.context import Headers
+from apim_mi.policy.loader import effective_policy_xml
+from apim_mi.sources.apiops import Answer, Gateway, GatewayRequest, Routed, load_instance
+from apim_mi.sources.apiops.overrides import Overrides
+from conftest import DEMO_AUDIENCE
+from proxy import curl, proxy_for, write_rules
+
+CONTOSO = Path(__file__).resolve().parent / "data" / "apiops" / "contoso"
+GOLD, MASTER = "gold-key-0000", "master-key-0000"
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Gateway:
+    overrides = Overrides(
+        named_values={"orders-secret": "s3cr3t"},
+        subscriptions={"gold-sub": {"keys": [GOLD]}, "master": {"keys": [MASTER]}},
+    )
+    return Gateway(load_instance(CONTOSO, overrides, env={}))
+
+
+def route(gw: Gateway, method: str, url: str, **headers: str) -> Routed | Answer:
+    return gw.route(GatewayRequest(method, url, Headers(list(headers.items()))))
+
+
+def routed(gw: Gateway, method: str, url: str, **headers: str) -> Routed:
+    found = route(gw, method, url, **headers)
+    assert isinstance(found, Routed), found
+    return found
+
+
+def test_operation_precedence_literal_before_parameter_then_method(gateway: Gateway) -> None:
+    base = "https://contoso.azure-api.net/orders"
+    mine = routed(gateway, "GET", f"{base}/mine", **{"x-orders-key": GOLD})
+    assert (mine.operation.name, mine.matched) == ("my-orders", {})  # type: ignore[union-attr]
+    one = routed(gateway, "GET", f"{base}/42", **{"x-orders-key": GOLD})
+    assert (one.operation.name, one.matched) == ("get-order", {"id": "42"})  # type: ignore[union-attr]
+    assert str(one.backend_url) == "https://orders-backend.contoso.example/api/42"
+    item = routed(gateway, "GET", f"{base}/42/items/a%20b", **{"x-orders-key": GOLD})
+    assert item.matched == {"id": "42", "item": "a b"}
+    create = routed(gateway, "POST", base, **{"x-orders-key": GOLD})
+    assert create.operation.name == "create-order"  # type: ignore[union-attr]
+    assert route(gateway, "DELETE", f"{base}/42", **{"x-orders-key": GOLD}) == Answer(
+        404, "Resource not found", "OperationNotFound"
+    )
+    assert isinstance(route(gateway, "GET", "https://contoso.azure-api.net/nothing/here"), Answer)
+
+
+@pytest.mark.parametrize(("url", "headers", "api"), [
+    ("https://g.azure-api.net/inventory/stock/1", {"Api-Version": "v2"}, "inventory-v2"),
+    ("https://g.azure-api.net/inventory/stock/1", {"api-version": "v1"}, "inventory-v1"),
+    ("https://g.azure-api.net/inventory/stock/1", {}, None),  # a header-versioned set without an original
+    ("https://g.azure-api.net/billing/stock/1?api-version=2025-01-01", {}, "billing-2025"),
+    ("https://g.azure-api.net/billing/stock/1?api-version=2024-01-01", {}, "billing-2024"),
+    ("https://g.azure-api.net/billing/stock/1?api-version=1999", {}, None),
+    ("https://g.azure-api.net/catalog/v2/stock/1", {}, "catalog-v2"),
+    ("https://g.azure-api.net/catalog/stock/1", {}, "catalog"),
+])  # fmt: skip
+def test_version_sets_segment_query_header(gateway: Gateway, url: str, headers: dict[str, str], api: str) -> None:
+    found = route(gateway, "GET", url, **headers)
+    if api is None:
+        assert isinstance(found, Answer) and found.status == 404
+    else:
+        assert isinstance(found, Routed) and found.api.name == api
+        assert found.matched == {"sku": "1"}
+        assert found.backend_url is not None and found.backend_url.path == "/stock/1"
+
+
+def test_subscriptions_keys_scopes_and_apim_401_bodies(gateway: Gateway) -> None:
+    url = "https://contoso.azure-api.net/orders/42"
+    missing = route(gateway, "GET", url)
+    assert isinstance(missing, Answer) and missing.status == 401
+    assert json.loads(missing.body()) == {"statusCode": 401, "message": (
+        "Access denied due to missing subscription key. Make sure to include subscription key when making requests "
+        "to an API.")}  # fmt: skip
+    invalid = route(gateway, "GET", url, **{"x-orders-key": "nope"})
+    assert isinstance(invalid, Answer) and invalid.reason == "SubscriptionKeyInvalid"
+    assert route(gateway, "GET", url, **{"Ocp-Apim-Subscription-Key": GOLD}) == missing  # the API renamed it
+    gold = routed(gateway, "GET", url, **{"x-orders-key": GOLD})
+    assert (gold.product.name, gold.subscription.name) == ("gold", "gold-sub")  # type: ignore[union-attr]
+    master = routed(gateway, "GET", f"{url}?key={MASTER}")  # the API's query parameter name
+    assert master.product is None and master.subscription.name == "master"  # type: ignore[union-attr]
+    assert routed(gateway, "GET", "https://g.azure-api.net/catalog/stock/1").subscription is None  # open API
+
+
+def test_scopes_compose_global_product_api_operation_with_fragments(gateway: Gateway) -> None:
+    gold = routed(gateway, "GET", "https://contoso.azure-api.net/orders/42", **{"x-orders-key": GOLD})
+    xml = effective_policy_xml(gold.rule.policy)
+    markers = [line.strip() for line in xml.splitlines() if "base:" in line]
+    assert markers[:6] == [
+        "<!-- base: Begin Api scope -->", "<!-- base: Begin Product scope -->", "<!-- base: Begin Global scope -->",
+        "<!-- base: End Global scope -->", "<!-- base: End Product scope -->", "<!-- base: End Api scope -->",
+    ]  # fmt: skip
+    outbound = [s for s in gold.rule.policy.sections["outbound"] if s.name == "set-header"]
+    trail = [s.children[0].text.text for s in outbound if s.attrs["name"].text == "x-trail"]  # type: ignore[union-attr]
+    assert trail == ["global", "product", "api", "operation"]
+    no_product = routed(gateway, "GET", f"https://contoso.azure-api.net/orders/42?key={MASTER}")
+    assert "product" not in [
+        s.children[0].text.text
+        for s in no_product.rule.policy.sections["outbound"]  # type: ignore[union-attr]
+        if s.attrs["name"].text == "x-trail"
+    ]
+    assert "s3cr3t" in effective_policy_xml(gold.rule.policy)  # the secret named value from the overrides
+
+
+def test_missing_secret_named_value_is_a_startup_error_naming_it() -> None:
+    with pytest.raises(LoadError) as err:
+        load_instance(CONTOSO, Overrides(), env={})
+    assert "named value 'orders-secret'" in str(err.value) and "APIM_NAMED_VALUE_ORDERS_SECRET" in str(err.value)
+    assert "apis/orders/policy.xml:6:" in str(err.value)  # where it is used
+    assert (
+        load_instance(CONTOSO, Overrides(), env={"APIM_NAMED_VALUE_ORDERS_SECRET": "x"}).named["orders-secret"].origin
+        == "environment"
+    )
+
+
+# -- end to end ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any) -> Any:
+    tmp = tmp_path_factory.mktemp("apiops")
+    rules = write_rules(
+        tmp,
+        f"""
+        apim:
+          extraction: {CONTOSO}
+          named_values: {{orders-secret: s3cr3t}}
+          apis:
+            orders: {{serviceUrl: "{backend.url}/api"}}
+          backends:
+            items-backend: {{url: "{backend.url}/items"}}
+          subscriptions:
+            gold-sub: {GOLD}
+            master: {MASTER}
+    """,
+    )
+    md = proxy_for(tmp, emulator, rules)
+    yield md
+    md.stop()
+
+
+def test_forward_mode_acts_as_the_gateway(proxy: Any, backend: Any) -> None:
+    backend.reset()
+    status, body = curl(
+        "-x", proxy.url, "-D", "-", "-H", f"x-orders-key: {GOLD}", "http://contoso.azure-api.net/orders/42?x=1"
+    )
+    assert isinstance(body, str), body
+    head, _, payload = body.partition("\n\n")
+    assert status == 200, proxy.text()
+    echoed = json.loads(payload)
+    assert echoed["path"] == "/api/42" and echoed["query"] == "x=1"
+    assert echoed["claims"]["aud"] == DEMO_AUDIENCE  # the API policy's managed identity, validated by the backend
+    headers = head.lower()
+    assert "x-trail: global" in headers and headers.index("x-trail: global") < headers.index(
+        "x-trail: product"
+    ) < headers.index("x-trail: api") < headers.index("x-trail: operation")
+    assert "x-route: orders get-order /{id} id=42 product=gold sub=gold subscription" in headers
+    request = backend.stats()["requests"][-1]
+    assert "x-gateway" in [h.lower() for h in request["headers"]] and "x-secret-seen" in [
+        h.lower() for h in request["headers"]
+    ]
+
+
+def test_forward_mode_backend_from_set_backend_service_and_apim_answers(proxy: Any, backend: Any) -> None:
+    status, body = curl("-x", proxy.url, "-D", "-", f"http://contoso.azure-api.net/orders/42/items/7?key={MASTER}")
+    assert status == 200 and isinstance(body, str), body
+    assert json.loads(body.partition("\n\n")[2])["path"] == "/items/42/items/7"
+    assert "x-route: get-item 42/7" in body.lower()
+    status, answer = curl("-x", proxy.url, "http://contoso.azure-api.net/orders/42")
+    assert status == 401 and answer["message"].startswith("Access denied due to missing subscription key")  # type: ignore[index]
+    status, answer = curl("-x", proxy.url, "-H", "x-orders-key: wrong", "http://contoso.azure-api.net/orders/42")
+    assert status == 401 and "invalid subscription key" in answer["message"]  # type: ignore[index]
+    status, answer = curl("-x", proxy.url, "http://contoso.azure-api.net/no-such-api")
+    assert (status, answer) == (404, {"statusCode": 404, "message": "Resource not found"})
+    # another host is not the gateway: it passes through untouched (here: straight to the backend, no token)
+    status, answer = curl("-x", proxy.url, f"{backend.url}/orders/42")
+    assert status == 401
