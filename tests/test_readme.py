@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 
 DOCS = [ROOT / "README.md", ROOT / "docs" / "reference.md", ROOT / "docs" / "troubleshooting.md",
-        ROOT / "examples" / "README.md"]  # fmt: skip
+        ROOT / "docs" / "operations.md", ROOT / "examples" / "README.md"]  # fmt: skip
 REFERENCE = ROOT / "docs" / "reference.md"
 UPDATE = os.environ.get("APIM_MI_UPDATE_DOCS") == "1"
 

@@ -73,6 +73,9 @@ class ApimMi:
         self.emulator: Any = None
         self.demo_backend: Any = None
         self.counters: dict[str, int] = {"matched": 0, "injected": 0, "failed": 0, "refused": 0}
+        self.metrics: Any = None  # apim_mi.metrics.Metrics while mi_metrics is set (policies: settings["metrics"])
+        self._metrics_server: Any = None
+        self._metrics_listen = ("127.0.0.1", 0)
         self._flows: dict[str, _FlowState] = {}
         self._running = False
         self._startup_error = False
@@ -108,6 +111,11 @@ class ApimMi:
         )  # fmt: skip
         loader.add_option("mi_prefetch", bool, False, "Fetch every shorthand rule's token at startup.")
         loader.add_option(
+            "mi_metrics", str, "",
+            "host:port to serve Prometheus /metrics, /healthz and /readyz on (loopback and mi_allow_clients "
+            "clients only); empty = off.",
+        )  # fmt: skip
+        loader.add_option(
             "mi_demo_backend", str, "",
             "host:port to run the demo JWT-validating backend on (for the out-of-the-box demo); empty = off.",
         )  # fmt: skip
@@ -134,6 +142,8 @@ class ApimMi:
             raise ValueError("mi_refresh_before must be >= 0 seconds")
         if "mi_allow_clients" in updated:
             self.allowed_networks = _client_networks(opts.mi_allow_clients)
+        if "mi_metrics" in updated:
+            self._configure_metrics(opts.mi_metrics)
         if "mi_rules" in updated:
             self._load_rules()
         if self.config is not None and updated & {"mi_rules", "mi_credential"}:
@@ -150,6 +160,17 @@ class ApimMi:
             self._trace_on = bool(opts.mi_trace)
         if "ssl_insecure" in updated:
             self._ssl_insecure = bool(opts.ssl_insecure)
+
+    def _configure_metrics(self, spec: str) -> None:
+        if self._running:
+            raise ValueError("mi_metrics cannot change while the proxy runs; restart with the new value")
+        if spec:
+            from .metrics import Metrics, parse_listen
+
+            self._metrics_listen = parse_listen(spec)
+            self.metrics = Metrics()
+        else:
+            self.metrics = None
 
     def _load_rules(self) -> None:
         """Loads the rules file; on error the previous rules stay in force (the caller reports the error).
@@ -179,6 +200,8 @@ class ApimMi:
         self._ready = loop.create_future()
         self._spawn(self._start())
         self._spawn(self._watch())
+        if self.metrics is not None:
+            self._spawn(self._serve_metrics())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -200,9 +223,13 @@ class ApimMi:
             if ctx.options.mi_demo_backend:
                 await self._start_demo_backend(ctx.options.mi_demo_backend)
             timeout = float(ctx.options.mi_timeout)
-            self.tokens = TokenProvider(
-                azure_credential_factory(timeout), timeout=timeout, refresh_before=float(ctx.options.mi_refresh_before)
-            )
+            factory = azure_credential_factory(timeout)
+            if self.metrics is not None:
+                factory = self.metrics.timed(factory)
+                settings["metrics"] = self.metrics
+            self.tokens = TokenProvider(factory, timeout=timeout, refresh_before=float(ctx.options.mi_refresh_before))
+            if self.metrics is not None:
+                self.metrics.watch_tokens(self.tokens.status)
             self._settings = settings
             self._log_summary()
             self._ready.set_result(None)
@@ -262,19 +289,62 @@ class ApimMi:
             log.warning("apim-mi: ssl_insecure is on: upstream certificates are not verified, so no token goes to a "
                         "remote https:// host unless its rule sets allow_http: true")
 
-    async def _prefetch(self) -> None:
-        from .tokens import TokenError, TokenKey
+    def _prefetch_keys(self) -> list[Any]:
+        """The token of every authentication-managed-identity with a literal resource."""
+        from .tokens import TokenKey
 
-        assert self.config is not None and self.tokens is not None
+        assert self.config is not None
+        keys = []
         for rule in self.config.rules:
             for stmt in rule.policy.statements():
                 res = stmt.attrs.get("resource")
                 if stmt.name == "authentication-managed-identity" and res is not None and not res.is_expression:
-                    key = TokenKey(self._source(rule), (stmt.attr("client-id") or ""), res.text)
-                    try:
-                        await self.tokens.get(key)
-                    except TokenError as e:
-                        log.warning("apim-mi: prefetch of %s for %s failed: %s", key.identity, key.resource, e.reason)
+                    keys.append(TokenKey(self._source(rule), (stmt.attr("client-id") or ""), res.text))
+        return keys
+
+    async def _prefetch(self) -> None:
+        from .tokens import TokenError
+
+        assert self.tokens is not None
+        for key in self._prefetch_keys():
+            try:
+                await self.tokens.get(key)
+            except TokenError as e:
+                log.warning("apim-mi: prefetch of %s for %s failed: %s", key.identity, key.resource, e.reason)
+
+    async def _serve_metrics(self) -> None:
+        from .metrics import MetricsServer
+
+        host, port = self._metrics_listen
+        self._metrics_server = MetricsServer(self.metrics, self.readiness, self._peer_allowed)
+        try:
+            port = await self._metrics_server.start(host, port)
+        except OSError as e:
+            log.error("apim-mi: cannot serve metrics on %s:%d: %s", host, port, e.strerror or e)
+            return
+        shown = f"[{host}]" if ":" in host else host
+        log.info("apim-mi: metrics and health at http://%s:%d (/metrics, /healthz, /readyz)", shown, port)
+
+    def readiness(self) -> Any:
+        """Ready once the rules are loaded and the token provider runs; with mi_prefetch, once every literal
+        resource's token is cached too (``/readyz``)."""
+        from .metrics import Readiness
+
+        ready = self._ready
+        if self._startup_error or self.config is None:
+            return Readiness(False, {"reason": "the rules did not load"})
+        if ready is None or not ready.done():
+            return Readiness(False, {"reason": "starting"})
+        if ready.cancelled() or ready.exception() is not None:
+            return Readiness(False, {"reason": f"could not start: {ready.exception()}"})
+        detail: dict[str, Any] = {"rules": len(self.config.rules), "credential": self.credential}
+        if ctx.options.mi_prefetch and self.tokens is not None:
+            cached = {(r["source"], r["identity"], r["resource"]) for r in self.tokens.status() if "expires_in_s" in r}
+            missing = [f"{k.identity} {k.resource}" for k in self._prefetch_keys()
+                       if (k.source, k.identity, k.resource) not in cached]  # fmt: skip
+            if missing:
+                return Readiness(False, {**detail, "reason": "tokens not cached yet", "missing": missing})
+        return Readiness(True, detail)
 
     async def _watch(self) -> None:
         """Hot reload: polls the rules file and every policy/fragment file it uses, once a second."""
@@ -292,7 +362,11 @@ class ApimMi:
         except LoadError as e:
             self._watched = {f: _mtime(f) for f in previous}
             log.error("apim-mi: %s; keeping the previous rules (%s)", e, reason)
+            if self.metrics is not None:
+                self.metrics.reloaded(False)
             return False
+        if self.metrics is not None:
+            self.metrics.reloaded(True)
         assert self.config is not None
         log.info("apim-mi: rules reloaded (%s): %d rule(s) from %s", reason, len(self.config.rules), self.config.path)
         return True
@@ -302,6 +376,8 @@ class ApimMi:
             task.cancel()
         if self.tokens is not None:
             await self.tokens.close()
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
         if self.demo_backend is not None:
             await self.demo_backend.stop()
         if self.emulator is not None:
@@ -323,7 +399,11 @@ class ApimMi:
 
     def _client_allowed(self, flow: http.HTTPFlow) -> bool:
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-        if flowcontext.is_loopback(peer) or flow.metadata.get("proxyauth"):
+        return bool(flow.metadata.get("proxyauth")) or self._peer_allowed(peer)
+
+    def _peer_allowed(self, peer: str) -> bool:
+        """Loopback, or an address in mi_allow_clients."""
+        if flowcontext.is_loopback(peer):
             return True
         try:
             addr = ipaddress.ip_address(peer.split("%", 1)[0])
@@ -351,9 +431,9 @@ class ApimMi:
             rule = routed.rule if routed is not None else None
         if rule is None:
             return
-        self.counters["matched"] += 1
+        self._count("matched", rule.name)
         if not self._client_allowed(flow):
-            self.counters["refused"] += 1
+            self._count("refused", rule.name)
             peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
             flow.response = _error_response(403, f"apim-mi: client {peer} may not use managed identity rules "
                                                  "(allow it with mi_allow_clients or use --proxyauth).")
@@ -541,19 +621,27 @@ class ApimMi:
             if url is None:
                 url = flowcontext.pretty_url(flow.request)
             if run.error is not None:
-                self.counters["failed"] += 1
+                self._count("failed", run.rule_name)
+                if self.metrics is not None:
+                    self.metrics.policy_error(run.error.source)
                 cause = run.token_failures[-1] if run.token_failures else run.error.message
                 log.warning("apim-mi: %s %s [%s] failed closed: %s", flow.request.method, url,
                             run.rule_name, scrub(cause, secrets))
             elif run.injections:
-                self.counters["injected"] += 1
+                self._count("injected", run.rule_name)
                 log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, url, run.rule_name, identity or "-",
                          aud, outcome)
             else:
                 log.info("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, outcome)
 
+    def _count(self, event: str, rule_name: str) -> None:
+        """``mi.status``'s counters, and the per-rule Prometheus counters when mi_metrics is on."""
+        self.counters[event] += 1
+        if self.metrics is not None:
+            self.metrics.flow(event, rule_name)
+
     def _fail_closed(self, flow: http.HTTPFlow, rule: Rule | None, reason: str) -> None:
-        self.counters["failed"] += 1
+        self._count("failed", rule.name if rule else "")
         request_id = str(uuid.uuid4())
         flow.response = _apim_500(request_id)
         flow.marked = ":x:"
