@@ -305,7 +305,7 @@ def test_architecture_lists_every_module() -> None:
     listed = set(re.findall(r"^\| `([\w/]+(?:\.py|/))`", text, re.M))
     modules = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     modules |= {f"policy/{p.name}" for p in (package / "policy").glob("*.py") if p.name != "__init__.py"}
-    modules |= {"emulator/", "policy/expressions/", "policy/statements/"}
+    modules |= {"emulator/", "policy/expressions/", "policy/statements/", "policy/ai/"}
     sources = package / "sources"
     modules |= {f"sources/{p.name}{'/' if p.is_dir() else ''}" for p in sources.iterdir()
                 if p.name not in ("__init__.py", "__pycache__")} if sources.is_dir() else set()  # fmt: skip

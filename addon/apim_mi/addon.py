@@ -21,10 +21,11 @@ from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import diagnostics, flowcontext, inspector
+from . import diagnostics, flowcontext, inspector, streaming
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
+from .policy.ai import AiState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
 from .tokens import TokenProvider, azure_credential_factory
 from .trace import METADATA_KEY, REDACTED, Trace, scrub
@@ -47,6 +48,8 @@ class _FlowState:
     started: float
     redacted: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
+    tap: streaming.Tap | None = None  # the answer streams through it
+    answer: http.Response | None = None  # decided in responseheaders, given in response
 
 
 def _client_networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -84,6 +87,7 @@ class ApimMi:
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
         self.inspector = inspector.Inspector()
+        self.ai = AiState()  # token counters, metrics, semantic cache: shared by all flows and rule sets
         # Options read on every flow, copied here by configure (ctx.options deep-copies a value on each read).
         self._redact_on = True
         self._trace_on = True
@@ -216,6 +220,7 @@ class ApimMi:
             settings: dict[str, Any] = {
                 "backends": self.config.backends if self.config else {},
                 "tenant_id": os.environ.get("AZURE_TENANT_ID", ""),
+                "ai": self.ai,
             }
             if self.credential == "emulator":
                 await self._start_emulator()
@@ -501,11 +506,55 @@ class ApimMi:
             return "over https:// without certificate verification (ssl_insecure is on)"
         return ""
 
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        """The earliest point after the request went upstream: take the token out of the flow."""
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """The earliest point after the request went upstream: take the token out of the flow, and start streaming
+        what should stream (``streaming``), running outbound on the headers first."""
         state = self._flows.get(flow.id)
-        if state is not None:
-            self._redact(flow, state)
+        if state is None:
+            streaming.stream_unmatched(flow)
+            return
+        self._redact(flow, state)
+        try:
+            await self._start_stream(flow, state)
+        except Exception as e:
+            log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
+            state.summary["outcome"] = f"failed: internal error {e!r}"
+            state.answer = _apim_500(str(state.run.context.request_id))
+
+    async def _start_stream(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """For a streamed answer, outbound runs now on status and headers (the body passes later, untouched); an
+        error status, or an outbound that answers itself, keeps the answer buffered and is handled in ``response``."""
+        run = state.run
+        resp = flow.response
+        if resp is None or run.error is not None or run.response is not None:
+            return
+        already = bool(resp.stream)  # mitmproxy's own stream_large_bodies decision
+        if not already and not streaming.should_stream(resp, run):
+            return
+        if engine.backend_error_status(run, resp.status_code) is not None:
+            return
+        run.trace.add("backend", "forward-request", inspector.response_data(flow))
+        self._diagnose_backend(flow, state)
+        run.streaming = True
+        run.context.response = flowcontext.response_from_flow(resp)
+        if run.policy.sections.get("outbound"):
+            await engine.run_outbound(run)
+        if run.response is not None:  # outbound answered: mitmproxy reads the backend body, ``response`` replaces it
+            state.answer = flowcontext.make_response(run.response)
+            resp.stream = False
+            return
+        flowcontext.apply_response(run.context.response, flow)
+        for name, value in run.on_headers:
+            resp.headers[name] = value
+        tap = streaming.Tap(sse=streaming.is_event_stream(resp) and bool(run.on_response), keep=bool(run.on_response))
+        if not already or resp.stream is True:
+            resp.stream = tap
+        state.tap = tap
+        run.trace.add(
+            "outbound",
+            "transfer-response",
+            {"message": "Response headers have been sent to the caller. Starting to stream the response body."},
+        )
 
     async def response(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
@@ -513,29 +562,61 @@ class ApimMi:
             return
         try:
             run = state.run
-            if flow.response is not None and run.error is None and run.response is None:
-                run.trace.add("backend", "forward-request", inspector.response_data(flow))
-                self._diagnose_backend(flow, state)
-                error = engine.backend_error_status(run, flow.response.status_code)
-                if error is not None:
-                    await engine.handle_error(run, error)
-                    assert run.response is not None
-                    flow.response = flowcontext.make_response(run.response)
-                elif run.policy.sections.get("outbound"):
-                    run.context.response = flowcontext.response_from_flow(flow.response)
-                    await engine.run_outbound(run)
-                    if run.response is not None:
-                        flow.response = flowcontext.make_response(run.response)
-                    else:
-                        flowcontext.apply_response(run.context.response, flow)
-                run.trace.add("outbound", "transfer-response",
-                              {"message": "Response has been sent to the caller in full"})
+            if state.answer is not None:
+                flow.response = state.answer
+            elif state.tap is not None:
+                await self._end_stream(flow, state, state.tap)
+            elif flow.response is not None and run.error is None and run.response is None:
+                await self._outbound(flow, state)
+                run.trace.add(
+                    "outbound", "transfer-response", {"message": "Response has been sent to the caller in full"}
+                )
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
             flow.response = _apim_500(str(state.run.context.request_id))
             state.summary["outcome"] = f"failed: internal error {e!r}"
         finally:
             self._finish(flow, state)
+
+    async def _outbound(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """A buffered answer: backend error status → on-error; else the complete answer to the policies that wait
+        for it (``run.on_response``), then outbound."""
+        assert flow.response is not None
+        run = state.run
+        run.trace.add("backend", "forward-request", inspector.response_data(flow))
+        self._diagnose_backend(flow, state)
+        error = engine.backend_error_status(run, flow.response.status_code)
+        if error is not None:
+            await engine.handle_error(run, error)
+            assert run.response is not None
+            flow.response = flowcontext.make_response(run.response)
+            return
+        if not (run.policy.sections.get("outbound") or run.on_response or run.on_headers):
+            return
+        run.context.response = response = flowcontext.response_from_flow(flow.response)
+        for name, value in run.on_headers:
+            response.headers.set(name, [value])
+        if run.on_response:
+            body = flow.response.get_content(strict=False)
+            await engine.deliver(run, engine.Delivered(
+                flow.response.status_code, body, False, len(body or b""), response=response))  # fmt: skip
+        await engine.run_outbound(run)
+        if run.response is not None:
+            flow.response = flowcontext.make_response(run.response)
+        else:
+            flowcontext.apply_response(run.context.response, flow)
+
+    async def _end_stream(self, flow: http.HTTPFlow, state: _FlowState, tap: streaming.Tap) -> None:
+        """The last chunk has reached the client: the trace says how much and how long, then the policies that
+        wait for the complete answer run (``Delivered.response`` is None: headers can no longer change)."""
+        run = state.run
+        run.trace.add(
+            "outbound",
+            "transfer-response",
+            {"message": "Response body streaming to the caller is complete.", **tap.summary()},
+        )
+        if run.on_response and flow.response is not None:
+            await engine.deliver(run, engine.Delivered(flow.response.status_code, tap.body, True, tap.size, tap.sse))
 
     def error(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
@@ -660,7 +741,8 @@ class ApimMi:
         """Cached tokens (identity, resource, expiry, source, hits; never the token) and counters, as JSON."""
         tokens = self.tokens.status() if self.tokens is not None else []
         provider = dict(self.tokens.counters) if self.tokens is not None else {}
-        return json.dumps({"tokens": tokens, "counters": {**self.counters, **provider}}, indent=2)
+        return json.dumps({"tokens": tokens, "counters": {**self.counters, **provider}, "ai": self.ai.status()},
+                          indent=2)
 
     @command.command("mi.flush")
     def flush(self) -> str:

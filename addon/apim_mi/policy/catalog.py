@@ -350,6 +350,129 @@ VALIDATE_JWT = ElementSpec(
     summary="Validates a JWT in the request (signature via OpenID config/JWKS or keys, audience, issuer, claims).",
 )
 
+DIMENSION = ElementSpec("dimension", attributes=_attrs(AttributeSpec("name", required=True), AttributeSpec("value")))
+_PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def _token_limit(name: str) -> ElementSpec:
+    return ElementSpec(
+        name,
+        sections=INBOUND,
+        attributes=_attrs(
+            AttributeSpec("counter-key", required=True),
+            _int("tokens-per-minute"),
+            _int("token-quota", expressions=False),
+            _enum("token-quota-period", _PERIODS, None, expressions=False),
+            AttributeSpec("estimate-prompt-tokens", datatype=Datatype.BOOL, default="false"),
+            *(
+                AttributeSpec(n, expressions=False)
+                for n in (
+                    "retry-after-header-name",
+                    "retry-after-variable-name",
+                    "remaining-quota-tokens-header-name",
+                    "remaining-quota-tokens-variable-name",
+                    "remaining-tokens-header-name",
+                    "remaining-tokens-variable-name",
+                    "tokens-consumed-header-name",
+                    "tokens-consumed-variable-name",
+                )
+            ),
+        ),
+        summary="Limits language-model tokens per key: 429 over tokens-per-minute, 403 over token-quota.",
+    )
+
+
+def _token_metric(name: str) -> ElementSpec:
+    return ElementSpec(
+        name,
+        sections=INBOUND,
+        attributes=_attrs(AttributeSpec("namespace", expressions=False), AttributeSpec("value")),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(DIMENSION, max=None),),
+        summary="Emits Total/Prompt/Completion Tokens metrics (from the response usage) with dimensions.",
+    )
+
+
+def _semantic_lookup(name: str) -> ElementSpec:
+    return ElementSpec(
+        name,
+        sections=INBOUND,
+        attributes=_attrs(
+            AttributeSpec("score-threshold", required=True),
+            AttributeSpec("embeddings-backend-id", required=True),
+            AttributeSpec("embeddings-backend-auth", expressions=False),
+            _bool("ignore-system-messages", "false", expressions=True),
+            _int("max-message-count"),
+        ),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(ElementSpec("vary-by", body=Body.TEXT), max=None),),
+        summary="Answers from the semantic cache when a cached prompt's embedding is within score-threshold.",
+    )
+
+
+def _semantic_store(name: str) -> ElementSpec:
+    return ElementSpec(
+        name,
+        sections=frozenset({"outbound"}),
+        attributes=_attrs(_int("duration", required=True)),
+        summary="Stores the response in the semantic cache for duration seconds.",
+    )
+
+
+CONTENT_SAFETY = ElementSpec(
+    "llm-content-safety",
+    sections=INBOUND,
+    attributes=_attrs(AttributeSpec("backend-id", required=True), _bool("shield-prompt", "false", expressions=True)),
+    body=Body.ELEMENTS,
+    children=(
+        ChildSpec(
+            ElementSpec(
+                "categories",
+                attributes=_attrs(
+                    _enum("output-type", ("fourseveritylevels", "eightseveritylevels"), "FourSeverityLevels")
+                ),
+                body=Body.ELEMENTS,
+                children=(
+                    ChildSpec(
+                        ElementSpec(
+                            "category",
+                            attributes=_attrs(AttributeSpec("name", required=True), _int("threshold", required=True)),
+                        ),
+                        max=None,
+                    ),
+                ),
+            )
+        ),
+        ChildSpec(
+            ElementSpec(
+                "blocklists", body=Body.ELEMENTS, children=(ChildSpec(ElementSpec("id", body=Body.TEXT), max=None),)
+            )
+        ),
+    ),
+    summary="Checks the prompt with Azure AI Content Safety; 403 when a category or blocklist hits.",
+)
+
+AI_POLICIES: tuple[ElementSpec, ...] = (
+    _token_limit("azure-openai-token-limit"),
+    _token_limit("llm-token-limit"),
+    _token_metric("azure-openai-emit-token-metric"),
+    _token_metric("llm-emit-token-metric"),
+    ElementSpec(
+        "emit-metric",
+        attributes=_attrs(
+            AttributeSpec("name", required=True), AttributeSpec("namespace", expressions=False), AttributeSpec("value")
+        ),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(DIMENSION, max=None),),
+        summary="Emits a custom metric with dimensions.",
+    ),
+    CONTENT_SAFETY,
+    _semantic_lookup("azure-openai-semantic-cache-lookup"),
+    _semantic_lookup("llm-semantic-cache-lookup"),
+    _semantic_store("azure-openai-semantic-cache-store"),
+    _semantic_store("llm-semantic-cache-store"),
+)
+
 _SUPPORTED: tuple[ElementSpec, ...] = (
     AUTH_MI,
     SET_HEADER,
@@ -547,7 +670,9 @@ _CONTENT: tuple[ElementSpec, ...] = (
     ),
 )
 
-CATALOG: Mapping[str, ElementSpec] = MappingProxyType({s.name: s for s in (*_SUPPORTED, *_CONTENT, *_KNOWN)})
+CATALOG: Mapping[str, ElementSpec] = MappingProxyType(
+    {s.name: s for s in (*_SUPPORTED, *_CONTENT, *AI_POLICIES, *_KNOWN)}
+)
 
 
 def allowed_in(spec: ElementSpec, section: str) -> bool:

@@ -37,6 +37,23 @@ class Injection:
 
 
 @dataclass
+class Delivered:
+    """The backend's answer as the client got it, for the policies that act once it is complete (token counts,
+    metrics, the semantic cache): ``body`` is the buffered body, or the copy kept of a streamed one (None when it was
+    too large to keep); ``response`` is ``context.Response`` while it can still change (buffered answers only)."""
+
+    status: int
+    body: bytes | None
+    streamed: bool
+    size: int
+    sse: Any = None
+    response: Response | None = None
+
+
+OnResponse = Callable[["PolicyRun", Delivered], Awaitable[None]]
+
+
+@dataclass
 class Services:
     """What policies need from outside the request: tokens and (for send-request) an HTTP client."""
 
@@ -71,6 +88,11 @@ class PolicyRun:
     forward: bool = False
     forward_timeout: float = 300.0
     fail_on_error_status: bool = False
+    buffer_response: bool = True
+    streaming: bool = False
+    on_response: list[OnResponse] = field(default_factory=list)
+    on_headers: list[tuple[str, str]] = field(default_factory=list)  # added to the answer the client gets
+    scratch: dict[str, Any] = field(default_factory=dict)  # what policies keep for their on_response actions
     injections: list[Injection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: PolicyError | None = None
@@ -286,8 +308,22 @@ def backend_error_status(run: PolicyRun, status: int) -> PolicyError | None:
     """forward-request's ``fail-on-error-status-code``: a 400–599 answer goes through on-error."""
     if not run.fail_on_error_status or not 400 <= status <= 599:
         return None
-    return PolicyError("forward-request", f"Backend service responded with status code {status} and "
-                       "fail-on-error-status-code is true.", "BackendErrorStatusCode", section="backend")
+    return PolicyError(
+        "forward-request",
+        f"Backend service responded with status code {status} and fail-on-error-status-code is true.",
+        "BackendErrorStatusCode",
+        section="backend",
+    )
+
+
+async def deliver(run: PolicyRun, delivered: Delivered) -> None:
+    """The ``on_response`` actions policies registered, in order; a failing one is traced, never raised (the answer
+    is already on its way, or about to be)."""
+    for action in run.on_response:
+        try:
+            await action(run, delivered)
+        except PolicyError as e:
+            run.trace.add("outbound", e.source or "apim-mi", {"message": e.message, "reason": e.reason})
 
 
 async def run_outbound(run: PolicyRun) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from . import access, core, http, messages, routing, security, transform
+from . import access, ai, core, http, messages, routing, security, transform
 
 if TYPE_CHECKING:
     from ..engine import Handler
 
 HANDLERS: Mapping[str, Handler] = {
+    **ai.HANDLERS,
     **core.HANDLERS,
     **http.HANDLERS,
     **messages.HANDLERS,

@@ -162,6 +162,7 @@ async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None
     run.forward = True
     run.forward_timeout = timeout_ms / 1000 if timeout_ms is not None else float(300 if timeout is None else timeout)
     run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
+    run.buffer_response = await bool_attr(run, stmt, "buffer-response", scope)
     if await bool_attr(run, stmt, "follow-redirects", scope):
         run.warn(scope.section, "forward-request", "follow-redirects=\"true\" is not supported by apim-mi: a 3xx "
                  "from the backend reaches outbound and the client as it is.")

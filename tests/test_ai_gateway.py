@@ -1,0 +1,112 @@
+"""The AI gateway through a real mitmdump in reverse mode, in front of the OpenAI stand-in (which validates the
+managed-identity token like the demo backend): the README's scenario with the real ``openai`` client (a legacy
+client with an api-key → apim-mi → "Azure OpenAI" with the managed identity, a token limit and token metrics),
+streamed chunks arriving as they are sent, and a token budget that answers 429 exactly when it is used up, for plain
+and streamed answers. One mitmdump and one stand-in serve the whole module."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from apim_mi.openai_backend import OpenAIBackendThread
+from conftest import ROOT
+from proxy import Mitmdump, start_mitmdump, write_rules
+
+EXAMPLE = ROOT / "examples" / "azure-openai-gateway.xml"
+TPM = 200
+API_VERSION = "2024-10-21"
+
+
+@pytest.fixture(scope="module")
+def standin(emulator: Any) -> Iterator[OpenAIBackendThread]:
+    with OpenAIBackendThread(emulator.jwks_uri, emulator.issuer) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: Any) -> Iterator[Mitmdump]:
+    tmp = tmp_path_factory.mktemp("ai")
+    shutil.copy(EXAMPLE, tmp / EXAMPLE.name)
+    rules = write_rules(
+        tmp,
+        f"""
+        named_values:
+          tokens-per-minute: "{TPM}"
+        rules:
+          - name: azure openai
+            match: {{host: 127.0.0.1, path: /openai/*}}
+            policy: {EXAMPLE.name}
+    """,
+    )
+    md = start_mitmdump(
+        ["--mode", f"reverse:{standin.url}", "--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity"],
+        env=emulator.env("imds"), confdir=tmp / "confdir",
+    )  # fmt: skip
+    yield md
+    md.stop()
+
+
+def test_stream_chunks_arrive_as_sent(gateway: Mitmdump, standin: Any) -> None:
+    """One chunk every 0.3 s reaches the client through the matched rule 0.3 s apart, not all at the end."""
+    body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "a b c d"}]}
+    arrivals: list[float] = []
+    with httpx.Client(timeout=20) as client, client.stream(
+        "POST", f"{gateway.url}/openai/deployments/gpt-4o/chat/completions?api-version={API_VERSION}",
+        json=body, headers={"api-key": "k", "x-standin-chunk-delay-ms": "300"},
+    ) as resp:  # fmt: skip
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"] == "text/event-stream"
+        for line in resp.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append(time.monotonic())
+    assert len(arrivals) >= 6
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert all(gap >= 0.2 for gap in gaps), gaps
+
+
+def test_openai_client_through_the_gateway(gateway: Mitmdump, standin: Any, emulator: Any) -> None:
+    """The real openai package: api-key in, managed identity out; plain and streamed completions; the token budget
+    answers 429 (openai.RateLimitError) exactly when the backend's usage has used it up."""
+    openai = pytest.importorskip("openai")
+    used = standin.served()["totalTokens"]  # this module's earlier requests count against the same client's budget
+    assert used < TPM / 2
+    client = openai.AzureOpenAI(azure_endpoint=gateway.url, api_key="legacy-key-123", api_version=API_VERSION,
+                                max_retries=0)  # fmt: skip
+    answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hello there"}])
+    assert answer.choices[0].message.content == "Echo: hello there"
+    used += answer.usage.total_tokens
+    requests = standin.stats()["requests"]
+    assert requests[-1]["status"] == 200 and requests[-1]["claims"]["aud"] == "https://cognitiveservices.azure.com"
+    assert "api-key" not in [h.lower() for h in requests[-1]["headers"]]  # the legacy key never reaches Azure
+
+    messages = [{"role": "user", "content": "count to three please"}]
+    stream = client.chat.completions.create(
+        model="gpt-4o", stream=True, stream_options={"include_usage": True}, messages=messages
+    )
+    text, usage = "", None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text == "Echo: count to three please" and usage is not None
+    used += usage.total_tokens
+    assert used == standin.served()["totalTokens"]
+    # keep spending until the budget is used up: the request that finds it used up gets 429 with Retry-After
+    while used < TPM:
+        answer = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "more"}])
+        used += answer.usage.total_tokens
+    served_before = standin.served()["requests"]
+    with pytest.raises(openai.RateLimitError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "one more"}])
+    assert err.value.response.status_code == 429
+    assert int(err.value.response.headers["Retry-After"]) >= 1
+    assert err.value.body == {"statusCode": 429, "message": err.value.body["message"]}
+    assert err.value.body["message"].startswith("Token limit is exceeded. Try again in ")
+    assert standin.served()["requests"] == served_before  # the backend never saw it
