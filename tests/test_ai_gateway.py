@@ -66,7 +66,7 @@ def test_stream_chunks_arrive_as_sent(gateway: Mitmdump, standin: Any) -> None:
             if line.startswith("data: {"):
                 arrivals.append(time.monotonic())
     assert len(arrivals) >= 6
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals[:4])]  # the word chunks, sent 0.3 s apart
     assert all(gap >= 0.2 for gap in gaps), gaps
 
 

@@ -273,7 +273,7 @@ def _backend_id(run: PolicyRun) -> str:
     """The configured backend the request goes to (the backend whose URL the request URL starts with)."""
     url = str(run.context.request.url)
     for name, entry in (run.services.settings.get("backends") or {}).items():
-        base = str(entry.get("url") if isinstance(entry, dict) else entry).rstrip("/")
+        base = _entry_url(entry).rstrip("/")
         if base and (url == base or url.startswith(base + "/") or url.startswith(base + "?")):
             return str(name)
     return ""
@@ -336,16 +336,20 @@ def _backend(run: PolicyRun, backend_id: str, source: str) -> tuple[str, str]:
     """(URL, managed-identity resource) of a configured backend."""
     backends = run.services.settings.get("backends") or {}
     entry = backends.get(backend_id)
-    resource = COGNITIVE_SERVICES
-    if isinstance(entry, dict):
-        resource = str(entry.get("resource") or resource)
-        entry = entry.get("url")
-    if not entry:
+    url = _entry_url(entry) if entry is not None else ""
+    if not url:
         known = ", ".join(sorted(backends)) or "none configured"
-        raise PolicyError(
-            source, f"Backend with id '{backend_id}' could not be found (backends: {known}).", "BackendNotFound"
-        )
-    return str(entry).rstrip("/"), resource
+        raise PolicyError(source, f"Backend with id '{backend_id}' could not be found (backends: {known}).",
+                          "BackendNotFound")
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    return url.rstrip("/"), str(resource or COGNITIVE_SERVICES)
+
+
+def _entry_url(entry: Any) -> str:
+    """A ``backends:`` entry's URL: a bare URL, a mapping with ``url``, or a backend entity (``.url``)."""
+    if isinstance(entry, dict):
+        return str(entry.get("url") or "")
+    return str(entry if isinstance(entry, str) else getattr(entry, "url", "") or "")
 
 
 async def _call(run: PolicyRun, source: str, url: str, resource: str, payload: dict[str, Any]) -> Any:
