@@ -550,6 +550,7 @@ class ApimMi:
         if not already or resp.stream is True:
             resp.stream = tap
         state.tap = tap
+        self.inspector.announce(flow, run.trace.trace_id)
         run.trace.add(
             "outbound",
             "transfer-response",

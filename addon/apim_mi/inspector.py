@@ -246,6 +246,17 @@ class Inspector:
         trace_id = str(trace.get("traceId", ""))
         if legacy or debug == "ok":
             self.store.put(trace_id, canonical(trace))
+        self._announce(flow, asked, trace_id)
+
+    def announce(self, flow: http.HTTPFlow, trace_id: str) -> None:
+        """A streamed answer's headers leave before its trace is finished: say now where the trace will be."""
+        asked = self._pending.get(flow.id)
+        if asked is not None and flow.response is not None:
+            self._announce(flow, asked, trace_id)
+
+    def _announce(self, flow: http.HTTPFlow, asked: tuple[bool, str | None], trace_id: str) -> None:
+        assert flow.response is not None
+        legacy, debug = asked
         if legacy:
             flow.response.headers[TRACE_HEADER + "-Location"] = self.location(flow, trace_id)
         if debug == "ok":
