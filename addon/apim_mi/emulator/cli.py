@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--no-system-identity", action="store_true",
                         help="no system-assigned identity (requests without client_id get 'Identity not found')")
     parser.add_argument("--identity-header", default=None, metavar="SECRET",
-                        help="App Service IDENTITY_HEADER secret (default: random)")
+                        help="App Service and Service Fabric IDENTITY_HEADER secret (default: random)")
+    parser.add_argument("--arc-key-dir", default=None, metavar="DIR",
+                        help="where the Azure Arc challenge writes key files; real clients read only "
+                             "/var/opt/azcmagent/tokens (default: a private temporary directory)")
     parser.add_argument("--key", default=None, metavar="PEM",
                         help="RSA signing key; created if missing, so restarts keep the same kid")
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
@@ -87,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def build_parser(prog: str = "python -m apim_mi.emulator") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Local managed-identity emulator (IMDS, App Service 2019-08-01, and Entra client credentials "
-        "over HTTPS) issuing RS256 JWTs.",
+        description="Local managed-identity emulator (IMDS, App Service 2019-08-01, Azure Arc, Service Fabric, "
+        "Cloud Shell, and Entra client credentials over HTTPS) issuing RS256 JWTs.",
     )
     return add_arguments(parser)
 
@@ -116,6 +119,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         identity_header=args.identity_header,
         key_path=args.key,
         ca_dir=args.state_dir,
+        arc_key_dir=args.arc_key_dir,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -158,7 +162,9 @@ def startup_line(emulator: Emulator, as_json: bool) -> str:
             "issuer": emulator.issuer,
             "jwks_uri": emulator.jwks_uri,
             "openid_configuration": emulator.openid_configuration_url,
-            "env": {"imds": imds, "appservice": appservice},
+            "env": {"imds": imds, "appservice": appservice, "cloudshell": emulator.env("cloudshell"),
+                    "arc": emulator.env("arc"),
+                    **({"servicefabric": emulator.env("servicefabric")} if emulator.has_authority else {})},
             "authority": emulator.authority_url if emulator.has_authority else None,
         })
     exports = " ".join(f"{k}={v}" for k, v in appservice.items())

@@ -212,7 +212,9 @@ class EmulatorConfig:
     ``resources=None`` (or empty) accepts any resource; a list restricts to exactly those strings (no trailing-slash
     or case normalisation: ``X`` and ``X/`` are different resources, as in Entra). ``identity_header=None`` makes the
     emulator pick a random App Service secret. ``key_path`` keeps the RSA signing key across restarts (created on
-    first use). ``ca_dir`` keeps the local CA of the HTTPS (Entra) listener the same way.
+    first use). ``ca_dir`` keeps the local CA of the HTTPS (Entra) listener the same way. ``arc_key_dir`` is where
+    the Azure Arc challenge writes its key files (real clients read only ``/var/opt/azcmagent/tokens``; None = a
+    private temporary directory).
     """
 
     tenant_id: str = DEFAULT_TENANT_ID
@@ -225,6 +227,7 @@ class EmulatorConfig:
     identity_header: str | None = None
     key_path: str | None = None
     ca_dir: str | None = None
+    arc_key_dir: str | None = None
     issuer: str | None = None
     log_limit: int = 10_000
     other_tenants: list[str] = field(default_factory=lambda: [DEFAULT_OTHER_TENANT_ID])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import hmac
 import os
 import ssl
@@ -360,11 +361,22 @@ class LocalCA:
         return self._ca.cert_pem.bytes()
 
     @cached_property
+    def server_cert(self) -> trustme.LeafCert:
+        """The HTTPS listener's certificate: every loopback name."""
+        return self._ca.issue_cert("127.0.0.1", "::1", "localhost")
+
+    @cached_property
     def server_context(self) -> ssl.SSLContext:
-        """TLS for the emulator's HTTPS listener: a certificate for every loopback name."""
+        """TLS for the emulator's HTTPS listener."""
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._ca.issue_cert("127.0.0.1", "::1", "localhost").configure_cert(context)
+        self.server_cert.configure_cert(context)
         return context
+
+    @property
+    def server_thumbprint(self) -> str:
+        """SHA-1 of the listener certificate's DER, as Service Fabric's ``IDENTITY_SERVER_THUMBPRINT`` pins it."""
+        der = ssl.PEM_cert_to_DER_cert(self.server_cert.cert_chain_pems[0].bytes().decode("ascii"))
+        return hashlib.sha1(der).hexdigest()
 
     def write(self, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Write ``ca.pem`` (this CA only) and ``ca-bundle.pem`` (this CA plus the public roots from certifi, so a

@@ -1,4 +1,5 @@
-"""The emulator's aiohttp server: token endpoints (IMDS, App Service, Entra), JWKS, OIDC discovery, admin API."""
+"""The emulator's aiohttp server: token endpoints (IMDS, App Service, Azure Arc, Service Fabric, Cloud Shell, Entra),
+JWKS, OIDC discovery, admin API."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
-from . import entra
+from . import entra, protocols
 from .config import EXCHANGE_AUDIENCES, SYSTEM, EmulatorConfig, Identity
 from .faults import DEFAULT_WRONG_AUDIENCE, REPLACING_KINDS, Fault, FaultKind, FaultQueue
 from .serving import LoopbackServer, require_loopback
@@ -29,7 +30,7 @@ from .tokens import MintedToken, Principal, SigningKey, TokenMinter, v1_issuer
 
 log = logging.getLogger("apim_mi.emulator")
 
-Protocol = Literal["imds", "appservice", "entra"]
+Protocol = Literal["imds", "appservice", "arc", "servicefabric", "cloudshell", "entra"]
 
 IMDS_PATH = "/metadata/identity/oauth2/token"
 APP_SERVICE_PATH = "/msi/token"
@@ -56,6 +57,14 @@ MANAGED_IDENTITY_ENV_VARS: tuple[str, ...] = (
 
 _IMDS_SELECTORS = ("client_id", "object_id", "msi_res_id", "resource_id")
 _APP_SERVICE_SELECTORS = ("client_id", "object_id", "principal_id", "mi_res_id", "msi_res_id", "resource_id")
+#: Per protocol: the api-versions accepted (None = no api-version parameter) and the identity selectors.
+_QUERY_RULES: dict[str, tuple[frozenset[str] | None, tuple[str, ...]]] = {
+    "imds": (IMDS_API_VERSIONS, _IMDS_SELECTORS),
+    "appservice": (frozenset({APP_SERVICE_API_VERSION}), _APP_SERVICE_SELECTORS),
+    "arc": (protocols.ARC_API_VERSIONS, protocols.ARC_SELECTORS),
+    "servicefabric": (frozenset({protocols.SERVICE_FABRIC_API_VERSION}), ()),
+    "cloudshell": (None, ()),
+}
 _UNLOGGED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 _KNOWN_TENANT_ALIASES = frozenset({"common", "organizations"})
 
@@ -179,7 +188,8 @@ class _Reject(Exception):
 
 
 class Emulator(LoopbackServer):
-    """A local managed-identity endpoint speaking IMDS and App Service 2019-08-01 to azure-identity.
+    """A local managed-identity endpoint speaking IMDS, App Service 2019-08-01, Azure Arc, Service Fabric, Cloud Shell
+    and Entra client credentials to azure-identity and MSAL.
 
     One instance owns one RSA signing key, one App Service secret, counters, a request log and a fault queue.
     All methods must be called from the loop that runs the server (use :class:`EmulatorThread` from other threads).
@@ -201,6 +211,7 @@ class Emulator(LoopbackServer):
         self._closing = asyncio.Event()
         self._ca: entra.LocalCA | None = None
         self._authority_url: str | None = None
+        self._arc_keys: protocols.ArcKeys | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -231,6 +242,9 @@ class Emulator(LoopbackServer):
         """Stop serving; pending delayed replies (latency, timeout faults) are dropped at once."""
         self._closing.set()
         self._authority_url = None
+        if self._arc_keys is not None:
+            self._arc_keys.close()
+            self._arc_keys = None
         await super().stop()
 
     # -- accessors (url, port and running come from LoopbackServer) ------------------------------------------------
@@ -304,12 +318,27 @@ class Emulator(LoopbackServer):
         }
 
     def env(self, protocol: Protocol = "imds") -> dict[str, str]:
-        """The environment azure-identity needs to use this emulator (after deleting MANAGED_IDENTITY_ENV_VARS)."""
+        """The environment azure-identity needs to use this emulator (after deleting MANAGED_IDENTITY_ENV_VARS).
+        ``servicefabric`` needs the HTTPS listener (``https_port``); ``arc`` clients read the key file from
+        ``/var/opt/azcmagent/tokens`` only (``EmulatorConfig.arc_key_dir``)."""
         if protocol == "imds":
             return {"AZURE_POD_IDENTITY_AUTHORITY_HOST": self.url}
         if protocol == "appservice":
             return {"IDENTITY_ENDPOINT": self.url + APP_SERVICE_PATH, "IDENTITY_HEADER": self._identity_header}
-        raise ValueError(f"unknown protocol {protocol!r}; expected 'imds' or 'appservice'")
+        if protocol == "arc":
+            return {"IDENTITY_ENDPOINT": self.url + protocols.ARC_PATH, "IMDS_ENDPOINT": self.url}
+        if protocol == "servicefabric":
+            assert self._ca is not None, "Service Fabric needs the HTTPS listener (start with https_port=…)"
+            return {
+                "IDENTITY_ENDPOINT": self.authority_url + protocols.SERVICE_FABRIC_PATH,
+                "IDENTITY_HEADER": self._identity_header,
+                "IDENTITY_SERVER_THUMBPRINT": self._ca.server_thumbprint,
+            }
+        if protocol == "cloudshell":
+            return {"MSI_ENDPOINT": self.url + protocols.CLOUD_SHELL_PATH}
+        raise ValueError(
+            f"unknown protocol {protocol!r}; expected imds, appservice, arc, servicefabric or cloudshell"
+        )
 
     # -- test / admin controls -------------------------------------------------------------------------------------
 
@@ -354,6 +383,9 @@ class Emulator(LoopbackServer):
         app = web.Application()
         app.router.add_route("*", IMDS_PATH, self._imds)
         app.router.add_route("*", APP_SERVICE_PATH, self._app_service)
+        app.router.add_route("*", protocols.ARC_PATH, self._arc)
+        app.router.add_route("*", protocols.SERVICE_FABRIC_PATH, self._service_fabric)
+        app.router.add_route("*", protocols.CLOUD_SHELL_PATH, self._cloud_shell)
         app.router.add_get(f"{ADMIN_PREFIX}/health", self._admin_health)
         app.router.add_get(f"{ADMIN_PREFIX}/stats", self._admin_stats)
         app.router.add_get(f"{ADMIN_PREFIX}/config", self._admin_get_config)
@@ -393,8 +425,43 @@ class Emulator(LoopbackServer):
             return self._finish(record, _app_service_error(405, "Method not allowed"))
         return await self._serve_token(request, record, "appservice")
 
+    async def _arc(self, request: web.Request) -> web.StreamResponse:
+        """Azure Arc: the first request gets a key-file challenge, the second proves it read the file."""
+        record = self._record(request, "arc")
+        if request.method != "GET":
+            return self._finish(record, _imds_error(405, "method_not_allowed", "Method not allowed"))
+        if request.headers.get("Metadata", "").lower() != "true":
+            return self._finish(record, _imds_error(400, "invalid_request", "Required metadata header not specified"))
+        if self._arc_keys is None:
+            self._arc_keys = protocols.ArcKeys(self._config.arc_key_dir)
+        authorization = request.headers.get("Authorization", "")
+        if not authorization:
+            return self._finish(record, protocols.arc_challenge(self._arc_keys.challenge()))
+        if not self._arc_keys.accepts(authorization):
+            return self._finish(record, _imds_error(401, "unauthorized_client", "Invalid key in Authorization"))
+        return await self._serve_token(request, record, "arc")
+
+    async def _service_fabric(self, request: web.Request) -> web.StreamResponse:
+        record = self._record(request, "servicefabric")
+        if not hmac.compare_digest(request.headers.get("Secret", "").encode(), self._identity_header.encode()):
+            error = protocols.service_fabric_error(401, "SecretHeaderNotFound", "Secret is not found in the request")
+            return self._finish(record, error)
+        if request.method != "GET":
+            return self._finish(record, protocols.service_fabric_error(405, "MethodNotAllowed", "Use GET"))
+        return await self._serve_token(request, record, "servicefabric")
+
+    async def _cloud_shell(self, request: web.Request) -> web.StreamResponse:
+        """Cloud Shell: a form POST; the resource is in the body, not the query."""
+        record = self._record(request, "cloudshell")
+        if request.method != "POST":
+            return self._finish(record, _imds_error(405, "method_not_allowed", "Method not allowed"))
+        if request.headers.get("Metadata", "").lower() != "true":
+            return self._finish(record, _imds_error(400, "invalid_request", "Required metadata header not specified"))
+        record.query = {k: str(v) for k, v in (await request.post()).items()}
+        return await self._serve_token(request, record, "cloudshell")
+
     async def _serve_token(self, request: web.Request, record: RequestRecord, protocol: Protocol) -> web.StreamResponse:
-        error = _imds_error if protocol == "imds" else _app_service_reject_response
+        error = _ERROR_REPLIES.get(protocol, _imds_error)
         try:
             token_request = self._parse_token_request(record.query, protocol)
         except _Reject as reject:
@@ -424,17 +491,16 @@ class Emulator(LoopbackServer):
 
     def _parse_token_request(self, query: Mapping[str, str], protocol: Protocol) -> _TokenRequest:
         api_version = query.get("api-version")
-        if protocol == "imds":
-            if not api_version:
-                raise _Reject(400, "invalid_request", 'Required query variable "api-version" is missing')
-            if api_version not in IMDS_API_VERSIONS:
-                raise _Reject(400, "invalid_request", f"Invalid version: api-version {api_version!r}")
-        elif api_version != APP_SERVICE_API_VERSION:
-            raise _Reject(400, "invalid_request", f"api-version must be {APP_SERVICE_API_VERSION}")
+        versions, names = _QUERY_RULES[protocol]
+        if protocol == "imds" and not api_version:
+            raise _Reject(400, "invalid_request", 'Required query variable "api-version" is missing')
+        if protocol == "imds" and api_version not in IMDS_API_VERSIONS:
+            raise _Reject(400, "invalid_request", f"Invalid version: api-version {api_version!r}")
+        if versions is not None and api_version not in versions:
+            raise _Reject(400, "invalid_request", f"api-version must be {' or '.join(sorted(versions))}")
         resource = query.get("resource", "")
         if not resource:
             raise _Reject(400, "invalid_request", "Required audience parameter not specified")
-        names = _IMDS_SELECTORS if protocol == "imds" else _APP_SERVICE_SELECTORS
         selectors = [(name, query[name]) for name in names if query.get(name)]
         if len(selectors) > 1:
             given = ", ".join(name for name, _ in selectors)
@@ -651,6 +717,14 @@ def _app_service_reject_response(status: int, code: str, description: str) -> we
     return _app_service_error(status, description)
 
 
+def _service_fabric_reject_response(status: int, code: str, description: str) -> web.Response:
+    sf_code = "ManagedIdentityNotFound" if "Identity" in description else "ArgumentNullOrEmpty"
+    return protocols.service_fabric_error(status, sf_code if code == "invalid_request" else code, description)
+
+
+_ERROR_REPLIES = {"appservice": _app_service_reject_response, "servicefabric": _service_fabric_reject_response}
+
+
 def _status_fault(fault: Fault, protocol: Protocol) -> web.Response:
     headers = {"Retry-After": _format_retry_after(fault.retry_after)} if fault.retry_after is not None else None
     code, default_description = _IMDS_STATUS_ERRORS.get(
@@ -662,6 +736,10 @@ def _status_fault(fault: Fault, protocol: Protocol) -> web.Response:
     if protocol == "entra":
         body = entra.error_body(entra.oauth_error(fault.status), description)
         return web.json_response(body, status=fault.status, headers=headers)
+    if protocol == "servicefabric":
+        return protocols.service_fabric_error(fault.status, code, description, headers)
+    if protocol in ("arc", "cloudshell"):
+        return _imds_error(fault.status, code, description, headers)
     return _app_service_error(fault.status, description, headers)
 
 
@@ -681,6 +759,13 @@ def _token_body(
             "resource": request.resource,
             "token_type": "Bearer",
             "client_id": identity.client_id,
+        }
+    elif request.protocol == "servicefabric":
+        body = {
+            "token_type": "Bearer",
+            "access_token": minted.access_token,
+            "expires_on": minted.expires_on,
+            "resource": request.resource,
         }
     else:
         expires_in = str(minted.expires_on - now)
