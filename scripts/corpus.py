@@ -528,8 +528,8 @@ def _print(report: Report) -> None:
 LIMITS = {
     "authentication-managed-identity": "Tokens from azure-identity (or the emulator); cached per (source, identity, "
     "resource). `authentication-provider` is accepted and ignored.",
-    "send-request": "aiohttp, never through a proxy; `authentication-certificate` and `proxy` children are not "
-    "supported. Non-2xx answers are responses, not errors.",
+    "send-request": "aiohttp, never through a proxy; an `authentication-certificate` child presents its "
+    "certificate, a `proxy` child is not supported. Non-2xx answers are responses, not errors.",
     "set-body": "Literal, expression or `template=\"liquid\"` (python-liquid with APIM's `body` and `context` "
     "objects, DotLiquid's C# filter names, `KeyValuePair` iteration, `JSONArrayFor`; `{{x.y}}` without spaces is a "
     "named value, as in APIM). Also in on-error, as deployed policies use it.",

@@ -7,9 +7,13 @@ covers the mitmdump subprocesses. No test constructs a credential before the emu
 
 from __future__ import annotations
 
+import json
 import os
+import ssl
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +114,74 @@ def md_factory(tmp_path: Path):
     yield make
     for md in started:
         md.stop()
+
+
+# -- mutual TLS (authentication-certificate) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A CA, a server certificate for 127.0.0.1, and a client certificate as PEM and as PFX (password 'pw')."""
+    import trustme
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, load_pem_private_key, pkcs12
+    from cryptography.x509 import load_pem_x509_certificate
+
+    d = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("orders-client@contoso.test", common_name="orders-client")
+    ca.cert_pem.write_to_path(d / "ca.pem")
+    server.private_key_and_cert_chain_pem.write_to_path(d / "server.pem")
+    client.private_key_and_cert_chain_pem.write_to_path(d / "client.pem")
+    cert = load_pem_x509_certificate(client.cert_chain_pems[0].bytes())
+    key = load_pem_private_key(client.private_key_pem.bytes(), None)
+    pfx = pkcs12.serialize_key_and_certificates(b"client", key, cert, None, BestAvailableEncryption(b"pw"))  # type: ignore[arg-type]
+    (d / "client.pfx").write_bytes(pfx)
+    return {"dir": d, "ca": ca}
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        peer = self.connection.getpeercert()  # type: ignore[attr-defined]
+        subject = dict(x[0] for x in peer["subject"]) if peer else {}
+        data = json.dumps({"client": subject.get("commonName")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def mtls_backend(pki: dict[str, Any]) -> Iterator[str]:
+    """An HTTPS backend on 127.0.0.1 that refuses TLS clients without a certificate from the test CA."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki["dir"] / "server.pem")
+    context.load_verify_locations(pki["dir"] / "ca.pem")
+    context.verify_mode = ssl.CERT_REQUIRED
+
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            """The TLS handshake in the connection's own thread: one slow client cannot stall the others."""
+            request.settimeout(10)
+            tls = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            try:
+                tls.do_handshake()
+                super().finish_request(tls, client_address)
+            except (ssl.SSLError, OSError):
+                pass
+            finally:
+                tls.close()  # wrap_socket detached the accepted socket: shutdown_request cannot close it
+
+    server = Server(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -97,3 +97,55 @@ def test_transformations_and_access_checks_end_to_end(tmp_path: Path, emu: Any, 
     status, body = curl("-x", proxy.url, f"{base}/blocked/6")
     assert (status, body) == (403, {"statusCode": 403, "message": "Forbidden"})
     assert backend.stats()["requests"] == []
+
+
+CREDENTIALS_RULES = """
+certificates:
+  orders-client: {{path: "{client}"}}
+authorizations:
+  github: {{octo: {{access_token: gho_e2e_secret, claims: {{login: octo}}}}}}
+rules:
+  - name: mtls
+    match: {{host: "{host}", path: /mtls}}
+    policy: |
+      <policies><inbound><authentication-certificate certificate-id="orders-client" /></inbound>
+      <backend><forward-request /></backend><outbound /><on-error /></policies>
+  - name: entra
+    match: {{host: "{host}", path: /aad}}
+    policy: |
+      <policies><inbound>
+        <validate-azure-ad-token tenant-id="{tenant}" authentication-endpoint="{authority}"
+            failed-validation-error-message="Unauthorized. Access token is missing or invalid.">
+          <audiences><audience>api://orders</audience></audiences>
+        </validate-azure-ad-token>
+        <get-authorization-context provider-id="github" authorization-id="octo" context-variable-name="gh" />
+        <return-response><set-body>@("hello " + ((Authorization)context.Variables["gh"]).Claims["login"])</set-body>
+        </return-response>
+      </inbound><backend /><outbound /><on-error /></policies>
+"""
+
+
+def test_credentials_end_to_end(tmp_path: Path, emu: Any, md_factory: Any, pki: dict[str, Any],
+                                mtls_backend: str) -> None:  # fmt: skip
+    """Reverse proxy to a backend that requires a client certificate: authentication-certificate presents it on
+    mitmproxy's upstream connection; validate-azure-ad-token against the emulator; get-authorization-context."""
+    import asyncio
+
+    from emulator_helpers import raw_token
+
+    host = mtls_backend.removeprefix("https://")
+    rules = write_rules(tmp_path, CREDENTIALS_RULES.format(client=pki["dir"] / "client.pem", host=host,
+                                                           tenant=emu.tenant_id, authority=emu.url))  # fmt: skip
+    proxy = md_factory(emu, rules, "--mode", f"reverse:{mtls_backend}",
+                       "--set", f"ssl_verify_upstream_trusted_ca={pki['dir'] / 'ca.pem'}")  # fmt: skip
+    proxy.wait_for("connection_strategy set to lazy")
+
+    status, body = curl(f"{proxy.url}/mtls/1")
+    assert (status, body) == (200, {"client": "orders-client"}), proxy.text()
+
+    status, body = curl(f"{proxy.url}/aad/1")
+    assert (status, body) == (401, {"statusCode": 401, "message": "Unauthorized. Access token is missing or invalid."})
+    token = asyncio.run(raw_token(emu.emulator, "api://orders"))[2]["access_token"]
+    status, body = curl("-H", f"Authorization: Bearer {token}", f"{proxy.url}/aad/2")
+    assert (status, body) == (200, "hello octo")
+    assert "gho_e2e_secret" not in proxy.text()

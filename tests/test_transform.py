@@ -15,12 +15,17 @@ from apim_mi.policy.statements.transform import json_to_xml_bytes, xml_to_json_v
 from apim_mi.trace import Trace
 from test_statements import FakeSender, FakeTokens, entries, policies
 
+FAKE = object()
+
 
 def make_run(xml: str, *, body: bytes = b"", headers: list[tuple[str, str]] | None = None,
-             method: str = "POST", url: str = "https://api.test/orders/42?x=1") -> engine.PolicyRun:  # fmt: skip
+             method: str = "POST", url: str = "https://api.test/orders/42?x=1",
+             settings: dict[str, Any] | None = None, send: Any = FAKE) -> engine.PolicyRun:  # fmt: skip
+    """A run of ``xml`` on one request; ``send=None`` makes side requests for real (aiohttp)."""
+    send = FakeSender() if send is FAKE else send
     policy = compose(DEFAULT_GLOBAL, load_policy_text(xml, source="t.xml"))
     request = Request(method, Url.parse(url), Headers(headers or [("Host", "api.test")]), Body(body))
-    services = engine.Services(FakeTokens(), "emulator", send=FakeSender())  # type: ignore[arg-type]
+    services = engine.Services(FakeTokens(), "emulator", send=send, settings=settings or {})  # type: ignore[arg-type]
     return engine.PolicyRun(policy, Context(request=request), Trace("t"), services)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
 
-from . import diagnostics, flowcontext, inspector, streaming
+from . import clientcerts, diagnostics, flowcontext, inspector, streaming
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
@@ -88,6 +88,7 @@ class ApimMi:
         self._settings: dict[str, Any] = {}
         self.inspector = inspector.Inspector()
         self.ai = AiState()  # token counters, metrics, semantic cache: shared by all flows and rule sets
+        self.upstream_certs = clientcerts.UpstreamCertificates()
         # Options read on every flow, copied here by configure (ctx.options deep-copies a value on each read).
         self._redact_on = True
         self._trace_on = True
@@ -187,8 +188,12 @@ class ApimMi:
         try:
             config = load_rules(path)
             self.config = config
-            self._settings = {**self._settings, "backends": config.backends}  # set-backend-service backend-id
+            self._settings = {**self._settings, **_config_settings(config)}
             self.matcher = Matcher(config.rules)
+            if clientcerts.presented_upstream(config) and ctx.options.connection_strategy != "lazy":
+                # the upstream TLS connection must open after the request hook chose the certificate
+                log.info("apim-mi: authentication-certificate: connection_strategy set to lazy")
+                ctx.options.update(connection_strategy="lazy")
             self._watched = {f: _mtime(f) for f in config.files}
         finally:
             gc.collect()
@@ -218,13 +223,14 @@ class ApimMi:
         try:
             # The tenant shown in a failed acquisition's "AAD Authority" (a token's own tid is used on success).
             settings: dict[str, Any] = {
-                "backends": self.config.backends if self.config else {},
+                **(_config_settings(self.config) if self.config else {}),
                 "tenant_id": os.environ.get("AZURE_TENANT_ID", ""),
                 "ai": self.ai,
             }
             if self.credential == "emulator":
                 await self._start_emulator()
                 settings["tenant_id"] = self.emulator.tenant_id
+                settings["entra_authority"] = self.emulator.url  # validate-azure-ad-token's OpenID discovery
             if ctx.options.mi_demo_backend:
                 await self._start_demo_backend(ctx.options.mi_demo_backend)
             timeout = float(ctx.options.mi_timeout)
@@ -486,6 +492,9 @@ class ApimMi:
                 await engine.handle_error(run, PolicyError(
                     "apim-mi", f"Refusing to send a managed identity token {insecure} to {destination.host} "
                                "(set allow_http: true on the rule to allow it).", "InsecureDestination"))  # fmt: skip
+        cert = run.client_certificates.get(id(context.request)) if run.response is None else None
+        if cert is not None:
+            await self._present_upstream(flow, run, cert)
         if run.response is not None:
             flow.response = flowcontext.make_response(run.response)
             self._finish(flow, state, url=received["request"]["url"])
@@ -494,6 +503,34 @@ class ApimMi:
         forwarded = inspector.forward_data(flow, run.forward_timeout, trace.secrets)
         trace.add("backend", "forward-request", forwarded)
         self._record(flow, state, url=forwarded["request"]["url"])  # both are the flow's pretty_url
+
+    async def _present_upstream(self, flow: http.HTTPFlow, run: engine.PolicyRun, cert: Any) -> None:
+        """authentication-certificate on the forwarded request: the upstream TLS connection mitmproxy opens next for
+        this client and address presents ``cert``; one already open cannot, so the request fails closed."""
+        url = run.context.request.url
+        address = (url.host, url.port)
+        server = flow.server_conn
+        if url.scheme == "https" and server.timestamp_tls_setup is not None and server.address == address:
+            await engine.handle_error(run, PolicyError(
+                "authentication-certificate", "The TLS connection to the backend was opened before the request was "
+                "read, so it cannot present the client certificate (start mitmdump with --set "
+                "connection_strategy=lazy).", "ClientCertificateNotPresented"))  # fmt: skip
+            return
+        self.upstream_certs.expect(flow.client_conn.id, address, cert)
+
+    def tls_start_server(self, tls_start: Any) -> None:
+        """Adds the client certificate authentication-certificate chose to the upstream TLS connection. Script addons
+        run before mitmproxy's tlsconfig, so its connection setup is done first, here."""
+        key = (tls_start.context.client.id, tls_start.context.server.address)
+        if not self.upstream_certs.pending(*key):
+            return
+        tlsconfig = ctx.master.addons.get("tlsconfig")
+        if tls_start.ssl_conn is None and tlsconfig is not None:
+            tlsconfig.tls_start_server(tls_start)
+        self.upstream_certs.apply(*key, tls_start.ssl_conn)
+
+    def client_disconnected(self, client: Any) -> None:
+        self.upstream_certs.forget(client.id)
 
     def _insecure_transport(self, scheme: str, host: str, rule: Rule) -> str:
         """Why a token must not go to this destination ("" when it may): plain http://, or https:// while
@@ -756,6 +793,11 @@ class ApimMi:
     def reload_command(self) -> str:
         """Re-read the rules file now (a broken file keeps the last good rules)."""
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
+
+
+def _config_settings(config: RulesConfig) -> dict[str, Any]:
+    """What policies read from the rules file: backends, client certificates, authorizations."""
+    return {"backends": config.backends, "certificates": config.certificates, "authorizations": config.authorizations}
 
 
 def _mtime(path: Path) -> float:

@@ -71,6 +71,10 @@ class RulesConfig:
     backends: dict[str, Backend] = field(default_factory=dict)
     #: An APIM instance (``sources.apiops.Gateway``) answering what the rules do not match.
     gateway: Any = None
+    #: authentication-certificate: certificate id / thumbprint -> {"path": PEM or PFX file, "password": …}
+    certificates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: get-authorization-context: provider id -> authorization id -> {"access_token": …, "claims": {…}}
+    authorizations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @cache
@@ -642,6 +646,8 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
         named_values=named,
         files=ctx.files,
         backends=_backends(data.get("backends") or {}, named, pos),
+        certificates=_certificates(data.get("certificates") or {}, named, pos, path.parent),
+        authorizations=_authorizations(data.get("authorizations") or {}, named, pos),
     )
     if "apim" in data:
         from .sources.apiops import from_rules_entry
@@ -650,6 +656,38 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
         config.files += config.gateway.instance.extraction.files + config.gateway.instance.overrides.files
         config.backends = {**config.gateway.instance.backend_settings(), **config.backends}
     return config
+
+
+def _certificates(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions,
+                  base_dir: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """``certificates:`` (id or thumbprint → file), each file read now so a bad one is a located load error."""
+    from .clientcerts import CertificateError, load_file
+
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        entry = {"path": v} if isinstance(v, str) else dict(v)
+        file = (base_dir / substitute_named_values(str(entry["path"]), named, pos.at(("certificates", k)))).resolve()
+        password = entry.get("password")
+        if password is not None:
+            password = substitute_named_values(str(password), named, pos.at(("certificates", k, "password")))
+        try:
+            load_file(file, password)
+        except CertificateError as e:
+            raise LoadError(pos.at(("certificates", k)), f"certificate '{k}': {e}") from None
+        out[str(k)] = {"path": str(file), "password": password}
+    return out
+
+
+def _authorizations(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, dict[str, Any]]:
+    """``authorizations:`` provider → authorization id → access token (named values substituted) and claims."""
+    out: dict[str, dict[str, Any]] = {}
+    for provider, entries in raw.items():
+        for auth_id, entry in (entries or {}).items():
+            where = pos.at(("authorizations", provider, auth_id, "access_token"))
+            token = substitute_named_values(str(entry.get("access_token", "")), named, where)
+            out.setdefault(str(provider), {})[str(auth_id)] = {"access_token": token,
+                                                               "claims": dict(entry.get("claims") or {})}
+    return out
 
 
 def _backends(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, Backend]:

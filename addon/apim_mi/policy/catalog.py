@@ -204,8 +204,10 @@ AUTH_CERT = ElementSpec(
     attributes=_attrs(
         AttributeSpec("thumbprint"), AttributeSpec("certificate-id"), AttributeSpec("body"), AttributeSpec("password")
     ),
-    supported=False,
     summary="Selects the TLS client certificate for the backend connection.",
+    limits="`certificate-id`/`thumbprint` name a PEM (certificate + key) or PFX file under the rules file's "
+    "`certificates:`; `body` takes a PFX byte[]. Presented on the forwarded request's upstream TLS connection "
+    "(mitmproxy's `connection_strategy` is set to `lazy` so it opens after the policy ran) or on send-request's.",
 )
 PROXY = ElementSpec(
     "proxy",
@@ -652,6 +654,46 @@ _CONTENT: tuple[ElementSpec, ...] = (
         "unmatched preflight always ends with an empty 200 (there is no other scope's cors to fall back to); "
         "actual requests are checked by origin only and get Allow-Origin/-Credentials/Expose-Headers on whatever "
         "response the caller gets.",
+    ),
+    ElementSpec(
+        "validate-azure-ad-token",
+        sections=INBOUND,
+        attributes=_attrs(
+            AttributeSpec("tenant-id", required=True), AttributeSpec("header-name"),
+            AttributeSpec("query-parameter-name"), AttributeSpec("token-value"),
+            AttributeSpec("authentication-endpoint"), _int("failed-validation-httpcode", "401"),
+            AttributeSpec("failed-validation-error-message"),
+            AttributeSpec("output-token-variable-name", expressions=False),
+        ),
+        body=Body.ELEMENTS,
+        children=(
+            _items("client-application-ids", "application-id"),
+            _items("backend-application-ids", "application-id"),
+            _items("audiences", "audience"),
+            ChildSpec(_list("required-claims", CLAIM)),
+            ChildSpec(_list("decryption-keys", ElementSpec("key", closed=False, body=Body.TEXT))),
+        ),
+        summary="Validates a Microsoft Entra ID token (tenant, audiences, client applications, claims).",
+        limits="Keys and issuer from `{authority}/{tenant-id}/v2.0/.well-known/openid-configuration`; the authority "
+        "is `authentication-endpoint`, else the embedded emulator, else `AZURE_AUTHORITY_HOST`, else "
+        "login.microsoftonline.com. Issuer v1 or v2 of the token's tenant; `backend-application-ids` match `aud` "
+        "as id or `api://id`; `client-application-ids` match `appid`/`azp`. Failures as validate-jwt (reasons, "
+        "`{\"statusCode\": 401, \"message\": …}`); no `decryption-keys`.",
+    ),
+    ElementSpec(
+        "get-authorization-context",
+        sections=INBOUND,
+        attributes=_attrs(
+            AttributeSpec("provider-id", required=True), AttributeSpec("authorization-id", required=True),
+            AttributeSpec("context-variable-name", required=True, expressions=False),
+            AttributeSpec("identity-type", default="managed"), AttributeSpec("identity"),
+            _bool("ignore-error", "false", expressions=True),
+        ),
+        summary="Gets an access token from a credential manager connection into a context variable.",
+        limits="A local credential manager: the rules file's `authorizations:` (provider id → authorization id → "
+        "`access_token`, `claims`) stands in for APIM's connections; `identity-type`/`identity` are not checked. "
+        "The variable holds an `Authorization` (`AccessToken`, `Claims`); the token is kept out of traces. Unknown "
+        "connection: `AuthorizationNotFound` (500), or null with `ignore-error`.",
     ),
     ElementSpec(
         "ip-filter",

@@ -213,6 +213,14 @@ class Response:
 
 
 @dataclass
+class Authorization:
+    """APIM's ``Authorization`` that get-authorization-context stores: ``AccessToken`` and ``Claims``."""
+
+    access_token: str
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class LastError:
     source: str
     reason: str

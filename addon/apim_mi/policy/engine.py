@@ -99,6 +99,8 @@ class PolicyRun:
     token_failures: list[str] = field(default_factory=list)
     #: Headers the caller's response gets whatever produced it (cors on an allowed cross-origin request).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: authentication-certificate's choice per request object (the main request, or a send-request's).
+    client_certificates: dict[int, Any] = field(default_factory=dict)
 
     def add_secret(self, secret: str) -> None:
         """Registers a token so no trace entry can ever show it."""

@@ -399,6 +399,7 @@ _TYPES = [
     "Microsoft.Azure.ApiManagement.IMessageBody",
     "Microsoft.Azure.ApiManagement.IUrl",
     "Microsoft.Azure.ApiManagement.Jwt",
+    "Microsoft.Azure.ApiManagement.Authorization",
     "Microsoft.Azure.ApiManagement.BasicAuthCredentials",
     "Microsoft.Azure.ApiManagement.IContext",
     "Microsoft.Azure.ApiManagement.ILastError",
@@ -460,6 +461,8 @@ def net_type_name(v: Any) -> str:
         return "Microsoft.Azure.ApiManagement.IResponse"
     if isinstance(v, Jwt):
         return "Microsoft.Azure.ApiManagement.Jwt"
+    if isinstance(v, ctx.Authorization):
+        return "Microsoft.Azure.ApiManagement.Authorization"
     if isinstance(v, BasicAuthCredentials):
         return "Microsoft.Azure.ApiManagement.BasicAuthCredentials"
     if isinstance(v, AnonymousObject):

@@ -1,19 +1,25 @@
-"""Policies that decide who gets in: cors (the gateway answers preflight itself) and ip-filter.
+"""Policies that decide who gets in and with which credentials: cors (the gateway answers preflight itself),
+ip-filter, validate-azure-ad-token, authentication-certificate and get-authorization-context.
 
 Failures answer with APIM's bodies and record ``context.LastError`` (apim.md §1.4): ip-filter ``CallerIpNotAllowed``
-with 403 ``{"statusCode": 403, "message": "Forbidden"}``. An unmatched CORS request is no error: APIM ends it with
-an empty 200 (``terminate-unmatched-request``, default true) or lets it through without CORS headers.
+with 403 ``{"statusCode": 403, "message": "Forbidden"}``; validate-azure-ad-token validate-jwt's reasons with
+``{"statusCode": 401, "message": …}``. An unmatched CORS request is no error: APIM ends it with an empty 200
+(``terminate-unmatched-request``, default true) or lets it through without CORS headers.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
+from typing import Any
 
 from ...errors import PolicyError
-from ..context import Body, Headers, Response
-from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string
+from ..context import Authorization, Body, Headers, Response
+from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate, evaluate_string
 from ..model import Statement
-from ._common import ResponseError, bool_attr, json_response, str_attr
+from ._common import ResponseError, bool_attr, int_attr, json_response, str_attr
+from .security import _Invalid, _openid_keys, _token, _verify_signature, check_lifetime, check_required_claims
 
 #: What APIM allows when <allowed-methods> is absent.
 DEFAULT_METHODS = ("GET", "POST")
@@ -166,7 +172,158 @@ async def ip_filter(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
                         "CallerIpNotAllowed", json_response(403, "Forbidden"))
 
 
+# ---------------------------------------------------------------------------------------- validate-azure-ad-token
+
+AAD = "validate-azure-ad-token"
+ENTRA = "https://login.microsoftonline.com"
+
+
+def entra_authority(run: PolicyRun, explicit: str | None) -> str:
+    """``authentication-endpoint``, else the emulator's (when it runs), else azure-identity's ``AZURE_AUTHORITY_HOST``,
+    else public Entra ID."""
+    found = explicit or run.services.settings.get("entra_authority") or os.environ.get("AZURE_AUTHORITY_HOST") or ENTRA
+    return found.strip().rstrip("/")
+
+
+def _is_guid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+async def _validate_entra(run: PolicyRun, stmt: Statement, scope: Scope) -> tuple[dict[str, Any], str]:
+    import jwt
+
+    tenant = (await str_attr(run, stmt, "tenant-id", scope) or "").strip()
+    token = await _token(run, stmt, scope)
+    if not token:
+        raise _Invalid("TokenNotPresent", "JWT not present.")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _Invalid("JwtInvalid", "The JWT is not well formed.") from None
+    authority = entra_authority(run, await str_attr(run, stmt, "authentication-endpoint", scope))
+    keys = await _openid_keys(run, f"{authority}/{tenant}/v2.0/.well-known/openid-configuration", header.get("kid"))
+    payload = _verify_signature(token, header, [(getattr(k, "key_id", None), k.key) for k in keys.keys])
+    check_lifetime(payload, 0, True)
+    tid = str(payload.get("tid", ""))
+    issuers = {f"https://sts.windows.net/{tid}/", f"{authority}/{tid}/v2.0"}
+    if keys.issuer:
+        issuers.add(keys.issuer.replace("{tenantid}", tid))
+    if payload.get("iss") not in issuers or (_is_guid(tenant) and tid.lower() != tenant.lower()):
+        raise _Invalid("TokenIssuerNotAllowed", f"The issuer '{payload.get('iss')}' (tenant '{tid}') is not allowed.")
+    audiences = await _texts(run, stmt, "audiences", "audience", scope)
+    for app in await _texts(run, stmt, "backend-application-ids", "application-id", scope):
+        audiences += [app, f"api://{app}"]
+    aud = payload.get("aud")
+    if audiences and not any(a in audiences for a in (aud if isinstance(aud, list) else [aud])):
+        raise _Invalid("TokenAudienceNotAllowed", f"The audience '{aud}' is not allowed.")
+    clients = await _texts(run, stmt, "client-application-ids", "application-id", scope)
+    client = payload.get("appid") or payload.get("azp")
+    if clients and client not in clients:
+        raise _Invalid("TokenClaimValueNotAllowed", f"The client application '{client}' is not allowed.")
+    await check_required_claims(run, stmt, scope, payload, AAD)
+    return payload, token
+
+
+async def validate_azure_ad_token(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """validate-jwt for Entra ID tokens: keys and issuer from the tenant's OpenID configuration, plus the client
+    (``appid``/``azp``) and backend (audience) application ids."""
+    try:
+        payload, token = await _validate_entra(run, stmt, scope)
+    except _Invalid as e:
+        code = await int_attr(run, stmt, "failed-validation-httpcode", scope) or 401
+        message = await str_attr(run, stmt, "failed-validation-error-message", scope) or e.message
+        run.trace.add(scope.section, AAD, {"message": e.message, "reason": e.reason, **UNVERIFIED})
+        raise ResponseError(AAD, e.message, e.reason, json_response(code, message)) from None
+    out = stmt.attr("output-token-variable-name")
+    if out:
+        from ..expressions.runtime_types import parse_jwt
+
+        run.context.variables[out] = parse_jwt(token)
+    shown = {k: payload[k] for k in ("aud", "iss", "appid", "azp", "oid", "tid", "exp") if k in payload}
+    run.trace.add(scope.section, AAD, {"message": "JWT validated.", "claims": shown, **UNVERIFIED})
+
+
+# ------------------------------------------------------------------------------------- authentication-certificate
+
+CERT = "authentication-certificate"
+
+
+async def _certificate(run: PolicyRun, stmt: Statement, scope: Scope) -> Any:
+    from ...clientcerts import CertificateError, from_pfx, load_file
+
+    password = await str_attr(run, stmt, "password", scope)
+    try:
+        if "body" in stmt.attrs:
+            data = await evaluate(run, stmt.attrs["body"], CERT, scope)
+            if not isinstance(data, bytes | bytearray):
+                raise CertificateError("the 'body' attribute must evaluate to byte[] (a PFX)")
+            return from_pfx(bytes(data), password)
+        key = await str_attr(run, stmt, "certificate-id", scope) or await str_attr(run, stmt, "thumbprint", scope)
+        certificates: dict[str, Any] = run.services.settings.get("certificates") or {}
+        entry = certificates.get(key or "") or next(
+            (v for k, v in certificates.items() if k.lower() == (key or "").lower()), None)  # fmt: skip
+        if entry is None:
+            known = ", ".join(sorted(certificates)) or "none declared under certificates:"
+            raise CertificateError(f"certificate '{key}' is not declared in the rules file ({known})")
+        return load_file(Path(entry["path"]), entry.get("password") or password)
+    except CertificateError as e:
+        raise PolicyError(CERT, f"The client certificate could not be loaded: {e}", "CertificateNotFound") from None
+
+
+async def authentication_certificate(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """Selects the client certificate the backend connection presents (the forwarded request, or the send-request
+    this statement is a child of)."""
+    cert = await _certificate(run, stmt, scope)
+    request = scope.request or run.context.request
+    run.client_certificates[id(request)] = cert
+    run.trace.add(scope.section, CERT, {
+        "message": f"Client certificate {cert.thumbprint} ({cert.subject}) will be presented to the backend.",
+        **UNVERIFIED,
+    })
+
+
+# -------------------------------------------------------------------------------------- get-authorization-context
+
+AUTHZ = "get-authorization-context"
+
+
+async def get_authorization_context(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """A local credential manager: the connection (provider + authorization id) comes from the rules file's
+    ``authorizations:``; its ``Authorization`` (AccessToken, Claims) lands in ``context-variable-name``."""
+    provider = (await str_attr(run, stmt, "provider-id", scope) or "").strip()
+    authorization = (await str_attr(run, stmt, "authorization-id", scope) or "").strip()
+    variable = stmt.attr("context-variable-name") or ""
+    ignore_error = await bool_attr(run, stmt, "ignore-error", scope)
+    declared: dict[str, Any] = run.services.settings.get("authorizations") or {}
+    entry = (declared.get(provider) or {}).get(authorization)
+    if entry is None:
+        message = (f"Authorization '{authorization}' of provider '{provider}' was not found (declare it under "
+                   "authorizations: in the rules file).")  # fmt: skip
+        run.trace.add(scope.section, AUTHZ, {"message": message, **UNVERIFIED})
+        if ignore_error:
+            run.context.variables[variable] = None
+            return
+        raise PolicyError(AUTHZ, message, "AuthorizationNotFound")
+    token = str(entry.get("access_token", ""))
+    run.add_secret(token)
+    run.context.variables[variable] = Authorization(token, dict(entry.get("claims") or {}))
+    run.trace.add(scope.section, AUTHZ, {
+        "message": f"Authorization '{authorization}' of provider '{provider}' is stored in context variable "
+                   f"'{variable}'.",
+        **UNVERIFIED,
+    })
+
+
 HANDLERS = {
     "cors": cors,
     "ip-filter": ip_filter,
+    AAD: validate_azure_ad_token,
+    CERT: authentication_certificate,
+    AUTHZ: get_authorization_context,
 }

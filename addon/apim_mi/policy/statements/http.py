@@ -25,17 +25,20 @@ _SELF_CHILDREN = frozenset({"set-url", "set-method"})
 
 
 async def default_send(
-    method: str, url: str, headers: list[tuple[str, str]], body: bytes | None, timeout: float
+    method: str, url: str, headers: list[tuple[str, str]], body: bytes | None, timeout: float,
+    client_cert: Any = None,
 ) -> Response:
-    """One HTTP exchange with aiohttp; raises ``TimeoutError`` or ``aiohttp.ClientError`` (``OSError``)."""
+    """One HTTP exchange with aiohttp; raises ``TimeoutError`` or ``aiohttp.ClientError`` (``OSError``).
+    ``client_cert`` (authentication-certificate) is presented on the TLS connection."""
     import aiohttp
     from multidict import CIMultiDict
 
     client_timeout = aiohttp.ClientTimeout(total=timeout)
+    ssl_context = client_cert.ssl_context() if client_cert is not None else None
     async with (
         aiohttp.ClientSession(trust_env=False, timeout=client_timeout, auto_decompress=True) as session,
         session.request(
-            method, url, headers=CIMultiDict(headers), data=body or None, allow_redirects=False, ssl=None
+            method, url, headers=CIMultiDict(headers), data=body or None, allow_redirects=False, ssl=ssl_context
         ) as resp,
     ):
         content = await resp.read()
@@ -120,8 +123,10 @@ async def _exchange(
         **UNVERIFIED,
     })
     send: Any = run.services.send or default_send
+    cert = run.client_certificates.pop(id(request), None)
+    extra = {"client_cert": cert} if cert is not None else {}
     try:
-        response = await asyncio.wait_for(send(request.method, url, headers, body, timeout), timeout + 1)
+        response = await asyncio.wait_for(send(request.method, url, headers, body, timeout, **extra), timeout + 1)
     except TimeoutError:
         return _failed(run, scope, ignore_error, variable, "Timeout",
                        "HTTP response status code and headers were not received from the backend within the "

@@ -243,6 +243,38 @@ def _claim_values(payload: dict[str, Any], name: str, separator: str | None) -> 
     return out
 
 
+def check_lifetime(payload: dict[str, Any], skew: int, require_exp: bool) -> None:
+    """``exp`` (required unless ``require_exp`` is false) and ``nbf``, with ``skew`` seconds of tolerance."""
+    now = time.time()
+    exp = payload.get("exp")
+    if exp is None:
+        if require_exp:
+            raise _Invalid("JwtInvalid", "The JWT has no expiration time (exp) and require-expiration-time is true.")
+    elif not isinstance(exp, int | float) or exp + skew < now:
+        raise _Invalid("TokenExpired", f"The JWT expired at {exp}.")
+    nbf = payload.get("nbf")
+    if isinstance(nbf, int | float) and nbf - skew > now:
+        raise _Invalid("JwtInvalid", f"The JWT is not valid before {nbf}.")
+
+
+async def check_required_claims(run: PolicyRun, stmt: Statement, scope: Scope, payload: dict[str, Any],
+                                source: str) -> None:  # fmt: skip
+    """``<required-claims>``: each claim present, with all (``match="all"``) or any of its ``<value>``s."""
+    required = stmt.child("required-claims")
+    for claim in required.children_named("claim") if required is not None else []:
+        name = await str_attr(run, claim, "name", scope, source=source) or ""
+        match = await str_attr(run, claim, "match", scope, source=source, parent="validate-jwt") or "all"
+        separator = await str_attr(run, claim, "separator", scope, source=source)
+        have = _claim_values(payload, name, separator)
+        if have is None:
+            raise _Invalid("TokenClaimNotFound", f"The required claim '{name}' is not present.")
+        wanted = [await evaluate_string(run, v.text, source, scope) or "" for v in claim.children_named("value")]
+        if wanted:
+            hits = [w for w in wanted if w in have]
+            if (match.lower() == "any" and not hits) or (match.lower() != "any" and len(hits) != len(wanted)):
+                raise _Invalid("TokenClaimValueNotAllowed", f"The claim '{name}' has a value that is not allowed.")
+
+
 async def _validate(run: PolicyRun, stmt: Statement, scope: Scope) -> dict[str, Any]:
     import jwt
 
@@ -274,17 +306,8 @@ async def _validate(run: PolicyRun, stmt: Statement, scope: Scope) -> dict[str, 
             raise _Invalid("JwtInvalid", "The JWT is not well formed.") from None
     else:
         payload = _verify_signature(token, header, candidates)
-    now = time.time()
     skew = await int_attr(run, stmt, "clock-skew", scope) or 0
-    exp = payload.get("exp")
-    if exp is None:
-        if await bool_attr(run, stmt, "require-expiration-time", scope):
-            raise _Invalid("JwtInvalid", "The JWT has no expiration time (exp) and require-expiration-time is true.")
-    elif not isinstance(exp, int | float) or exp + skew < now:
-        raise _Invalid("TokenExpired", f"The JWT expired at {exp}.")
-    nbf = payload.get("nbf")
-    if isinstance(nbf, int | float) and nbf - skew > now:
-        raise _Invalid("JwtInvalid", f"The JWT is not valid before {nbf}.")
+    check_lifetime(payload, skew, await bool_attr(run, stmt, "require-expiration-time", scope))
     audiences = await _texts(run, stmt, "audiences", "audience", scope)
     if audiences:
         aud = payload.get("aud")
@@ -294,21 +317,7 @@ async def _validate(run: PolicyRun, stmt: Statement, scope: Scope) -> dict[str, 
     issuers = await _texts(run, stmt, "issuers", "issuer", scope) or issuers_from_config
     if issuers and payload.get("iss") not in issuers:
         raise _Invalid("TokenIssuerNotAllowed", f"The issuer '{payload.get('iss')}' is not allowed.")
-    required = stmt.child("required-claims")
-    for claim in required.children_named("claim") if required is not None else []:
-        name = await str_attr(run, claim, "name", scope, source="validate-jwt") or ""
-        match = (await str_attr(run, claim, "match", scope, source="validate-jwt", parent="validate-jwt") or "all")
-        separator = await str_attr(run, claim, "separator", scope, source="validate-jwt")
-        have = _claim_values(payload, name, separator)
-        if have is None:
-            raise _Invalid("TokenClaimNotFound", f"The required claim '{name}' is not present.")
-        wanted = [
-            await evaluate_string(run, v.text, "validate-jwt", scope) or "" for v in claim.children_named("value")
-        ]
-        if wanted:
-            hits = [w for w in wanted if w in have]
-            if (match.lower() == "any" and not hits) or (match.lower() != "any" and len(hits) != len(wanted)):
-                raise _Invalid("TokenClaimValueNotAllowed", f"The claim '{name}' has a value that is not allowed.")
+    await check_required_claims(run, stmt, scope, payload, "validate-jwt")
     return payload
 
 
