@@ -5,6 +5,7 @@ in forward mode (the client calls https://contoso.azure-api.net through the prox
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from apim_mi.policy.loader import effective_policy_xml
 from apim_mi.sources.apiops import Answer, Gateway, GatewayRequest, Routed, load_instance
 from apim_mi.sources.apiops.overrides import Overrides
 from conftest import DEMO_AUDIENCE
+from keyvault_standin import KeyVaultThread
 from proxy import curl, proxy_for, write_rules
 
 CONTOSO = Path(__file__).resolve().parent / "data" / "apiops" / "contoso"
@@ -129,13 +131,20 @@ def test_missing_secret_named_value_is_a_startup_error_naming_it() -> None:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any) -> Any:
+def vault(emulator: Any) -> Any:
+    with KeyVaultThread(emulator.jwks_uri, emulator.issuer, {"orders-key": "kv-value"}) as kv:
+        yield kv
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any, vault: Any) -> Any:
     tmp = tmp_path_factory.mktemp("apiops")
     rules = write_rules(
         tmp,
         f"""
         apim:
           extraction: {CONTOSO}
+          key_vault: {{url: "{vault.url}", refresh: 1}}
           named_values: {{orders-secret: s3cr3t}}
           apis:
             orders: {{serviceUrl: "{backend.url}/api"}}
@@ -187,3 +196,43 @@ def test_forward_mode_backend_from_set_backend_service_and_apim_answers(proxy: A
     # another host is not the gateway: it passes through untouched (here: straight to the backend, no token)
     status, answer = curl("-x", proxy.url, f"{backend.url}/orders/42")
     assert status == 401
+
+
+def test_key_vault_named_value_fetched_with_the_proxys_identity_and_refreshed(
+    proxy: Any, vault: Any, emulator: Any
+) -> None:
+    url = f"http://contoso.azure-api.net/orders/1/items/2?key={MASTER}"
+    status, body = curl("-x", proxy.url, "-D", "-", url)
+    assert status == 200 and "x-vault-secret-length: 8" in str(body).lower(), body  # len("kv-value")
+    fetched = [r for r in vault.server.requests if "oid" in r]
+    assert fetched and fetched[0] == {"name": "orders-key", "api-version": "7.4", "oid": fetched[0]["oid"]}
+    assert fetched[0]["oid"]  # a token the stand-in validated against the emulator's keys
+    vault.server.secrets["orders-key"] = "rotated-value"  # rotated in the vault: the next refresh picks it up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, body = curl("-x", proxy.url, "-D", "-", url)
+        if "x-vault-secret-length: 13" in str(body).lower():
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the rotated secret never arrived: {body}\n{proxy.text()}")
+    assert "rotated-value" not in proxy.text() and "kv-value" not in proxy.text()  # secret values are never logged
+
+
+def test_key_vault_failure_is_a_clear_startup_error_and_fails_closed(
+    tmp_path: Path, emulator: Any, md_factory: Any, vault: Any
+) -> None:
+    rules = write_rules(
+        tmp_path,
+        f"""
+        apim:
+          extraction: {CONTOSO}
+          key_vault: {{url: "{vault.url}/missing-vault"}}
+          named_values: {{orders-secret: s3cr3t}}
+          subscriptions: {{master: {MASTER}}}
+    """,
+    )
+    md = md_factory(emulator, rules)
+    md.wait_for(r"apim-mi: could not start: named value 'vault-secret': .* answered 404")
+    status, body = curl("-x", md.url, f"http://contoso.azure-api.net/orders/1/items/2?key={MASTER}")
+    assert status == 500 and body["message"] == "Internal server error"  # type: ignore[index]

@@ -242,6 +242,10 @@ class ApimMi:
             if self.metrics is not None:
                 self.metrics.watch_tokens(self.tokens.status)
             self._settings = settings
+            if self.config is not None and self.config.gateway is not None:  # Key Vault named values, now
+                from .sources.apiops.flows import start
+
+                await start(self.config.gateway, self.tokens, self.credential)
             self._log_summary()
             self._ready.set_result(None)
             if ctx.options.mi_prefetch:
@@ -438,7 +442,9 @@ class ApimMi:
         if rule is None and self.config is not None and self.config.gateway is not None:
             from .sources.apiops.flows import route_flow  # an APIM instance answers what no rule matched
 
-            routed = route_flow(self.config.gateway, flow)
+            if self._ready is not None and not self._ready.done():
+                await asyncio.wait({self._ready}, timeout=ctx.options.mi_timeout)
+            routed = await route_flow(self.config.gateway, flow, self.tokens, self.credential)
             rule = routed.rule if routed is not None else None
         if rule is None:
             return

@@ -582,7 +582,7 @@ def load_rules(path: str | Path) -> RulesConfig:
 
         gateway = load_gateway(path)
         return RulesConfig(path=path, rules=[], files=gateway.instance.extraction.files, gateway=gateway,
-                           backends=gateway.instance.backend_settings())  # type: ignore[arg-type]
+                           backends=gateway.instance.publish_backends())
     try:
         text = path.read_text("utf-8")
     except FileNotFoundError:
@@ -654,7 +654,10 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
 
         config.gateway = from_rules_entry(data["apim"], base_dir, lambda p: pos.at(p, key=True))
         config.files += config.gateway.instance.extraction.files + config.gateway.instance.overrides.files
-        config.backends = {**config.gateway.instance.backend_settings(), **config.backends}
+        own = config.backends
+        config.gateway.instance.shadowed = set(own)
+        config.backends = config.gateway.instance.publish_backends()  # the very dict Key Vault refreshes update
+        config.backends.update(own)
     return config
 
 

@@ -7,22 +7,32 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ... import flowcontext
-from ...errors import PolicyError
+from ...errors import ApimMiError, PolicyError
 from ...policy.context import Context, Headers
+from .keyvault import KeyVaultError, KeyVaultValues
 from .routing import Answer, Gateway, GatewayRequest, Routed
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
+    from ...tokens import TokenProvider
+
 log = logging.getLogger("apim_mi")
 
 
-def route_flow(gateway: Gateway, flow: http.HTTPFlow) -> Routed | None:
+async def route_flow(gateway: Gateway, flow: http.HTTPFlow, tokens: TokenProvider | None, source: str) -> Routed | None:
     """The route of a flow the instance answers; ``None`` when the flow is not for the instance (forward mode,
-    another host) or when the gateway answered it itself (404, 401: ``flow.response`` is set)."""
+    another host) or when the gateway answered it itself (404, 401, or 500 when its Key Vault-backed named values
+    cannot be fetched: ``flow.response`` is set)."""
     reverse = getattr(flow.client_conn.proxy_mode, "type_name", "") == "reverse"
     req = flow.request
     if not reverse and not gateway.answers(req.pretty_host):
+        return None
+    try:
+        await start(gateway, tokens, source)
+    except ApimMiError as e:
+        log.error("apim-mi: %s %s [APIM gateway] failed closed: %s", req.method, flowcontext.pretty_url(req), e)
+        _answer(flow, Answer(500, "Internal server error", "KeyVaultFailure"))
         return None
     headers = Headers(req.headers.items(multi=True))
     found = gateway.route(GatewayRequest(req.method, flowcontext.pretty_url(req), headers))
@@ -30,6 +40,16 @@ def route_flow(gateway: Gateway, flow: http.HTTPFlow) -> Routed | None:
         _answer(flow, found)
         return None
     return found
+
+
+async def start(gateway: Gateway, tokens: TokenProvider | None, source: str) -> None:
+    """Fetches the instance's Key Vault-backed named values (once; then kept fresh)."""
+    if gateway.key_vault is None:
+        gateway.key_vault = KeyVaultValues(gateway.instance)
+    if not gateway.key_vault.fetched:
+        if tokens is None:
+            raise KeyVaultError("Key Vault-backed named values need the proxy's token provider, which did not start")
+        await gateway.key_vault.ensure(tokens, source)
 
 
 def _answer(flow: http.HTTPFlow, answer: Answer) -> None:

@@ -57,6 +57,10 @@ class Instance:
     backends: dict[str, BackendDef] = field(default_factory=dict)
     subscriptions: dict[str, SubscriptionDef] = field(default_factory=dict)
     errors: list[LoadError] = field(default_factory=list)
+    #: The published backend entities (``RulesConfig.backends`` is this very dict); ``shadowed`` ones belong to
+    #: the rules file and are never replaced.
+    targets: dict[str, Backend] = field(default_factory=dict)
+    shadowed: set[str] = field(default_factory=set)
     _rules: dict[tuple[str, str, str], Rule] = field(default_factory=dict)
 
     @property
@@ -146,6 +150,13 @@ class Instance:
             self._rules[key] = rule
         return rule
 
+    def publish_backends(self) -> dict[str, Backend]:
+        """(Re)computes the backend entities into ``targets`` (in place: the addon holds that dict)."""
+        for name, backend in self.backend_settings().items():
+            if name not in self.shadowed:
+                self.targets[name] = backend
+        return self.targets
+
     def backend_settings(self) -> dict[str, Backend]:
         """``set-backend-service backend-id`` lookups: id → the APIM backend entity, named values substituted."""
         values = self.values()
@@ -158,8 +169,9 @@ class Instance:
         try:
             check_pools(out)
         except BackendError as e:
-            raise LoadError(self.backends[e.backend].info if e.backend in self.backends else Location("backends"),
-                            str(e)) from None
+            raise LoadError(
+                self.backends[e.backend].info if e.backend in self.backends else Location("backends"), str(e)
+            ) from None
         return out
 
 

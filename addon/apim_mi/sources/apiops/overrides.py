@@ -9,7 +9,10 @@ An overrides mapping (a file, or the ``apim:`` mapping of a rules file) may hold
     backends: {name: url | {url: …, credentials: …}}
     apis: {name: {serviceUrl: url}}
     subscriptions: {name: key | {keys: [k1, k2], scope: all | api/<name> | product/<name>}}
-    key_vault: {"*": http://127.0.0.1:8200}  # where Key Vault secret URLs are fetched from (per vault host, or *)
+    key_vault:                               # Key Vault-backed named values
+      url: http://127.0.0.1:8200             # fetch every vault's secrets here instead (a local stand-in)
+      vaults: {contoso-kv.vault.azure.net: http://127.0.0.1:8200}   # or per vault
+      refresh: 14400                         # seconds between refreshes (APIM: every 4 hours)
 
 An APIOps ``configuration.<env>.yaml`` (``namedValues:``, ``backends:``, ``apis:`` lists of ``{name, properties}``)
 is accepted as it is, as a file of its own; its ``{#token#}`` placeholders (filled by a pipeline) count as no value.
@@ -37,7 +40,8 @@ class Overrides:
     apis: dict[str, dict[str, Any]] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     gateway_hosts: list[str] = field(default_factory=list)
-    key_vault: dict[str, str] = field(default_factory=dict)
+    key_vault: dict[str, str] = field(default_factory=dict)  # vault host (or "*") → base URL to fetch from
+    key_vault_refresh: float = 4 * 3600.0
     files: list[Path] = field(default_factory=list)
 
 
@@ -90,7 +94,19 @@ def apply_mapping(data: dict[str, Any], base_dir: Path, at: Any, out: Overrides)
         out.apis[str(name)] = {**out.apis.get(str(name), {}), **props}
     for name, value in _map(data, "subscriptions", at).items():
         out.subscriptions[str(name)] = _subscription(value, at(("subscriptions", name)))
-    out.key_vault.update({str(k).lower(): str(v) for k, v in _map(data, "key_vault", at).items()})
+    kv = _map(data, "key_vault", at)
+    for key in kv:
+        if key not in ("url", "vaults", "refresh"):
+            raise LoadError(at(("key_vault", key)), f"unknown key_vault field '{key}' (allowed: url, vaults, refresh)")
+    if "url" in kv:
+        out.key_vault["*"] = str(kv["url"])
+    out.key_vault.update(
+        {str(k).lower(): str(v) for k, v in _map(kv, "vaults", lambda p: at(("key_vault", *p))).items()}
+    )
+    if "refresh" in kv:
+        if not isinstance(kv["refresh"], int | float) or kv["refresh"] <= 0:
+            raise LoadError(at(("key_vault", "refresh")), "key_vault.refresh: a positive number of seconds")
+        out.key_vault_refresh = float(kv["refresh"])
     return out
 
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 from urllib.parse import unquote
 
 from ...policy.context import Api, Headers, Operation, Product, Subscription, SubscriptionKeyParameterNames, Url
@@ -153,6 +154,7 @@ class Gateway:
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
+        self.key_vault: Any = None  # keyvault.KeyVaultValues, made by flows.start on first use
         ext = instance.extraction
         self.hosts = tuple(DEFAULT_GATEWAY_HOSTS) + tuple(instance.overrides.gateway_hosts)
         self._by_path: dict[str, list[ApiDef]] = {}
