@@ -15,8 +15,8 @@ from apim_mi.policy.context import Headers
 from apim_mi.policy.loader import effective_policy_xml
 from apim_mi.sources.apiops import Answer, Gateway, GatewayRequest, Routed, load_instance
 from apim_mi.sources.apiops.overrides import Overrides
+from apiops_servers import KeyVaultThread
 from conftest import DEMO_AUDIENCE
-from keyvault_standin import KeyVaultThread
 from proxy import curl, proxy_for, write_rules
 
 CONTOSO = Path(__file__).resolve().parent / "data" / "apiops" / "contoso"

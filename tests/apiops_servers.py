@@ -1,6 +1,7 @@
-"""A local stand-in for Azure Key Vault's secrets API (``GET /secrets/{name}[/{version}]?api-version=…``) that
-validates the caller's bearer token against the emulator's JWKS (audience ``https://vault.azure.net``), answering
-with Key Vault's shapes: ``{"value", "id", "attributes"}``, and ``{"error": {"code", "message"}}`` with 401/404."""
+"""Local servers for the APIOps tests: an echo backend, and a stand-in for Azure Key Vault's secrets API
+(``GET /secrets/{name}[/{version}]?api-version=…``) that validates the caller's bearer token against the emulator's
+JWKS (audience ``https://vault.azure.net``) and answers with Key Vault's shapes: ``{"value", "id", "attributes"}``,
+and ``{"error": {"code", "message"}}`` with 401/404."""
 
 from __future__ import annotations
 
@@ -69,3 +70,37 @@ class KeyVaultThread(ServerThread[KeyVaultStandIn]):
     @property
     def server(self) -> KeyVaultStandIn:
         return self._server
+
+
+class EchoBackend(LoopbackServer):
+    """Answers every request with what it received (method, path, query, headers with values) and records it."""
+
+    _what = "echo backend"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []
+
+    def _build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._echo)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        return await self._listen(host, port)
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        seen = {"method": request.method, "path": request.path, "query": request.query_string,
+                "headers": {k.lower(): v for k, v in request.headers.items()}}  # fmt: skip
+        self.requests.append(seen)
+        return web.json_response(seen)
+
+
+class EchoThread(ServerThread[EchoBackend]):
+    def __init__(self) -> None:
+        server = EchoBackend()
+        super().__init__(server, "echo-backend", server.start)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        return self._server.requests
