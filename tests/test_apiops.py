@@ -5,6 +5,7 @@ in forward mode (the client calls https://contoso.azure-api.net through the prox
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,11 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any,
             master: {MASTER}
     """,
     )
-    md = proxy_for(tmp, emulator, rules)
+    with socket.socket() as probe:  # a free port for the second (reverse) listener
+        probe.bind(("127.0.0.1", 0))
+        reverse_port = probe.getsockname()[1]
+    md = proxy_for(tmp, emulator, rules, "--mode", "regular", "--mode", f"reverse:http://127.0.0.1:9@{reverse_port}")
+    md.reverse_port = reverse_port
     yield md
     md.stop()
 
@@ -236,3 +241,19 @@ def test_key_vault_failure_is_a_clear_startup_error_and_fails_closed(
     md.wait_for(r"apim-mi: could not start: named value 'vault-secret': .* answered 404")
     status, body = curl("-x", md.url, f"http://contoso.azure-api.net/orders/1/items/2?key={MASTER}")
     assert status == 500 and body["message"] == "Internal server error"  # type: ignore[index]
+
+
+def test_https_through_connect_acts_as_the_gateway(proxy: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The client keeps calling https://contoso.azure-api.net (trusting mitmproxy's CA); nothing goes to Azure."""
+    ca = next(Path(tmp_path_factory.getbasetemp()).glob("apiops*/confdir/mitmproxy-ca-cert.pem"))
+    status, body = curl("-x", proxy.url, "--cacert", str(ca), "-H", f"x-orders-key: {GOLD}",
+                        "https://contoso.azure-api.net/orders/mine")
+    assert status == 200 and body["path"] == "/api/mine", (body, proxy.text())  # type: ignore[index]
+
+
+def test_reverse_mode_answers_every_request(proxy: Any) -> None:
+    port = proxy.reverse_port
+    status, body = curl("-H", f"x-orders-key: {GOLD}", f"http://127.0.0.1:{port}/orders/42")
+    assert status == 200 and body["path"] == "/api/42", (body, proxy.text())  # type: ignore[index]
+    status, body = curl(f"http://127.0.0.1:{port}/elsewhere")
+    assert (status, body) == (404, {"statusCode": 404, "message": "Resource not found"})

@@ -151,6 +151,10 @@ class ApimMi:
             self._configure_metrics(opts.mi_metrics)
         if "mi_rules" in updated:
             self._load_rules()
+            if self.config is not None and self.config.gateway is not None:
+                from .sources.apiops.flows import connect_lazily
+
+                connect_lazily(opts)
         if self.config is not None and updated & {"mi_rules", "mi_credential"}:
             new_credential = opts.mi_credential or self.config.credential or "default"
             if self._running and new_credential != self.credential:

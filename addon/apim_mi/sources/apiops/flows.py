@@ -42,6 +42,15 @@ async def route_flow(gateway: Gateway, flow: http.HTTPFlow, tokens: TokenProvide
     return found
 
 
+def connect_lazily(options: Any) -> None:
+    """An instance answers for hosts such as ``contoso.azure-api.net``: mitmproxy must not connect to them (or look
+    them up) when a client opens a CONNECT tunnel, only to wherever the routed request goes."""
+    if options.connection_strategy != "lazy":
+        options.update(connection_strategy="lazy")
+        log.info("apim-mi: connection_strategy=lazy: the APIM instance's gateway hosts are never contacted, requests "
+                 "go to their backends")
+
+
 async def start(gateway: Gateway, tokens: TokenProvider | None, source: str) -> None:
     """Fetches the instance's Key Vault-backed named values (once; then kept fresh)."""
     if gateway.key_vault is None:
