@@ -5,7 +5,11 @@ in forward mode (the client calls https://contoso.azure-api.net through the prox
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,6 +119,55 @@ def test_scopes_compose_global_product_api_operation_with_fragments(gateway: Gat
         if s.attrs["name"].text == "x-trail"
     ]
     assert "s3cr3t" in effective_policy_xml(gold.rule.policy)  # the secret named value from the overrides
+
+
+def test_workspace_scope_sits_between_global_and_api(gateway: Gateway) -> None:
+    found = routed(gateway, "GET", "https://contoso.azure-api.net/team/stock/sku-1")
+    assert (found.api.name, found.api.workspace, found.matched) == ("team-stock", "team-a", {"sku": "sku-1"})
+    trail = [s.children[0].text.text for s in found.rule.policy.sections["outbound"]  # type: ignore[union-attr]
+             if s.attrs["name"].text == "x-trail"]  # fmt: skip
+    assert trail == ["global", "workspace", "api"]
+    assert "<!-- base: Begin Workspace scope -->" in effective_policy_xml(found.rule.policy)
+
+
+def test_validate_reports_the_instance_named_by_a_rules_file(tmp_path: Path) -> None:
+    rules = write_rules(
+        tmp_path,
+        f"""
+        apim:
+          extraction: {CONTOSO}
+          named_values: {{orders-secret: x}}
+          subscriptions: {{gold-sub: k}}
+    """,
+    )
+    out = subprocess.run([sys.executable, "-m", "apim_mi.cli", "validate", str(rules), "--effective"],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(CONTOSO.parents[3] / "addon")})  # fmt: skip
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    assert (
+        "APIOps extraction: 8 API(s)" in out.stdout
+        and 'orders "Orders": /orders -> https://orders-backend' in out.stdout
+    )
+    assert "GET     /{id}  [get-order] (policy)" in out.stdout and "<!-- base: Begin Product scope -->" in out.stdout
+    assert "vault-secret: https://contoso-kv.vault.azure.net/secrets/orders-key" in out.stdout
+    assert "subscriptions without a local key (give them under subscriptions: in the overrides): master" in out.stdout
+
+
+def test_broken_documents_are_located_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(CONTOSO, bad)
+    (bad / "apimartifacts/apis/orders/apiInformation.json").write_text('{"properties": {"path": "orders",}}')
+    with pytest.raises(LoadError) as err:
+        load_instance(bad, Overrides(named_values={"orders-secret": "x"}), env={})
+    assert str(err.value).endswith(
+        "apis/orders/apiInformation.json:1:33: invalid JSON: Illegal trailing comma before end of object"
+    )
+    shutil.copytree(CONTOSO, bad, dirs_exist_ok=True)
+    (bad / "apimartifacts/apis/orders/operations/get-order/policy.xml").write_text("<policies><inbound><base/>")
+    inst = load_instance(bad, Overrides(named_values={"orders-secret": "x"}), env={}, collect=True)
+    assert [str(e).split("apimartifacts/")[1].split(":")[0] for e in inst.errors] == [
+        "apis/orders/operations/get-order/policy.xml"
+    ]
 
 
 def test_missing_secret_named_value_is_a_startup_error_naming_it() -> None:
@@ -246,8 +299,9 @@ def test_key_vault_failure_is_a_clear_startup_error_and_fails_closed(
 def test_https_through_connect_acts_as_the_gateway(proxy: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The client keeps calling https://contoso.azure-api.net (trusting mitmproxy's CA); nothing goes to Azure."""
     ca = next(Path(tmp_path_factory.getbasetemp()).glob("apiops*/confdir/mitmproxy-ca-cert.pem"))
-    status, body = curl("-x", proxy.url, "--cacert", str(ca), "-H", f"x-orders-key: {GOLD}",
-                        "https://contoso.azure-api.net/orders/mine")
+    status, body = curl(
+        "-x", proxy.url, "--cacert", str(ca), "-H", f"x-orders-key: {GOLD}", "https://contoso.azure-api.net/orders/mine"
+    )
     assert status == 200 and body["path"] == "/api/mine", (body, proxy.text())  # type: ignore[index]
 
 
