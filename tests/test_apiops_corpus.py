@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,15 @@ def vault(emulator: Any) -> Iterator[Any]:
         yield kv
 
 
-def _proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, body: str) -> Any:
+@contextmanager
+def _gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, body: str) -> Iterator[Any]:
+    """A mitmdump acting as the instance a rules file (``body``) names."""
     tmp = tmp_path_factory.mktemp("corpus")
-    return proxy_for(tmp, emulator, write_rules(tmp, body))
+    md = proxy_for(tmp, emulator, write_rules(tmp, body))
+    try:
+        yield md
+    finally:
+        md.stop()
 
 
 def _get(md: Any, url: str, *headers: str) -> tuple[int, Any]:
@@ -74,10 +81,7 @@ def _get(md: Any, url: str, *headers: str) -> tuple[int, Any]:
 def test_pagopa_key_vault_backend_credentials_and_segment_versions(
     tmp_path_factory: pytest.TempPathFactory, emulator: Any, echo: Any, vault: Any
 ) -> None:
-    md = _proxy(
-        tmp_path_factory,
-        emulator,
-        f"""
+    rules = f"""
         apim:
           extraction: {PAGOPA}
           key_vault: {{url: "{vault.url}"}}
@@ -89,9 +93,8 @@ def test_pagopa_key_vault_backend_credentials_and_segment_versions(
           apis:
             function-demo: {{serviceUrl: "{echo.url}/fn-v1"}}
           subscriptions: {{AGSub: pagopa-all-apis}}
-    """,
-    )
-    try:
+    """
+    with _gateway(tmp_path_factory, emulator, rules) as md:
         key = "Ocp-Apim-Subscription-Key: pagopa-all-apis"
         status, seen = _get(md, "http://dx-d-itn-playground-pg-apim-01.azure-api.net/todo/tasks/7", key)
         assert status == 200, md.text()
@@ -103,17 +106,12 @@ def test_pagopa_key_vault_backend_credentials_and_segment_versions(
         status, body = _get(md, "http://dx-d-itn-playground-pg-apim-01.azure-api.net/todo/tasks/7")
         assert status == 401 and body["statusCode"] == 401, body
         assert "todo-function-key" not in md.text()
-    finally:
-        md.stop()
 
 
 def test_redbeard_configuration_file_named_values_and_outbound_scopes(
     tmp_path_factory: pytest.TempPathFactory, emulator: Any, echo: Any
 ) -> None:
-    md = _proxy(
-        tmp_path_factory,
-        emulator,
-        f"""
+    rules = f"""
         apim:
           extraction: {REDBEARD}
           configuration: {REDBEARD / "configuration.dev.yaml"}
@@ -133,9 +131,8 @@ def test_redbeard_configuration_file_named_values_and_outbound_scopes(
           subscriptions:
             66be28fcac212c004d070001: starter-key          # product starter: no health-check API
             66be28fcac212c004d070002: unlimited-key        # product unlimited: health-check
-    """,
-    )
-    try:
+    """
+    with _gateway(tmp_path_factory, emulator, rules) as md:
         status, body = _get(
             md, "http://red-scus-apimdemo-dev.azure-api.net/health-check/ping", "Ocp-Apim-Subscription-Key: starter-key"
         )
@@ -151,17 +148,12 @@ def test_redbeard_configuration_file_named_values_and_outbound_scopes(
         assert status == 200 and seen["path"] == "/func/HttpTrigger1" and seen["query"] == "name=x"  # an open API
         status, body = _get(md, "http://red-scus-apimdemo-dev.azure-api.net/dotnetfunc/nope")
         assert (status, body) == (404, {"statusCode": 404, "message": "Resource not found"})
-    finally:
-        md.stop()
 
 
 def test_gore_query_versions_and_subscription_scopes(
     tmp_path_factory: pytest.TempPathFactory, emulator: Any, echo: Any
 ) -> None:
-    md = _proxy(
-        tmp_path_factory,
-        emulator,
-        f"""
+    rules = f"""
         apim:
           extraction: {GORE}
           apis:
@@ -171,9 +163,8 @@ def test_gore_query_versions_and_subscription_scopes(
             6720ffc85ddd170760d22c0f: star-wars-key       # extracted, scoped to product star-wars-unlimited
             local-dogs: {{key: dogs-key, scope: api/dogs}}  # a local one
             local-all: {{key: all-key, scope: all}}
-    """,
-    )
-    try:
+    """
+    with _gateway(tmp_path_factory, emulator, rules) as md:
         gateway = "http://apim-apiops-dev-eastus2-001.azure-api.net"
         # the Dogs version set is versioned by the api-version query parameter
         status, seen = _get(
@@ -190,8 +181,6 @@ def test_gore_query_versions_and_subscription_scopes(
         assert status == 401 and len(echo.requests) == before, body  # that version's validate-jwt wants a token
         status, body = _get(md, f"{gateway}/dogs/breeds?api-version=1999-01-01", "Ocp-Apim-Subscription-Key: all-key")
         assert status == 404
-    finally:
-        md.stop()
 
 
 async def test_pagopa_backend_credentials_take_the_key_vault_value(

@@ -47,8 +47,10 @@ def connect_lazily(options: Any) -> None:
     them up) when a client opens a CONNECT tunnel, only to wherever the routed request goes."""
     if options.connection_strategy != "lazy":
         options.update(connection_strategy="lazy")
-        log.info("apim-mi: connection_strategy=lazy: the APIM instance's gateway hosts are never contacted, requests "
-                 "go to their backends")
+        log.info(
+            "apim-mi: connection_strategy=lazy: the APIM instance's gateway hosts are never contacted, requests "
+            "go to their backends"
+        )
 
 
 async def start(gateway: Gateway, tokens: TokenProvider | None, source: str) -> None:
