@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 import rulegen
+import streaming
 from common import BENCH, PYTHON, ROOT, Conn, Proc, clean_env, pct, spread
 
 ADDON = str(ROOT / "addon" / "mi.py")
@@ -964,6 +965,8 @@ def _render(res: dict[str, Any], s: Settings, out: Path, png: Path) -> dict[str,
         for c in list(t):
             t[int(c)] = t.pop(c)
     report, facts = build_report(res, s)
+    report += streaming.report(res.get("streaming"), s.smoke)
+    facts.update({f"streaming {k}": v for k, v in streaming.facts(res.get("streaming") or {}).items()})
     report = report.replace(
         "\n## Targets", f"\nWall time of this run: {res['meta']['duration_s']:.0f} s.\n\n## Targets", 1
     )
@@ -982,7 +985,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--png", type=Path, default=None, help="plot (default: next to --out, .png)")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
-    ap.add_argument("--sections", default="throughput,cold,expiry,micro")
+    ap.add_argument("--sections", default="throughput,cold,expiry,micro,streaming")
     ap.add_argument("--from-json", type=Path, default=None, help="re-render the report and plot from saved results")
     args = ap.parse_args()
     s = Settings.make(args.smoke)
@@ -1037,6 +1040,13 @@ def main() -> int:
         if "micro" in sections:
             log("section micro …")
             res["micro"] = finish_micro(s, ctx, micro_procs or start_micro(s, ctx))
+        if "streaming" in sections:
+            log("section streaming …")
+            try:
+                res["streaming"] = streaming.section(s.smoke, ctx)
+            except Exception as e:
+                res["streaming"] = {"errors": {"all": f"{type(e).__name__}: {e}"}, "trace": traceback.format_exc()}
+                log(f"section streaming failed: {traceback.format_exc()}")
     finally:
         emu.stop()
         backend.stop()

@@ -17,6 +17,7 @@ import pytest
 from apim_mi.openai_backend import OpenAIBackendThread
 from conftest import ROOT
 from proxy import Mitmdump, start_mitmdump, write_rules
+from test_metrics import samples
 
 EXAMPLE = ROOT / "examples" / "azure-openai-gateway.xml"
 TPM = 200
@@ -45,7 +46,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: An
     """,
     )
     md = start_mitmdump(
-        ["--mode", f"reverse:{standin.url}", "--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity"],
+        ["--mode", f"reverse:{standin.url}", "--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity",
+         "--set", "mi_metrics=127.0.0.1:0"],
         env=emulator.env("imds"), confdir=tmp / "confdir",
     )  # fmt: skip
     yield md
@@ -110,3 +112,12 @@ def test_openai_client_through_the_gateway(gateway: Mitmdump, standin: Any, emul
     assert err.value.body == {"statusCode": 429, "message": err.value.body["message"]}
     assert err.value.body["message"].startswith("Token limit is exceeded. Try again in ")
     assert standin.served()["requests"] == served_before  # the backend never saw it
+
+    # the token metrics the policy emitted equal what the backend reported in usage, on the Prometheus endpoint
+    port = int(gateway.wait_for(r"metrics and health at http://127\.0\.0\.1:(\d+)").group(1))
+    scraped = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text)
+    served = standin.served()
+    total = {name: sum(v for (n, labels), v in scraped.items() if n == name and ("namespace", "openai") in labels)
+             for name in ("Total_Tokens_total", "Prompt_Tokens_total", "Completion_Tokens_total")}  # fmt: skip
+    assert total == {"Total_Tokens_total": served["totalTokens"], "Prompt_Tokens_total": served["promptTokens"],
+                     "Completion_Tokens_total": served["completionTokens"]}  # fmt: skip

@@ -25,6 +25,7 @@ SECTIONS = (
     "## 1. Throughput and added latency through mitmdump",
     "## 2. Cold start",
     "## 3. Micro costs",
+    "## 4. Streaming",
 )
 NUMBER = re.compile(r"(?<![\w.])-?\d[\d ]*(?:\.\d+)?")
 # what the report prints for a value that is missing or not finite (a whole table cell, or its median)
@@ -54,7 +55,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         bad = [part for c in cells for part in re.split(r" / |, ", c) if MISSING.fullmatch(part.strip())]
         assert not bad, f"a value is missing in {row!r}"
     for section in ("bare mitmdump", "addon, 1 rule", "addon, APIM policy", "apim-mi addon", "naive sync",
-                    "naive async", "spread/10000", "header lookup"):  # fmt: skip
+                    "naive async", "spread/10000", "header lookup", "stream_large_bodies=1m"):  # fmt: skip
         assert any(section in r and NUMBER.search(r) for r in rows), f"no numbers for {section!r}:\n{report}"
 
     results = json.loads(raw.read_text())
@@ -72,6 +73,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert cold["apim-mi addon"][0]["token_requests"] == 1  # single-flight, even in smoke
     assert all(r["failed"] == 0 for rs in cold.values() for r in rs)
     assert results["expiry"]["runs"]["apim-mi addon"]["failed"] == 0
+    streamed = results["streaming"]
+    assert facts["streaming token_share"] == 1.0  # every streamed answer went through the rule with its token
+    for row in streamed["big"].values():  # every byte went down and up through the streaming variants
+        assert row["down_bytes"] == row["up_bytes"] == streamed["settings"]["big"], row
 
     if importlib.util.find_spec("matplotlib") is not None:
         png = out.with_suffix(".png")

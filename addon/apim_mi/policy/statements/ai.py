@@ -279,13 +279,21 @@ def _backend_id(run: PolicyRun) -> str:
     return ""
 
 
+def _emit(run: PolicyRun, namespace: str, name: str, dims: dict[str, str], value: float) -> None:
+    """Into the proxy's metrics (``mi.status``) and, when ``mi_metrics`` serves Prometheus, into its registry as the
+    counter ``<name>_total`` with the dimensions and ``namespace`` as labels (negative values: not a counter)."""
+    _ai(run).metrics.emit(namespace, name, dims, value)
+    prometheus = run.services.settings.get("metrics")
+    if prometheus is not None and value >= 0:
+        prometheus.counter(name, {"namespace": namespace, **dims}, value, "emitted by an APIM metric policy")
+
+
 async def emit_token_metric(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """``azure-openai-emit-token-metric`` / ``llm-emit-token-metric``: Total, Prompt and Completion Tokens with the
     dimensions evaluated now, emitted when the answer is complete."""
     source = stmt.name
     namespace = stmt.attr("namespace") or "API Management"
     dims = await _dimensions(run, stmt, scope, defaults=True)
-    metrics = _ai(run).metrics
 
     async def emit(run: PolicyRun, delivered: Delivered) -> None:
         usage = await _usage(run, delivered)
@@ -296,7 +304,7 @@ async def emit_token_metric(run: PolicyRun, stmt: Statement, scope: Scope) -> No
         values = dict(zip(TOKEN_METRICS, (usage.total_tokens, usage.prompt_tokens, usage.completion_tokens),
                           strict=True))  # fmt: skip
         for name, value in values.items():
-            metrics.emit(namespace, name, dims, float(value))
+            _emit(run, namespace, name, dims, float(value))
         run.trace.add(
             "outbound",
             source,
@@ -324,7 +332,7 @@ async def emit_metric(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
             "emit-metric", f"The metric value '{raw}' is not a number.", "ExpressionValueEvaluationFailure"
         ) from None
     dims = await _dimensions(run, stmt, scope, defaults=True)
-    _ai(run).metrics.emit(namespace, name, dims, value)
+    _emit(run, namespace, name, dims, value)
     run.trace.add(scope.section, "emit-metric", {"message": f"Metric '{name}' emitted to namespace '{namespace}'.",
                   "value": value, "dimensions": dims, **UNVERIFIED})  # fmt: skip
 
