@@ -138,6 +138,7 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     big = f"{s.big_rules:,} rules".replace(",", " ")
     variants = {
         "bare mitmdump": [],
+        "trivial addon": ["-s", str(BENCH / "trivial.py")],
         "addon, 1 rule": ["-s", ADDON, "--set", f"mi_rules={files['one']}"],
         f"addon, {big}": ["-s", ADDON, "--set", f"mi_rules={files['many']}"],
         "addon, APIM policy": ["-s", ADDON, "--set", f"mi_rules={files['policy']}"],
@@ -148,7 +149,7 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
 
     def start(item: tuple[int, tuple[str, list[str]]]) -> Proc:
         i, (_name, args) = item
-        extra = ["--set", "mi_credential=managed-identity"] if args else []
+        extra = ["--set", "mi_credential=managed-identity"] if ADDON in args else []
         return common.start_mitmdump(
             f"t{i}", backend.port, [*args, *extra], env=ctx["env"], confdir=ctx["tmp"] / f"confdir-t{i}", pin=ctx["pin"]
         )

@@ -28,7 +28,7 @@ from .policy import engine
 from .policy.ai import AiState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
 from .tokens import TokenProvider, azure_credential_factory
-from .trace import METADATA_KEY, REDACTED, Trace, scrub
+from .trace import METADATA_KEY, REDACTED, FlowRecord, Trace, scrub
 
 log = logging.getLogger("apim_mi")
 
@@ -46,6 +46,7 @@ class _FlowState:
     rule: Rule
     run: engine.PolicyRun
     started: float
+    request_id: str = ""
     redacted: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
     tap: streaming.Tap | None = None  # the answer streams through it
@@ -477,7 +478,8 @@ class ApimMi:
                 return
         assert self.tokens is not None
         request_id = uuid.uuid4()
-        received = inspector.request_data(flow)
+        url = flowcontext.pretty_url(flow.request)
+        received = inspector.request_later(flow, url)
         self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
         context, as_read = flowcontext.request_context(flow, request_id)
         if routed is not None:
@@ -487,11 +489,11 @@ class ApimMi:
         trace = Trace.since(request_id.hex, flow.request.timestamp_start)
         services = engine.Services(self.tokens, self._source(rule), settings=self._settings)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
-        state = _FlowState(rule, run, time.perf_counter())
+        state = _FlowState(rule, run, time.perf_counter(), str(request_id))
         self._flows[flow.id] = state
         trace.add("inbound", "api-inspector", received)
         trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
-                  else inspector.configuration_data(flow, rule))
+                  else inspector.configuration_later(flow, rule))
         await engine.run_inbound(run)
         if routed is not None and run.response is None and (no_backend := flows.unrouted(routed, context)):
             await engine.handle_error(run, no_backend)
@@ -507,12 +509,12 @@ class ApimMi:
             await self._present_upstream(flow, run, cert)
         if run.response is not None:
             flow.response = flowcontext.make_response(run.response)
-            self._finish(flow, state, url=received["request"]["url"])
+            self._finish(flow, state, url=url)
             return
-        flowcontext.apply_request(context.request, flow, as_read)
-        forwarded = inspector.forward_data(flow, run.forward_timeout, trace.secrets)
-        trace.add("backend", "forward-request", forwarded)
-        self._record(flow, state, url=forwarded["request"]["url"])  # both are the flow's pretty_url
+        if flowcontext.apply_request(context.request, flow, as_read):
+            url = flowcontext.pretty_url(flow.request)  # the URL or the Host header changed
+        trace.add("backend", "forward-request", inspector.forward_later(flow, run.forward_timeout, trace.secrets, url))
+        self._record(flow, state, url=url)
 
     async def _present_upstream(self, flow: http.HTTPFlow, run: engine.PolicyRun, cert: Any) -> None:
         """authentication-certificate on the forwarded request: the upstream TLS connection mitmproxy opens next for
@@ -580,7 +582,7 @@ class ApimMi:
             return
         if engine.backend_error_status(run, resp.status_code) is not None:
             return
-        run.trace.add("backend", "forward-request", inspector.response_data(flow))
+        run.trace.add("backend", "forward-request", inspector.response_later(flow))
         self._diagnose_backend(flow, state)
         run.streaming = True
         run.context.response = flowcontext.response_from_flow(resp)
@@ -631,7 +633,7 @@ class ApimMi:
         for it (``run.on_response``), then outbound."""
         assert flow.response is not None
         run = state.run
-        run.trace.add("backend", "forward-request", inspector.response_data(flow))
+        run.trace.add("backend", "forward-request", inspector.response_later(flow))
         self._diagnose_backend(flow, state)
         error = engine.backend_error_status(run, flow.response.status_code)
         if error is not None:
@@ -676,10 +678,9 @@ class ApimMi:
             for name, value in state.run.response_headers:
                 flow.response.headers[name] = value
         self._redact(flow, state)
-        trace = state.run.trace.to_json()  # once per flow, at its end; scrubbed (see Trace)
-        self._record(flow, state, url=url, trace=trace)
+        self._record(flow, state, url=url, final=True)
         self._flows.pop(flow.id, None)
-        self.inspector.finish(flow, trace)
+        self.inspector.finish(flow, state.run.trace)  # builds the APIM document only if the client asked for it
 
     def _diagnose_backend(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         """A backend 401/403 to a request carrying our token: say why (audience near misses), in trace and log; and
@@ -709,12 +710,10 @@ class ApimMi:
                 flow.request.headers.set_all(inj.header, [scrub(v, secrets) for v in values])
         state.redacted = True
 
-    def _record(
-        self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None, trace: dict[str, Any] | None = None
-    ) -> None:
+    def _record(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None, final: bool = False) -> None:
         """Summary into flow.comment/metadata and one log line (never a token), when the request leaves and again
-        when the flow ends (then with ``trace``, the finished APIM trace). ``url``: the flow's ``pretty_url`` if the
-        caller already has it."""
+        when the flow ends (``final``: then with the APIM trace, built when something reads it). ``url``: the flow's
+        ``pretty_url`` if the caller already has it."""
         run = state.run
         secrets = run.trace.secrets
         elapsed_ms = (time.perf_counter() - state.started) * 1000
@@ -732,15 +731,16 @@ class ApimMi:
         summary = {
             "rule": run.rule_name, "outcome": outcome, "identity": identity, "aud": claims.get("aud", ""),
             "exp": claims.get("exp"), "elapsed_ms": round(elapsed_ms, 3), "warnings": list(run.warnings),
-            "requestId": str(run.context.request_id),
+            "requestId": state.request_id,
         }  # fmt: skip
         first = not state.summary
         state.summary = summary
-        shown = scrub(summary, secrets) if secrets else summary
-        meta: dict[str, Any] = {"summary": shown}
-        if trace is not None and self._trace_on:
-            meta["trace"] = trace
-        flow.metadata[METADATA_KEY] = meta
+        shown = summary
+        if secrets:  # scrubbed (a copy) only if a secret occurs in one of its strings, which it practically never does
+            texts = "\n".join((run.rule_name, outcome, identity, str(summary["aud"]), *run.warnings))
+            if any(s in texts for s in secrets):
+                shown = scrub(summary, secrets)
+        flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
         aud = f" aud={summary['aud']}" if summary["aud"] else ""
         status = f", answered {flow.response.status_code}" if flow.response is not None else ""
         flow.comment = f"apim-mi [{run.rule_name}] {identity or '-'}{aud}: {outcome}{status} ({elapsed_ms:.1f} ms)"

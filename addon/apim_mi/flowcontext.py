@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy.net.http import url
 
 from .matcher import RequestTarget, normalize_path
-from .policy.context import Body, Context, Headers, Request, Response, Url
+from .policy.context import Body, Context, Headers, Query, Request, Response, Url
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -40,14 +41,19 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(slots=True)
 class Received:
-    """The request as ``context_from_flow`` read it, so ``apply_request`` writes back only what the policy changed."""
+    """The request as ``context_from_flow`` read it, so ``apply_request`` writes back only what the policy changed.
 
-    url: str
+    ``url``: the URL string read, or None when the ``Url`` was built from a plain request's parts (then ``str(parsed)``
+    is that string, and ``parsed``/``url_key`` tell whether the policy touched it)."""
+
+    url: str | None
     method: bytes
     headers: list[tuple[str, str]]
+    parsed: Url | None = None
+    url_key: tuple[Any, ...] = ()
 
 
-def _decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
+def decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     """Header fields as mitmproxy's ``headers.items(multi=True)`` decodes them."""
     return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
 
@@ -69,41 +75,91 @@ def pretty_url(req: http.Request) -> str:
     host_header = req.host_header
     if not host_header:
         return request_url(req)
-    host, port = url.parse_authority(host_header, check=False)
+    host, port = _authority(host_header)
     return _unparse(req.scheme, host, port or url.default_port(req.scheme) or 443, req.path)
+
+
+@lru_cache(maxsize=1024)
+def _authority(host_header: str) -> tuple[str, int | None]:
+    """mitmproxy's ``parse_authority`` (with its IDNA/host checks), once per distinct Host header."""
+    return url.parse_authority(host_header, check=False)
 
 
 def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
     return request_context(flow, request_id)[0]
 
 
+# What keeps a request's URL from being "plain" (see _url_of): urlsplit drops tabs/newlines and splits at '#'.
+_NOT_PLAIN = re.compile(r"[#\t\r\n]|\?$")
+
+
+def _url_key(u: Url) -> tuple[Any, ...]:
+    return (u.scheme, u.host, u.port, u.path, u.fragment, u._raw_query)
+
+
+def _url_of(req: http.Request) -> tuple[Url, str | None]:
+    """``Url.parse(request_url(req))``, and that string; for a plain URL (http/https, lower-case name, a path with
+    neither fragment nor control characters) built from mitmproxy's parsed parts instead, with the string left
+    unbuilt (None): it is ``str()`` of the result."""
+    scheme, host, path = req.scheme, req.host, req.path
+    if (
+        (scheme == "http" or scheme == "https")
+        and path[:1] == "/"
+        and host
+        and ":" not in host
+        and host == host.lower()
+        and not _NOT_PLAIN.search(path)
+    ):
+        p, _, q = path.partition("?")
+        query = Query.parse(q)
+        return Url(scheme, host, req.port, p, query, "", q, query.pairs()), None
+    raw = request_url(req)
+    return Url.parse(raw), raw
+
+
 def request_context(flow: http.HTTPFlow, request_id: uuid.UUID) -> tuple[Context, Received]:
     """The policy's ``context`` for a flow, and what was read (for ``apply_request``)."""
     req = flow.request
-    raw_url = request_url(req)
-    parsed = Url.parse(raw_url)
+    parsed, raw_url = _url_of(req)
     peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"
-    pairs = _decoded(req.headers.fields)
+    pairs = decoded(req.headers.fields)
     request = Request(
         method=req.method,
         url=parsed,
-        headers=Headers(pairs),
+        headers=Headers.of(list(pairs)),
         body=Body(req.raw_content or b""),
         ip_address=peer,
         original_url=parsed.copy(),
     )
-    return Context(request=request, request_id=request_id), Received(raw_url, req.data.method, pairs)
+    received = Received(raw_url, req.data.method, pairs, parsed, _url_key(parsed))
+    return Context(request=request, request_id=request_id), received
 
 
-def apply_request(request: Request, flow: http.HTTPFlow, received: Received | None = None) -> None:
-    """Writes the policy's view of the request back (URL, method, headers, body) before it is forwarded.
+def _hosts(pairs: list[tuple[str, str]]) -> list[str]:
+    return [v for n, v in pairs if n.lower() == "host"]
+
+
+def apply_request(request: Request, flow: http.HTTPFlow, received: Received | None = None) -> bool:
+    """Writes the policy's view of the request back (URL, method, headers, body) before it is forwarded; returns
+    whether the URL or the Host header changed (what ``pretty_url`` depends on).
 
     With ``received`` (from ``request_context``, the flow untouched since), what the policy left as it was is not
     written again; the result is the same."""
     req = flow.request
-    new_url = str(request.url)
-    if new_url != (received.url if received is not None else request_url(req)):
-        req.url = new_url
+    changed = False
+    u = request.url
+    untouched = (
+        received is not None
+        and received.url is None
+        and u is received.parsed
+        and _url_key(u) == received.url_key
+        and u.query.pairs() == u._raw_pairs
+    )
+    if not untouched:
+        new_url = str(u)
+        if new_url != (received.url if received is not None and received.url is not None else request_url(req)):
+            req.url = new_url
+            changed = True
     method = request.method.encode("utf-8", "surrogateescape")
     if received is None or method != received.method:
         req.data.method = method
@@ -112,8 +168,10 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
         req.headers.fields = tuple(
             (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs
         )
+        changed = changed or received is None or _hosts(pairs) != _hosts(received.headers)
     if request.body is not None and request.body.content != (req.raw_content or b""):
         req.content = request.body.content
+    return changed
 
 
 def response_from_flow(resp: http.Response) -> Response:

@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from . import flowcontext
-from .trace import canonical, scrub
+from .trace import Later, Trace, canonical, scrub
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
     from .rules import Rule
+
+Fields = tuple[tuple[bytes, bytes], ...]
 
 TRACE_HOST = "apim-mi.trace"
 REVERSE_PREFIX = "/" + TRACE_HOST
@@ -40,6 +42,7 @@ KEEP = 100
 SERVICE_NAME = "apim-mi"
 TRACE_HEADER = "Ocp-Apim-Trace"
 DEBUG_HEADER = "Apim-Debug-Authorization"
+_ASK_NAMES = (TRACE_HEADER.lower().encode(), DEBUG_HEADER.lower().encode())
 HIDDEN = "[hidden by apim-mi]"
 # Client credentials never shown in a trace (the injected token is scrubbed separately, to "[token redacted]").
 SENSITIVE = frozenset({
@@ -48,7 +51,7 @@ SENSITIVE = frozenset({
 })  # fmt: skip
 
 
-def _headers(pairs: Any, secrets: set[str] | None = None) -> list[dict[str, str]]:
+def _headers(pairs: Any, secrets: Any = None) -> list[dict[str, str]]:
     out = []
     for name, value in pairs:
         if name.lower() in SENSITIVE and not (secrets and any(s and s in value for s in secrets)):
@@ -57,48 +60,70 @@ def _headers(pairs: Any, secrets: set[str] | None = None) -> list[dict[str, str]
     return out
 
 
-def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
-    """The ``api-inspector`` request entry: the request as the proxy received it (client credentials hidden)."""
-    req = flow.request
-    headers = _headers(req.headers.items(multi=True))
-    return {"request": {"method": req.method, "url": flowcontext.pretty_url(req), "headers": headers}}
+def _request_entry(method: str, url: str, fields: Fields) -> dict[str, Any]:
+    return {"request": {"method": method, "url": url, "headers": _headers(flowcontext.decoded(fields))}}
 
 
-def configuration_data(flow: http.HTTPFlow, rule: Rule) -> dict[str, Any]:
-    """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule."""
-    req = flow.request
-    default_port = {"http": 80, "https": 443}.get(req.scheme) == req.port
+def _configuration_entry(rule: Rule, scheme: str, host: str, port: int, method: str, path: str) -> dict[str, Any]:
+    default_port = {"http": 80, "https": 443}.get(scheme) == port
     return {"configuration": {
         "api": {
             "from": rule.match.path,
-            "to": {"scheme": req.scheme, "host": req.host, "port": req.port, "path": "/", "queryString": "",
+            "to": {"scheme": scheme, "host": host, "port": port, "path": "/", "queryString": "",
                    "query": {}, "isDefaultPort": default_port},
             "version": None,
             "revision": "1",
         },
-        "operation": {"method": req.method, "uriTemplate": req.path.split("?", 1)[0]},
+        "operation": {"method": method, "uriTemplate": path.split("?", 1)[0]},
         "user": "-",
         "product": "-",
         "apim-mi": {"rule": rule.name, "definedAt": str(rule.location)},
     }}  # fmt: skip
 
 
-def forward_data(flow: http.HTTPFlow, timeout: float, secrets: set[str]) -> dict[str, Any]:
-    """The backend ``forward-request`` entry: the request as it leaves (an injected token shows as redacted)."""
-    req = flow.request
+def _forward_entry(timeout: float, method: str, url: str, fields: Fields, secrets: Any) -> dict[str, Any]:
     return {
         "message": f"Request is being forwarded to the backend service. Timeout set to {timeout:g} seconds",
-        "request": {"method": req.method, "url": flowcontext.pretty_url(req),
-                    "headers": scrub(_headers(req.headers.items(multi=True), secrets), secrets)},
+        "request": {"method": method, "url": url,
+                    "headers": scrub(_headers(flowcontext.decoded(fields), secrets), secrets)},
     }  # fmt: skip
 
 
-def response_data(flow: http.HTTPFlow) -> dict[str, Any]:
+def _response_entry(code: int, reason: str, fields: Fields) -> dict[str, Any]:
+    return {"response": {"status": {"code": code, "reason": reason},
+                         "headers": _headers(flowcontext.decoded(fields))}}  # fmt: skip
+
+
+def request_later(flow: http.HTTPFlow, url: str | None = None) -> Later:
+    """The ``api-inspector`` request entry: the request as the proxy received it (client credentials hidden),
+    computed when the trace is read from snapshots taken now; ``url``: the flow's pretty URL if already known."""
+    req = flow.request
+    return Later(_request_entry, req.method, url or flowcontext.pretty_url(req), req.headers.fields)
+
+
+def configuration_later(flow: http.HTTPFlow, rule: Rule) -> Later:
+    """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule."""
+    req = flow.request
+    return Later(_configuration_entry, rule, req.scheme, req.host, req.port, req.method, req.path)
+
+
+def forward_later(flow: http.HTTPFlow, timeout: float, secrets: set[str], url: str | None = None) -> Later:
+    """The backend ``forward-request`` entry: the request as it leaves (an injected token shows as redacted)."""
+    req = flow.request
+    return Later(_forward_entry, timeout, req.method, url or flowcontext.pretty_url(req), req.headers.fields,
+                 tuple(secrets))  # fmt: skip
+
+
+def response_later(flow: http.HTTPFlow) -> Later:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    return {"response": {"status": {"code": resp.status_code, "reason": resp.reason},
-                         "headers": _headers(resp.headers.items(multi=True))}}  # fmt: skip
+    return Later(_response_entry, resp.status_code, resp.reason, resp.headers.fields)
+
+
+def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The request entry, computed now."""
+    return request_later(flow)()
 
 
 def _debug_token_expiry(token: str) -> dt.datetime | None:
@@ -208,6 +233,8 @@ class Inspector:
     def begin(self, flow: http.HTTPFlow) -> None:
         """Takes the trace request headers off a matched flow (APIM consumes them) and remembers what was asked."""
         headers = flow.request.headers
+        if not any(n.lower() in _ASK_NAMES for n, _ in headers.fields):
+            return
         legacy = any(v.strip().lower() == "true" for v in headers.get_all(TRACE_HEADER))
         debug = headers.get(DEBUG_HEADER)
         for name in (TRACE_HEADER, DEBUG_HEADER):
@@ -237,15 +264,16 @@ class Inspector:
             return f"{scheme}://{host}:{port}{REVERSE_PREFIX}/traces/{trace_id}"
         return f"http://{TRACE_HOST}/traces/{trace_id}"
 
-    def finish(self, flow: http.HTTPFlow, trace: dict[str, Any]) -> None:
-        """Keeps the finished trace if the client asked for it, and tells the client where it is."""
+    def finish(self, flow: http.HTTPFlow, trace: Trace | dict[str, Any]) -> None:
+        """Keeps the finished trace if the client asked for it (the APIM document is built only then), and tells
+        the client where it is."""
         asked = self._pending.pop(flow.id, None)
         if asked is None or flow.response is None:
             return
         legacy, debug = asked
-        trace_id = str(trace.get("traceId", ""))
+        trace_id = trace.trace_id if isinstance(trace, Trace) else str(trace.get("traceId", ""))
         if legacy or debug == "ok":
-            self.store.put(trace_id, canonical(trace))
+            self.store.put(trace_id, canonical(trace.to_json() if isinstance(trace, Trace) else trace))
         self._announce(flow, asked, trace_id)
 
     def announce(self, flow: http.HTTPFlow, trace_id: str) -> None:

@@ -8,7 +8,6 @@ one from Azure. Nothing here ever sees a token: callers pass claims, not secrets
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,22 +72,6 @@ def _scrub_text(text: str, secrets: set[str] | frozenset[str]) -> str:
     return text
 
 
-# Characters json.dumps escapes (with ensure_ascii=False): a secret containing one cannot be found in the JSON text.
-_JSON_ESCAPED = re.compile(r'["\\\x00-\x1f]')
-_ENCODER = json.JSONEncoder(ensure_ascii=False, default=repr, check_circular=False)
-
-
-def _may_hold_secret(data: Any, secrets: set[str]) -> bool:
-    """False only when no secret can occur anywhere in ``data`` (one C-speed ``json.dumps`` instead of a walk)."""
-    if any(_JSON_ESCAPED.search(s) for s in secrets):
-        return True
-    try:
-        text = _ENCODER.encode(data)
-    except (TypeError, ValueError, RecursionError):
-        return True
-    return any(s and s in text for s in secrets)
-
-
 # The last whole second formatted (``strftime`` is the expensive part): entries of one request share it.
 _LAST_SECOND: tuple[int, str] = (-1, "")
 
@@ -144,22 +127,74 @@ def scrub(data: Any, secrets: set[str] | frozenset[str], ordered: bool = False) 
     return data
 
 
+class Later:
+    """Trace data computed only when the trace is read: ``fn(*args)``, where ``args`` are snapshots (immutable values
+    such as mitmproxy's header ``fields`` tuple) taken when the entry was added."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn = fn
+        self.args = args
+
+    def __call__(self) -> Any:
+        return self.fn(*self.args)
+
+
+class Entry:
+    """One recorded step: kept as given (section, source, data, seconds since receipt) and finished (timestamps
+    formatted, ``Later`` data computed, canonical key order, secrets scrubbed) only when the trace is read."""
+
+    __slots__ = ("data", "elapsed", "section", "source", "trace")
+
+    def __init__(self, trace: Trace, section: str, source: str, data: Any, elapsed: float) -> None:
+        self.trace = trace
+        self.section = section
+        self.source = source
+        self.data = data
+        self.elapsed = elapsed
+
+    def finished(self, secrets: set[str] | frozenset[str]) -> dict[str, Any]:
+        data = self.data
+        if type(data) is Later:
+            data = data()
+        el = self.elapsed
+        if secrets:
+            source = scrub(self.source, secrets)
+            data = scrub(data, secrets, ordered=True)
+        else:
+            source = self.source
+            data = canonical(data)
+        return {
+            "source": source,
+            "timestamp": format_timestamp(self.trace.started + el),
+            "elapsed": format_elapsed(el),
+            "data": data,
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        """The finished entry's field (``entry["elapsed"]``), as the APIM document will show it."""
+        return self.finished(self.trace.secrets)[key]
+
+
 @dataclass
 class Trace:
     """Entries of one request, timed from when the proxy received it (``started``, epoch seconds).
 
-    Entries are stored finished: canonical key order, scrubbed of the secrets known when they were added. An entry
-    added before a secret was registered is checked again (once) by ``to_json``.
+    Recording is cheap (``add`` keeps what it is given and the time); the APIM document (``to_json``, ``entries``)
+    is built when something reads it, and then every entry is scrubbed of every secret registered by then. So data
+    passed to ``add`` must not change afterwards: pass fresh values, or a ``Later`` over immutable snapshots.
     """
 
     trace_id: str
     started: float = field(default_factory=time.time)
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
-    entries: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {s: [] for s in SECTIONS})
     secrets: set[str] = field(default_factory=set, repr=False)
     _t0: float = field(default=0.0, repr=False)
-    # every entry added, with how many secrets were known then (``secrets`` only grows)
-    _added: list[tuple[dict[str, Any], int]] = field(default_factory=list, repr=False)
+    _added: list[Entry] = field(default_factory=list, repr=False)
+    # the finished entries by section, and (entries, secrets) counts they were built with
+    _built: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)
+    _built_for: tuple[int, int] = field(default=(-1, -1), repr=False)
 
     def __post_init__(self) -> None:
         self._t0 = self.clock()
@@ -177,49 +212,32 @@ class Trace:
     def elapsed(self) -> float:
         return self.clock() - self._t0
 
-    def add(self, section: str, source: str, data: Any) -> dict[str, Any]:
-        el = self.clock() - self._t0
-        secrets = self.secrets
-        if secrets:
-            source = scrub(source, secrets, ordered=True)
-            data = scrub(data, secrets, ordered=True)
-        else:
-            data = canonical(data)
-        entry = {
-            "source": source,
-            "timestamp": format_timestamp(self.started + el),
-            "elapsed": format_elapsed(el),
-            "data": data,
-        }
-        entries = self.entries.get(section)
-        if entries is None:
-            entries = self.entries[section] = []
-        entries.append(entry)
-        self._added.append((entry, len(secrets)))
+    def add(self, section: str, source: str, data: Any) -> Entry:
+        entry = Entry(self, section, source, data, self.clock() - self._t0)
+        self._added.append(entry)
         return entry
 
-    def _scrub_stale(self) -> None:
-        """Entries added before the last secret was registered: scrubbed now, if they hold it at all."""
+    def __len__(self) -> int:
+        return len(self._added)
+
+    @property
+    def entries(self) -> dict[str, list[dict[str, Any]]]:
+        """The finished entries by section (every APIM section present, empty ones too)."""
         secrets = self.secrets
-        n = len(secrets)
-        if not n:
-            return
-        added = self._added
-        stale = [i for i, (_, k) in enumerate(added) if k < n]
-        if not stale:
-            return
-        if _may_hold_secret([added[i][0] for i in stale], secrets):
-            for i in stale:
-                entry = added[i][0]
-                for key, value in list(entry.items()):
-                    entry[key] = scrub(value, secrets, ordered=True)
-        for i in stale:
-            added[i] = (added[i][0], n)
+        if self._built is None or self._built_for != (len(self._added), len(secrets)):
+            built: dict[str, list[dict[str, Any]]] = {s: [] for s in SECTIONS}
+            for entry in self._added:
+                finished = entry.finished(secrets)
+                section = built.get(entry.section)
+                if section is None:
+                    section = built[entry.section] = []
+                section.append(finished)
+            self._built, self._built_for = built, (len(self._added), len(secrets))
+        return self._built
 
     def to_json(self) -> dict[str, Any]:
         """The APIM document, in canonical key order; sections with no entries are left out, as APIM leaves out a
         skipped backend."""
-        self._scrub_stale()
         sections = {k: list(v) for k, v in self.entries.items() if v}
         return {"traceId": self.trace_id, "traceEntries": {k: sections[k] for k in _order(sections)}}
 
@@ -292,3 +310,86 @@ def outline(trace: dict[str, Any]) -> str:
     w_source = max(len(r[1]) for r in rows)
     w_ms = max(len(r[2]) for r in rows)
     return "\n".join(f"{a:<{w_section}}  {b:<{w_source}}  {c:>{w_ms}}  {d}" for a, b, c, d in rows) + "\n"
+
+
+class FlowRecord(dict[str, Any]):
+    """``flow.metadata['apim_mi']``: ``{"summary": …, "trace": …}``, where the APIM document under ``trace`` is built
+    from the flow's ``Trace`` only when something reads it (the content view, a saved flow, a script).
+
+    Every read (``[]``, ``get``, ``in``, iteration, ``json.dumps``, ``==``, copies) and every write builds it
+    first; ``copy.deepcopy`` (what ``flow.get_state()`` does for ``mitmdump -w``, flow copies and replays) and pickling
+    return the plain dict, so saved flows hold exactly today's document and read back as plain dicts.
+    """
+
+    __slots__ = ("_trace",)
+
+    def __init__(self, summary: dict[str, Any], trace: Trace | None) -> None:
+        super().__init__(summary=summary)
+        self._trace = trace
+
+    def build(self) -> FlowRecord:
+        trace = self._trace
+        if trace is not None:
+            self._trace = None
+            dict.__setitem__(self, "trace", trace.to_json())
+        return self
+
+    def __missing__(self, key: str) -> Any:
+        if key == "trace" and self._trace is not None:
+            return dict.__getitem__(self.build(), key)
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or (key == "trace" and self._trace is not None)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.get(self.build(), key, default)
+
+    def __iter__(self) -> Any:
+        return dict.__iter__(self.build())
+
+    def __len__(self) -> int:
+        return dict.__len__(self.build())
+
+    def keys(self) -> Any:
+        return dict.keys(self.build())
+
+    def values(self) -> Any:
+        return dict.values(self.build())
+
+    def items(self) -> Any:
+        return dict.items(self.build())
+
+    def __eq__(self, other: object) -> bool:
+        return dict.__eq__(self.build(), other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return dict.__repr__(self.build())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        dict.__setitem__(self.build(), key, value)
+
+    def __delitem__(self, key: str) -> None:
+        dict.__delitem__(self.build(), key)
+
+    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+        return dict.pop(self.build(), key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return dict.setdefault(self.build(), key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        dict.update(self.build(), *args, **kwargs)
+
+    def copy(self) -> dict[str, Any]:  # type: ignore[override]
+        return dict(self.build().items())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        import copy
+
+        return copy.deepcopy(dict(self.build().items()), memo)
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self.build().items()),))

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import quote, unquote_plus, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -23,6 +23,13 @@ class MultiMap:
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         self._pairs: list[tuple[str, str]] = [(str(n), str(v)) for n, v in pairs]
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, str]]) -> Self:
+        """A multimap that takes ``pairs`` (already ``str`` pairs) as its own list, without copying."""
+        m = cls.__new__(cls)
+        m._pairs = pairs
+        return m
 
     def get_all(self, name: str) -> list[str]:
         key = name.lower()

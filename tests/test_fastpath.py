@@ -1,0 +1,210 @@
+"""The per-flow fast path: a flow keeps a compact record and its APIM trace is built only when something reads it
+(content view, saved flow, trace endpoint, a script), and then it is exactly the document an eager build gives.
+
+Tokens come from the real azure-identity ManagedIdentityCredential against the local emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apim_mi import flowcontext
+from apim_mi.addon import ApimMi
+from apim_mi.contentview import ApimTraceContentview
+from apim_mi.policy.context import Url
+from apim_mi.tokens import TokenProvider, azure_credential_factory
+from apim_mi.trace import METADATA_KEY, FlowRecord, Later, Trace, canonical, render
+from conftest import DEMO_AUDIENCE
+from emulator_helpers import use_emulator
+from mitmproxy import contentviews
+from mitmproxy import io as mitmio
+from mitmproxy.test import taddons, tflow, tutils
+
+HOST = "api.test"
+
+
+@pytest.fixture(scope="module")
+def harness(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    mp = pytest.MonkeyPatch()
+    use_emulator(mp, emulator)
+    loop = asyncio.new_event_loop()
+
+    async def make_provider() -> TokenProvider:
+        return TokenProvider(azure_credential_factory(5.0), timeout=5.0, refresh_before=60.0)
+
+    tokens = loop.run_until_complete(make_provider())
+    try:
+        yield {"loop": loop, "tokens": tokens, "dir": tmp_path_factory.mktemp("fastpath"), "emulator": emulator}
+    finally:
+        loop.run_until_complete(tokens.close())
+        loop.close()
+        mp.undo()
+
+
+def _flows(harness: dict[str, Any], rules: str, *requests: tuple[bytes, tuple[tuple[bytes, bytes], ...]],
+           **options: Any) -> tuple[ApimMi, list[Any]]:  # fmt: skip
+    path: Path = harness["dir"] / f"rules-{abs(hash((rules, tuple(options.items()))))}.yaml"
+    path.write_text(rules)
+
+    async def run() -> tuple[ApimMi, list[Any]]:
+        addon = ApimMi()
+        flows = []
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, mi_rules=str(path), mi_credential="managed-identity", **options)
+            addon.tokens = harness["tokens"]
+            addon._ready = asyncio.get_running_loop().create_future()
+            addon._ready.set_result(None)
+            for req_path, headers in requests:
+                flow = tflow.tflow(req=tutils.treq(host=HOST, port=443, path=req_path,
+                                                   headers=((b"host", HOST.encode()), *headers)))  # fmt: skip
+                flow.request.scheme = "https"
+                await addon.request(flow)
+                if flow.response is None:
+                    flow.response = tutils.tresp()
+                    addon.responseheaders(flow)
+                    await addon.response(flow)
+                flows.append(flow)
+        return addon, flows
+
+    return harness["loop"].run_until_complete(run())
+
+
+RULES = f"""
+rules:
+  - name: api
+    match: {{host: "{HOST}", path: /api}}
+    resource: "{DEMO_AUDIENCE}"
+"""
+
+
+def test_trace_is_built_only_when_read_and_saved_flows_carry_it(harness: dict[str, Any], tmp_path: Path) -> None:
+    _, (flow,) = _flows(harness, RULES, (b"/api/orders", ()))
+    record = flow.metadata[METADATA_KEY]
+    assert isinstance(record, FlowRecord)
+    assert dict.__contains__(record, "summary") and not dict.__contains__(record, "trace")  # nothing built yet
+    assert record["summary"]["outcome"] == "token added to Authorization"
+
+    # Saving (mitmdump -w: flow.get_state() deep-copies the metadata) builds it, as a plain dict.
+    saved = tmp_path / "flows.mitm"
+    with saved.open("wb") as f:
+        mitmio.FlowWriter(f).add(flow)
+    with saved.open("rb") as f:
+        (read,) = list(mitmio.FlowReader(f).stream())
+    from_file = read.metadata[METADATA_KEY]
+    assert type(from_file) is dict and sorted(from_file) == ["summary", "trace"]
+    assert render(from_file["trace"]) == render(flow.metadata[METADATA_KEY]["trace"])
+    doc = canonical(from_file["trace"])  # the flow file keeps dicts in reverse order
+    sources = [e["source"] for entries in doc["traceEntries"].values() for e in entries]
+    assert sources == ["api-inspector", "api-inspector", "authentication-managed-identity",
+                       "authentication-managed-identity", "forward-request", "forward-request", "transfer-response"]
+    text = saved.read_bytes()
+    issued = harness["emulator"].stats()["issued_tokens"]
+    assert issued and b"Bearer [token redacted]" in text and not any(t.encode() in text for t in issued)
+
+    # The content view (mitmweb, --flow-detail 3) reads it the same way from memory and from the file.
+    view = ApimTraceContentview()
+    shown = view.prettify(b"", contentviews.Metadata(flow=flow, http_message=flow.response))
+    assert shown == view.prettify(b"", contentviews.Metadata(flow=read, http_message=read.response))
+
+
+def test_every_read_builds_the_same_document(harness: dict[str, Any]) -> None:
+    _, flows = _flows(harness, RULES, *[(b"/api/x", ())] * 6)
+    docs = [
+        json.loads(json.dumps(flows[0].metadata[METADATA_KEY]))["trace"],
+        flows[1].metadata[METADATA_KEY].get("trace"),
+        dict(flows[2].metadata[METADATA_KEY].items())["trace"],
+        copy.deepcopy(flows[3].metadata)[METADATA_KEY]["trace"],
+        {**flows[4].metadata[METADATA_KEY]}["trace"],
+        flows[5].copy().metadata[METADATA_KEY]["trace"],
+    ]
+    for doc in docs:
+        assert list(doc) == ["traceId", "traceEntries"] and len(doc["traceEntries"]["inbound"]) == 4
+    assert "trace" in flows[0].metadata[METADATA_KEY] and len(flows[0].metadata[METADATA_KEY]) == 2
+
+
+def test_no_trace_when_mi_trace_is_off(harness: dict[str, Any]) -> None:
+    _, (flow,) = _flows(harness, RULES, (b"/api/x", ()), mi_trace=False)
+    record = flow.metadata[METADATA_KEY]
+    assert "trace" not in record and record.get("trace") is None and list(record) == ["summary"]
+    assert copy.deepcopy(record) == {"summary": record["summary"]}
+
+
+def test_trace_protocol_builds_the_document_for_the_asking_client_only(harness: dict[str, Any]) -> None:
+    addon, (asked, plain) = _flows(harness, RULES, (b"/api/a", ((b"ocp-apim-trace", b"true"),)), (b"/api/b", ()))
+    (trace_id,) = addon.inspector.store.ids()
+    assert asked.response.headers["Ocp-Apim-Trace-Location"].endswith(trace_id)
+    assert addon.inspector.store.get(trace_id) == asked.metadata[METADATA_KEY]["trace"]
+    assert not dict.__contains__(plain.metadata[METADATA_KEY], "trace")
+
+
+def test_entries_show_the_request_as_it_was_when_recorded() -> None:
+    """Data recorded with ``Later`` is computed at read time from snapshots: later changes to the flow (the token
+    going in, redaction) do not reach the entry."""
+    from apim_mi import inspector
+
+    flow = tflow.tflow()
+    flow.request.headers["X-Before"] = "1"
+    trace = Trace("t")
+    trace.add("inbound", "api-inspector", inspector.request_later(flow))
+    flow.request.headers["X-After"] = "2"
+    del flow.request.headers["X-Before"]
+    names = [h["name"] for h in trace.to_json()["traceEntries"]["inbound"][0]["data"]["request"]["headers"]]
+    assert "X-Before" in names and "X-After" not in names
+    assert Later(lambda a, b: a + b, 1, 2)() == 3
+
+
+def test_a_secret_registered_after_an_entry_is_still_scrubbed() -> None:
+    trace = Trace("t")
+    trace.add("inbound", "x", {"message": "saw eyJ.late.sig"})
+    assert trace.to_json()["traceEntries"]["inbound"][0]["data"]["message"] == "saw eyJ.late.sig"
+    trace.secrets.add("eyJ.late.sig")
+    assert trace.to_json()["traceEntries"]["inbound"][0]["data"]["message"] == "saw [token redacted]"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "path"),
+    [
+        ("https", "api.test", 443, "/a/b?x=1&y=%20z"),
+        ("http", "api.test", 8080, "/"),
+        ("https", "API.Test", 443, "/a"),  # upper case: parsed the slow way, lower-cased as urlsplit does
+        ("https", "::1", 8443, "/a?b"),
+        ("https", "api.test", 443, "/a#frag"),
+        ("https", "api.test", 443, "/a?"),
+        ("http", "api.test", 80, "/a?q=1&q=2&e="),
+        ("https", "api.test", 443, "*"),
+    ],
+)
+def test_the_context_url_is_what_parsing_the_request_url_gives(scheme: str, host: str, port: int, path: str) -> None:
+    req = tutils.treq(host=host, port=port, path=path.encode())
+    req.scheme = scheme
+    url, raw = flowcontext._url_of(req)
+    expected = Url.parse(flowcontext.request_url(req))
+    assert url == expected and url._raw_query == expected._raw_query and str(url) == str(expected)
+    if raw is None:
+        assert str(url) == flowcontext.request_url(req)
+
+
+def test_a_policy_that_leaves_the_url_alone_does_not_rewrite_it() -> None:
+    flow = tflow.tflow(req=tutils.treq(host="api.test", port=443, path=b"/a?x=%41"))
+    flow.request.scheme = "https"
+    ctx, received = flowcontext.request_context(flow, __import__("uuid").uuid4())
+    before = flow.request.url
+    ctx.request.headers.set("Authorization", ["Bearer t"])
+    assert not flowcontext.apply_request(ctx.request, flow, received)  # headers changed, URL and Host did not
+    assert flow.request.url == before and flow.request.headers["Authorization"] == "Bearer t"
+    ctx.request.url.path = "/b"
+    assert flowcontext.apply_request(ctx.request, flow, received)
+    assert flow.request.path == "/b?x=%41"
+
+
+def test_record_serialises_like_a_dict(harness: dict[str, Any]) -> None:
+    _, (flow,) = _flows(harness, RULES, (b"/api/x", ()))
+    buf = io.BytesIO()
+    mitmio.FlowWriter(buf).add(flow)
+    assert b"traceEntries" in buf.getvalue()
