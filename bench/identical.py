@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import io as _io
 import itertools
 import logging
@@ -117,7 +118,8 @@ def main() -> None:
                     if flow.response is None:
                         headers = ((b"x-powered-by", b"x"), (b"content-type", b"text/plain"))
                         flow.response = tutils.tresp(headers=headers)
-                        addon.responseheaders(flow)
+                        if inspect.isawaitable(pending := addon.responseheaders(flow)):
+                            await pending
                         await addon.response(flow)
 
                 loop.run_until_complete(hooks())

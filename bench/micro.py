@@ -12,6 +12,7 @@ import asyncio
 import base64
 import cProfile
 import gc
+import inspect
 import io
 import json
 import pstats
@@ -295,7 +296,8 @@ def bench_hooks(quick: bool, profile: bool) -> dict[str, Any]:
                     f = make_flow()
                     await addon.request(f)
                     f.response = tutils.tresp()
-                    addon.responseheaders(f)
+                    if inspect.isawaitable(pending := addon.responseheaders(f)):
+                        await pending
                     await addon.response(f)
                     return f
 

@@ -67,7 +67,7 @@ def _flows(harness: dict[str, Any], rules: str, *requests: tuple[bytes, tuple[tu
                 await addon.request(flow)
                 if flow.response is None:
                     flow.response = tutils.tresp()
-                    addon.responseheaders(flow)
+                    await addon.responseheaders(flow)
                     await addon.response(flow)
                 flows.append(flow)
         return addon, flows

@@ -170,7 +170,7 @@ async def _through_addon(addon: ApimMi, req: RequestSpec) -> tuple[Any, dict[str
     sent = {k.lower(): v for k, v in flow.request.headers.items(multi=True)}
     if flow.response is None:
         flow.response = tutils.tresp()
-        addon.responseheaders(flow)
+        await addon.responseheaders(flow)
     await addon.response(flow)
     return flow, before, sent
 
