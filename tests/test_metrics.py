@@ -230,3 +230,25 @@ def test_no_string_work_per_flow_when_off() -> None:
     assert addon.metrics is None
     addon._count("matched", "r")
     assert addon.counters["matched"] == 1
+
+
+def test_apim_mi_healthcheck(scraped: dict[str, Any]) -> None:
+    """The container HEALTHCHECK: the URL from APIM_MI_SET_MI_METRICS, exit 0 when healthy, 1 when not."""
+    import subprocess
+    import sys
+
+    from proxy import clean_env
+
+    apim_mi = str(Path(sys.executable).parent / "apim-mi")
+    port = scraped["base"].rsplit(":", 1)[1]
+
+    def run(*args: str, metrics: str) -> subprocess.CompletedProcess[str]:
+        env = clean_env({"APIM_MI_SET_MI_METRICS": metrics})
+        return subprocess.run([apim_mi, "healthcheck", *args], env=env, capture_output=True, text=True, timeout=30)
+
+    ok = run(metrics=f"0.0.0.0:{port}")
+    assert ok.returncode == 0 and '200 {"status": "alive"}' in ok.stdout
+    assert run("--ready", metrics=f"0.0.0.0:{port}").returncode == 0
+    assert run(metrics="127.0.0.1:9").returncode == 1
+    missing = run(metrics="")
+    assert missing.returncode == 1 and "APIM_MI_SET_MI_METRICS is not set" in missing.stderr

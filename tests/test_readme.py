@@ -204,6 +204,8 @@ def apim_mi_commands() -> list[tuple[Path, str]]:
     for doc in DOCS:
         for line in _code_lines(doc):
             for part in re.split(r"\s*(?:&&|\|\||;|\|)\s*", line):
+                if part.startswith("docker "):  # apim-mi is the image's name there, not the command
+                    continue
                 m = re.search(r"\$\((?:\.venv/bin/)?apim-mi(\s[^)]*)\)", part) or re.search(
                     r"(?:^|\s|\$\()(?:\.venv/bin/)?apim-mi(\s.*)?$", part
                 )

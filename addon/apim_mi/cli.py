@@ -375,6 +375,23 @@ def _wait_ready(proc: subprocess.Popen[str], lines: list[str], timeout: float = 
     return False
 
 
+# -- healthcheck ------------------------------------------------------------------------------------------------
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when the proxy's health (or readiness) endpoint answers 200, else 1 (Docker's HEALTHCHECK codes)."""
+    from . import launcher
+
+    try:
+        url = args.url or launcher.health_url(os.environ, ready=args.ready)
+    except ValueError as e:
+        _print_err(f"error: {e}")
+        return 1
+    healthy, said = launcher.healthcheck(url, args.timeout)
+    print(said)
+    return EXIT_OK if healthy else 1
+
+
 # -- emulator ---------------------------------------------------------------------------------------------------
 
 
@@ -461,6 +478,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--serve", action="store_true", help="keep the proxy running afterwards")
     d.add_argument("-v", "--verbose", action="store_true", help="show all of mitmdump's output")
     d.set_defaults(func=cmd_demo)
+    hc = sub.add_parser(
+        "healthcheck", help="exit 0 if the proxy's /healthz (or /readyz) answers 200 (container HEALTHCHECK)",
+        description="GET the health endpoint that mi_metrics serves: the URL comes from APIM_MI_SET_MI_METRICS (a "
+                    "0.0.0.0 listener is reached on 127.0.0.1) unless --url is given. Exit 0 healthy, 1 not.",
+    )  # fmt: skip
+    hc.add_argument("--ready", action="store_true", help="check /readyz instead of /healthz")
+    hc.add_argument("--url", default="", help="the endpoint to check (default: from APIM_MI_SET_MI_METRICS)")
+    hc.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    hc.set_defaults(func=cmd_healthcheck)
     tr = sub.add_parser(
         "trace", help="print the APIM traces stored in a saved flow file (mitmdump -w)",
         description="Render the APIM trace of every matched flow in a file saved with mitmdump -w, as mitmweb's "

@@ -54,3 +54,28 @@ def run(tool: str, argv: Sequence[str], environ: Mapping[str, str]) -> int:
     except KeyboardInterrupt:
         return 0
     return 0
+
+
+def health_url(environ: Mapping[str, str], ready: bool = False) -> str:
+    """The ``/healthz`` (or ``/readyz``) URL of this process's ``mi_metrics`` endpoint, from ``APIM_MI_SET_MI_METRICS``
+    (a wildcard listen address is reached on loopback). ValueError when the variable is missing or wrong."""
+    from .metrics import parse_listen
+
+    spec = environ.get(f"{ENV_PREFIX}MI_METRICS", "")
+    if not spec:
+        raise ValueError(f"{ENV_PREFIX}MI_METRICS is not set (the health endpoint is served by mi_metrics)")
+    host, port = parse_listen(spec)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/{'readyz' if ready else 'healthz'}"
+
+
+def healthcheck(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """(healthy, what the endpoint said): the container HEALTHCHECK and a Kubernetes exec probe both use it."""
+    import httpx
+
+    try:
+        r = httpx.get(url, timeout=timeout, trust_env=False)
+    except httpx.HTTPError as e:
+        return False, f"{url}: {e!r}"
+    return r.status_code == 200, f"{url}: {r.status_code} {r.text.strip()}"
