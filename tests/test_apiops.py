@@ -20,7 +20,7 @@ from apim_mi.policy.context import Headers
 from apim_mi.policy.loader import effective_policy_xml
 from apim_mi.sources.apiops import Answer, Gateway, GatewayRequest, Routed, load_instance
 from apim_mi.sources.apiops.overrides import Overrides
-from apiops_servers import KeyVaultThread
+from apiops_servers import EchoThread, KeyVaultThread
 from conftest import DEMO_AUDIENCE
 from proxy import curl, proxy_for, write_rules
 
@@ -145,7 +145,7 @@ def test_validate_reports_the_instance_named_by_a_rules_file(tmp_path: Path) -> 
                          env={**os.environ, "PYTHONPATH": str(CONTOSO.parents[3] / "addon")})  # fmt: skip
     assert out.returncode in (0, 1), out.stdout + out.stderr
     assert (
-        "APIOps extraction: 8 API(s)" in out.stdout
+        "APIOps extraction: 9 API(s)" in out.stdout
         and 'orders "Orders": /orders -> https://orders-backend' in out.stdout
     )
     assert "GET     /{id}  [get-order] (policy)" in out.stdout and "<!-- base: Begin Product scope -->" in out.stdout
@@ -182,6 +182,12 @@ def test_missing_secret_named_value_is_a_startup_error_naming_it() -> None:
 
 
 # -- end to end ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def echo_backend() -> Any:
+    with EchoThread() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +257,10 @@ def test_forward_mode_backend_from_set_backend_service_and_apim_answers(proxy: A
     assert status == 401 and "invalid subscription key" in answer["message"]  # type: ignore[index]
     status, answer = curl("-x", proxy.url, "http://contoso.azure-api.net/no-such-api")
     assert (status, answer) == (404, {"statusCode": 404, "message": "Resource not found"})
+    # an API without serviceUrl whose policy sets no backend has nowhere to go: never the gateway host itself
+    status, answer = curl("-x", proxy.url, "http://contoso.azure-api.net/legacy/ping")
+    assert status == 500 and answer["message"] == "Internal server error"  # type: ignore[index]
+    assert "API 'legacy' has no serviceUrl and its policy sets no backend" in proxy.text()
     # another host is not the gateway: it passes through untouched (here: straight to the backend, no token)
     status, answer = curl("-x", proxy.url, f"{backend.url}/orders/42")
     assert status == 401
@@ -311,3 +321,38 @@ def test_reverse_mode_answers_every_request(proxy: Any) -> None:
     assert status == 200 and body["path"] == "/api/42", (body, proxy.text())  # type: ignore[index]
     status, body = curl(f"http://127.0.0.1:{port}/elsewhere")
     assert (status, body) == (404, {"statusCode": 404, "message": "Resource not found"})
+
+
+def test_hot_reload_picks_up_a_new_api_and_keeps_the_last_good_instance(
+    tmp_path: Path, emulator: Any, echo_backend: Any, md_factory: Any
+) -> None:
+    extraction = tmp_path / "contoso"
+    shutil.copytree(CONTOSO, extraction)
+    rules = write_rules(
+        tmp_path,
+        f"""
+        apim:
+          extraction: {extraction}
+          named_values: {{orders-secret: s3cr3t, vault-secret: local}}
+    """,
+    )
+    md = md_factory(emulator, rules)
+    status, _ = curl("-x", md.url, "http://contoso.azure-api.net/fresh/hello")
+    assert status == 404
+    fresh = extraction / "apimartifacts" / "apis" / "fresh"
+    fresh.mkdir()
+    (fresh / "specification.yaml").write_text(
+        "openapi: 3.0.1\ninfo: {title: f, version: '1'}\npaths:\n  /hello:\n    get: {operationId: hello}\n"
+    )
+    (fresh / "apiInformation.json").write_text(
+        json.dumps(
+            {"properties": {"path": "fresh", "serviceUrl": f"{echo_backend.url}/fresh", "subscriptionRequired": False}}
+        )
+    )
+    md.wait_for(r"rules reloaded", timeout=10)
+    status, seen = curl("-x", md.url, "http://contoso.azure-api.net/fresh/hello")
+    assert status == 200 and seen["path"] == "/fresh/hello", (seen, md.text())  # type: ignore[index]
+    (fresh / "apiInformation.json").write_text("{broken")
+    md.wait_for(r"keeping the previous rules", timeout=10)
+    status, _ = curl("-x", md.url, "http://contoso.azure-api.net/fresh/hello")
+    assert status == 200

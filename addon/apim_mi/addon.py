@@ -299,6 +299,8 @@ class ApimMi:
             who += " and clients authenticated with --proxyauth"
         scope = "every request through the proxy" if self.config.applies_to_all else f"{len(self.config.rules)} rule(s)"
         log.info("apim-mi: %s loaded from %s; credential: %s", scope, self.config.path, self.credential)
+        if self.config.gateway is not None:
+            log.info("apim-mi: %s", self.config.gateway.summary())
         if self.emulator is not None:
             log.info("apim-mi: embedded managed-identity emulator at %s (tenant %s)", self.emulator.url,
                      self.emulator.tenant_id)

@@ -127,6 +127,7 @@ def _infos(
     folder = root / collection
     if not folder.is_dir():
         return
+    ext.files.append(folder)  # hot reload notices an added or removed resource by the folder's mtime
     for path in sorted(p for p in folder.iterdir() if p.is_dir()):
         info_file = path / file
         if not info_file.is_file():

@@ -18,7 +18,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 from urllib.parse import unquote
 
@@ -168,10 +167,13 @@ class Gateway:
                 for key in sub.keys:
                     self._keys.setdefault(key, sub)
 
-    @cached_property
-    def unrouted(self) -> list[str]:
-        """APIs that route by path alone (no OpenAPI document)."""
-        return [a.name for a in self.instance.extraction.apis.values() if a.spec != "openapi"]
+    def summary(self) -> str:
+        ext = self.instance.extraction
+        ops = sum(len(a.operations) for a in ext.apis.values())
+        return (
+            f"APIM instance from {ext.root}: {len(ext.apis)} API(s), {ops} operation(s), {len(ext.products)} "
+            f"product(s); answers for {', '.join(self.hosts)} (forward mode) and every request (reverse mode)"
+        )
 
     def answers(self, host: str) -> bool:
         """Forward mode: is ``host`` one of the instance's gateway hostnames?"""
