@@ -102,6 +102,15 @@ def tls_backend(emulator: object, certs: dict[str, Path]) -> Iterator[object]:
     yield from _backend(emulator, ctx)
 
 
+@pytest.fixture(scope="module")
+def standin(emulator: object) -> Iterator[object]:
+    """The OpenAI / Content Safety stand-in (accepts only managed-identity tokens), fresh for each module."""
+    from apim_mi.openai_backend import OpenAIBackendThread
+
+    with OpenAIBackendThread(emulator.jwks_uri, emulator.issuer) as s:  # type: ignore[attr-defined]
+        yield s
+
+
 @pytest.fixture
 def md_factory(tmp_path: Path):
     started: list[Mitmdump] = []

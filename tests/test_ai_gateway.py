@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from apim_mi.openai_backend import OpenAIBackendThread
 from conftest import ROOT
 from proxy import Mitmdump, start_mitmdump, write_rules
 from test_metrics import samples
@@ -22,12 +21,6 @@ from test_metrics import samples
 EXAMPLE = ROOT / "examples" / "azure-openai-gateway.xml"
 TPM = 200
 API_VERSION = "2024-10-21"
-
-
-@pytest.fixture(scope="module")
-def standin(emulator: Any) -> Iterator[OpenAIBackendThread]:
-    with OpenAIBackendThread(emulator.jwks_uri, emulator.issuer) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

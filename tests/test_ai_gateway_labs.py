@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from apim_mi.openai_backend import OpenAIBackendThread
+from ai_helpers import entries, trace_of
 from proxy import Mitmdump, start_mitmdump, write_rules
 
 DATA = Path(__file__).resolve().parent / "data" / "ai-gateway" / "apiops"
@@ -72,12 +72,6 @@ def extraction(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def standin(emulator: Any) -> Iterator[OpenAIBackendThread]:
-    with OpenAIBackendThread(emulator.jwks_uri, emulator.issuer) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: Any) -> Iterator[Mitmdump]:
     tmp = tmp_path_factory.mktemp("labs")
     art = extraction(tmp)
@@ -110,15 +104,6 @@ def ask(md: Mitmdump, lab: str, prompt: str, *, key: str = KEY, **kw: Any) -> ht
     url = f"{md.url}/{lab}/openai/deployments/gpt-4o/chat/completions?{QUERY}"
     return httpx.post(url, json=body, headers={"api-key": key, "Ocp-Apim-Trace": "true", "x-user-id": "u1"},
                       timeout=20, trust_env=False)  # fmt: skip
-
-
-def trace_of(md: Mitmdump, resp: httpx.Response) -> dict[str, Any]:
-    location = resp.headers["Ocp-Apim-Trace-Location"].replace("http://apim-mi.trace", f"{md.url}/apim-mi.trace")
-    return httpx.get(location, timeout=10, trust_env=False).json()
-
-
-def entries(trace: dict[str, Any], source: str) -> list[dict[str, Any]]:
-    return [e["data"] for section in trace["traceEntries"].values() for e in section if e["source"] == source]
 
 
 @pytest.mark.parametrize("lab", LABS)

@@ -14,18 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from apim_mi.openai_backend import OpenAIBackendThread
+from ai_helpers import entries, trace_of
 from proxy import Mitmdump, start_mitmdump, write_rules
 
 DATA = Path(__file__).resolve().parent / "data" / "ai-gateway"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.xml"))
 QUERY = "api-version=2024-10-21"
-
-
-@pytest.fixture(scope="module")
-def standin(emulator: Any) -> Iterator[OpenAIBackendThread]:
-    with OpenAIBackendThread(emulator.jwks_uri, emulator.issuer) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +58,6 @@ def ask(md: Mitmdump, sample: str, prompt: str, **kw: Any) -> httpx.Response:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}], **kw}
     url = f"{md.url}/{sample}/openai/deployments/gpt-4o/chat/completions?{QUERY}"
     return httpx.post(url, json=body, headers={"api-key": "legacy", "Ocp-Apim-Trace": "true"}, timeout=20)
-
-
-def trace_of(md: Mitmdump, resp: httpx.Response) -> dict[str, Any]:
-    location = resp.headers["Ocp-Apim-Trace-Location"].replace("http://apim-mi.trace", f"{md.url}/apim-mi.trace")
-    return httpx.get(location, timeout=10).json()
-
-
-def entries(trace: dict[str, Any], source: str) -> list[dict[str, Any]]:
-    return [e["data"] for section in trace["traceEntries"].values() for e in section if e["source"] == source]
 
 
 def test_lab_content_safety(gateway: Mitmdump, standin: Any) -> None:

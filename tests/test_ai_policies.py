@@ -298,3 +298,24 @@ def test_tokenizer_builds_offline() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["2", "2"]
+
+
+def test_mi_status_shows_counters_metrics_and_cache() -> None:
+    from apim_mi.addon import ApimMi
+
+    addon = ApimMi()
+    addon.ai.metrics.emit("openai", "Total Tokens", {"API ID": "chat"}, 5.0)
+    addon.ai.counters.reserve("client-a", 7, per_minute=True, period="Daily")
+    ai = json.loads(addon.status())["ai"]
+    assert ai["metrics"] == [{"namespace": "openai", "name": "Total Tokens", "dimensions": {"API ID": "chat"},
+                              "count": 1, "sum": 5.0, "min": 5.0, "max": 5.0}]  # fmt: skip
+    assert {"counterKey": "client-a", "tokensLastMinute": 7} in ai["tokenCounters"]
+    assert any(c.get("quotaTokensUsed") == 7 and c["quotaPeriod"] == "daily" for c in ai["tokenCounters"])
+    assert ai["semanticCache"] == {"entries": 0, "hits": 0, "misses": 0}
+
+
+def test_standin_cli_rejects_bad_arguments() -> None:
+    from apim_mi.openai_backend import main
+
+    assert main(["--emulator", "http://127.0.0.1:1", "--port", "not-a-port"]) == 2
+    assert main(["--port", "0"]) == 2  # --emulator or --jwks-uri is required

@@ -27,7 +27,7 @@ import ssl as ssl_module
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -473,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m apim_mi.backend``; returns the exit code."""
     description = "Demo backend that accepts only valid Entra-shaped bearer tokens for its audiences."
     parser = add_arguments(argparse.ArgumentParser(prog="python -m apim_mi.backend", description=description))
+    return run_cli(parser, argv, serve, "apim-mi backend")
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None,
+            serve: Callable[[argparse.Namespace], Awaitable[int]], label: str) -> int:  # fmt: skip
+    """Parse, set up logging and serve until stopped: exit code 2 for bad arguments or settings, 0 on Ctrl-C."""
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -481,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(serve(args))
     except (ValueError, OSError, ssl_module.SSLError) as exc:
-        print(f"apim-mi backend: {exc}", file=sys.stderr)
+        print(f"{label}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

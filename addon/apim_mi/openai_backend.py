@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import logging
 import math
 import re
 import sys
@@ -35,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .backend import DemoBackend, Rejected, add_arguments, resolve_source
+from .backend import DemoBackend, Rejected, add_arguments, resolve_source, run_cli
 from .emulator.serving import ServerThread, require_loopback, serve_until_stopped
 from .policy.ai.usage import count, encoding, encoding_name, estimate_prompt_tokens, prompt_text
 
@@ -291,18 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             action.default = DEFAULT_PORT
             action.help = f"default {DEFAULT_PORT}; 0 = ephemeral"
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return asyncio.run(serve(args))
-    except (ValueError, OSError) as exc:
-        print(f"apim-mi openai stand-in: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+    return run_cli(parser, argv, serve, "apim-mi openai stand-in")
 
 
 if __name__ == "__main__":
