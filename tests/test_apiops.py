@@ -84,6 +84,13 @@ def test_version_sets_segment_query_header(gateway: Gateway, url: str, headers: 
         assert found.backend_url is not None and found.backend_url.path == "/stock/1"
 
 
+def test_api_without_openapi_routes_by_path(gateway: Gateway) -> None:
+    found = routed(gateway, "POST", "https://contoso.azure-api.net/soap/temp/anything?wsdl")
+    assert found.api.name == "tempconvert" and found.operation is None and found.matched == {}
+    assert str(found.backend_url) == "https://tempconvert.contoso.example/service.asmx/anything?wsdl"
+    assert found.rule.name == "tempconvert"
+
+
 def test_subscriptions_keys_scopes_and_apim_401_bodies(gateway: Gateway) -> None:
     url = "https://contoso.azure-api.net/orders/42"
     missing = route(gateway, "GET", url)
@@ -99,6 +106,19 @@ def test_subscriptions_keys_scopes_and_apim_401_bodies(gateway: Gateway) -> None
     master = routed(gateway, "GET", f"{url}?key={MASTER}")  # the API's query parameter name
     assert master.product is None and master.subscription.name == "master"  # type: ignore[union-attr]
     assert routed(gateway, "GET", "https://g.azure-api.net/catalog/stock/1").subscription is None  # open API
+    # an open API with a key: a key valid for it identifies the subscription, one that is not is ignored
+    assert (
+        routed(
+            gateway, "GET", "https://g.azure-api.net/catalog/stock/1", **{"Ocp-Apim-Subscription-Key": MASTER}
+        ).subscription.name
+        == "master"
+    )  # type: ignore[union-attr]
+    assert (
+        routed(
+            gateway, "GET", "https://g.azure-api.net/catalog/stock/1", **{"Ocp-Apim-Subscription-Key": GOLD}
+        ).subscription
+        is None
+    )  # gold's product has no catalog API
 
 
 def test_scopes_compose_global_product_api_operation_with_fragments(gateway: Gateway) -> None:
@@ -145,7 +165,7 @@ def test_validate_reports_the_instance_named_by_a_rules_file(tmp_path: Path) -> 
                          env={**os.environ, "PYTHONPATH": str(CONTOSO.parents[3] / "addon")})  # fmt: skip
     assert out.returncode in (0, 1), out.stdout + out.stderr
     assert (
-        "APIOps extraction: 9 API(s)" in out.stdout
+        "APIOps extraction: 10 API(s)" in out.stdout
         and 'orders "Orders": /orders -> https://orders-backend' in out.stdout
     )
     assert "GET     /{id}  [get-order] (policy)" in out.stdout and "<!-- base: Begin Product scope -->" in out.stdout
@@ -356,3 +376,18 @@ def test_hot_reload_picks_up_a_new_api_and_keeps_the_last_good_instance(
     md.wait_for(r"keeping the previous rules", timeout=10)
     status, _ = curl("-x", md.url, "http://contoso.azure-api.net/fresh/hello")
     assert status == 200
+
+
+def test_trace_shows_the_real_api_operation_and_product(proxy: Any) -> None:
+    status, body = curl("-x", proxy.url, "-D", "-", "-H", f"x-orders-key: {GOLD}", "-H", "Ocp-Apim-Trace: true",
+                        "http://contoso.azure-api.net/orders/42")  # fmt: skip
+    assert status == 200 and isinstance(body, str), body
+    location = next(line.split(": ", 1)[1] for line in body.splitlines()
+                    if line.lower().startswith("ocp-apim-trace-location:"))  # fmt: skip
+    status, trace = curl("-x", proxy.url, location.strip())
+    assert status == 200, trace
+    entries = trace["traceEntries"]["inbound"]  # type: ignore[index]
+    configuration = next(e["data"]["configuration"] for e in entries if "configuration" in e["data"])
+    assert configuration["api"]["from"] == "/orders" and configuration["api"]["to"]["path"] == "/api/42"
+    assert configuration["operation"] == {"method": "GET", "uriTemplate": "/{id}"}
+    assert configuration["product"] == "gold"
