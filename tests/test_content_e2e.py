@@ -5,11 +5,14 @@ answered by the gateway and CORS headers on the real response, ip-filter's 403."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from conftest import DEMO_AUDIENCE
 from proxy import curl, write_rules
+
+DATA = Path(__file__).resolve().parent / "data"
 
 XML_ROUTE = """<policies><inbound><authentication-managed-identity resource="{aud}" /></inbound>
 <backend><forward-request /></backend>
@@ -45,6 +48,16 @@ CORS_ROUTE = """<policies><inbound>
   <authentication-managed-identity resource="{aud}" />
 </inbound><backend><forward-request /></backend><outbound /><on-error /></policies>"""
 
+VALIDATED_ROUTE = """<policies><inbound>
+  <validate-parameters specified-parameter-action="prevent" unspecified-parameter-action="prevent" />
+  <authentication-managed-identity resource="{aud}" />
+</inbound><backend><forward-request /></backend>
+<outbound><validate-status-code unspecified-status-code-action="detect" errors-variable-name="status" /></outbound>
+<on-error /></policies>"""
+
+MOCKED_ROUTE = """<policies><inbound><mock-response status-code="201" /></inbound><backend /><outbound /><on-error />
+</policies>"""
+
 BLOCKED_ROUTE = """<policies><inbound><ip-filter action="forbid"><address-range from="127.0.0.0" to="127.255.255.255" />
 </ip-filter></inbound><backend><forward-request /></backend><outbound /><on-error /></policies>"""
 
@@ -52,14 +65,22 @@ BLOCKED_ROUTE = """<policies><inbound><ip-filter action="forbid"><address-range 
 def test_transformations_and_access_checks_end_to_end(tmp_path: Path, emu: Any, backend: Any,
                                                       md_factory: Any) -> None:  # fmt: skip
     host = f"127.0.0.1:{backend.port}"
-    for name, text in (("xml", XML_ROUTE), ("liquid", LIQUID_ROUTE), ("cors", CORS_ROUTE), ("blocked", BLOCKED_ROUTE)):
+    routes = {"xml": XML_ROUTE, "liquid": LIQUID_ROUTE, "cors": CORS_ROUTE, "blocked": BLOCKED_ROUTE,
+              "validated": VALIDATED_ROUTE, "mocked": MOCKED_ROUTE}  # fmt: skip
+    for name, text in routes.items():
         (tmp_path / f"{name}.xml").write_text(text.format(aud=DEMO_AUDIENCE) if "{aud}" in text else text)
+    shutil.copy(DATA / "openapi" / "orders.yaml", tmp_path / "orders.yaml")
     rules = write_rules(tmp_path, f"""
         rules:
           - {{name: xml, match: {{host: "{host}", path: /xml}}, policy: xml.xml}}
           - {{name: liquid, match: {{host: "{host}", path: /liquid}}, policy: liquid.xml}}
           - {{name: cors, match: {{host: "{host}", path: /cors}}, policy: cors.xml}}
           - {{name: blocked, match: {{host: "{host}", path: /blocked}}, policy: blocked.xml}}
+          - name: mocked
+            match: {{host: "{host}", path: /v1/orders, methods: [POST]}}
+            policy: mocked.xml
+            openapi: orders.yaml
+          - {{name: validated, match: {{host: "{host}", path: /v1}}, policy: validated.xml, openapi: orders.yaml}}
     """)
     proxy = md_factory(emu, rules)
     base = backend.url
@@ -92,6 +113,16 @@ def test_transformations_and_access_checks_end_to_end(tmp_path: Path, emu: Any, 
     status, raw = curl("-x", proxy.url, "-D", "-", "-H", "Origin: https://evil.test", f"{base}/cors/5")
     assert isinstance(raw, str) and raw.startswith("HTTP/1.1 200") and raw.endswith("\n\n"), raw  # empty 200
     assert "access-control" not in raw.lower()
+
+    backend.reset()
+    status, body = curl("-x", proxy.url, "-H", "X-Tenant: contoso", f"{base}/v1/orders/abc")
+    assert (status, body) == (400, {"statusCode": 400, "message": "Value of the path parameter id couldn't be parsed "
+                                    "according to the definition. invalid literal for int() with base 10: 'abc'"})
+    status, body = curl("-x", proxy.url, "-H", "X-Tenant: contoso", f"{base}/v1/orders/4?verbose=true")
+    assert status == 200 and body["path"] == "/v1/orders/4" and body["claims"]["aud"] == DEMO_AUDIENCE, body
+    assert [r["path"] for r in backend.stats()["requests"]] == ["/v1/orders/4"]
+    status, body = curl("-x", proxy.url, "-d", "{}", f"{base}/v1/orders")
+    assert (status, body) == (201, {"id": 7, "sku": "pen", "qty": 1})
 
     backend.reset()
     status, body = curl("-x", proxy.url, f"{base}/blocked/6")

@@ -546,6 +546,19 @@ def _load_policy(spec: str, base_dir: Path, file: str, loc: Location, ctx: _Load
     return loader.load_policy_file(path, named_values=ctx.named_values, fragments_dir=ctx.fragments_dir)
 
 
+def api_definition(spec: str, base_dir: Path, loc: Location, files: list[Path]) -> Any:
+    """A rule's ``openapi:`` document (relative to the rules file), read now; watched for hot reload."""
+    from .openapi import DefinitionError, load_definition
+
+    path = (base_dir / spec).resolve()
+    try:
+        definition = load_definition(path)
+    except DefinitionError as e:
+        raise LoadError(loc, f"openapi: {e}") from None
+    files.append(path)
+    return definition
+
+
 def _inline_origin(text: str, loc: Location) -> Any:
     """Where inline policy XML starts in the YAML file, so its errors name the real line and column: a block
     scalar (``|``/``>``) starts on the next line at its indentation; a quoted one after the quote."""
@@ -626,12 +639,16 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
             at = pos.at((*rpath, "scope" if "scope" in raw else "resource"))
             inner = shorthand_policy(scope_as_resource(raw, at, named), at, named)
             shorthand = True
+        composed = loader.compose(outer, inner)
+        if "openapi" in raw:
+            composed.api_definition = api_definition(str(raw["openapi"]), base_dir, pos.at((*rpath, "openapi")),
+                                                     ctx.files)
         rules.append(
             Rule(
                 name=str(raw.get("name") or f"rule {i + 1}"),
                 index=i,
                 match=match,
-                policy=loader.compose(outer, inner),
+                policy=composed,
                 location=loc,
                 credential=raw.get("credential"),
                 allow_http=bool(raw.get("allow_http", False)),

@@ -37,6 +37,7 @@ from .rules import (
     MatchSpec,
     Rule,
     RulesConfig,
+    api_definition,
     parse_host,
     scope_as_resource,
     shorthand_policy,
@@ -47,7 +48,7 @@ ROOT = "apim-mi"
 _ROOT_ATTRS = {"credential", "fragments"}
 _RULE_ATTRS = {
     "name", "host", "path", "methods", "scheme", "resource", "scope", "client-id", "header", "template",
-    "exists-action", "ignore-error", "credential", "allow-http", "policy",
+    "exists-action", "ignore-error", "credential", "allow-http", "policy", "openapi",
 }  # fmt: skip
 _SHORTHAND = ("resource", "scope", "client-id", "header", "template", "exists-action", "ignore-error")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -275,11 +276,15 @@ class _RuleList:
         else:
             raw = scope_as_resource(self._shorthand(a, loc), self.attr_loc(el, "scope"), named)
             inner = shorthand_policy(raw, loc, named)
+        composed = loader.compose(outer, inner)
+        if "openapi" in a:
+            where = self.attr_loc(el, "openapi")
+            composed.api_definition = api_definition(a["openapi"], self.path.parent, where, files)
         return Rule(
             name=a.get("name") or f"rule {index + 1}",
             index=index,
             match=match,
-            policy=loader.compose(outer, inner),
+            policy=composed,
             location=loc,
             credential=a.get("credential"),
             allow_http=a.get("allow-http") == "true",

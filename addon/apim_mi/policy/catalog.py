@@ -553,8 +553,10 @@ _SUPPORTED: tuple[ElementSpec, ...] = (
         "mock-response",
         sections=frozenset({"inbound", "outbound", "on-error"}),
         attributes=_attrs(_int("status-code", "200", expressions=False), AttributeSpec("content-type")),
-        supported=False,
         summary="Returns a mocked response.",
+        limits="Answers with the example the rule's `openapi:` document gives for the matched operation, status code "
+        "and content type (`example`, the first of `examples`, or the schema's `example`); without a definition or "
+        "example the body is empty.",
     ),
     AUTH_CERT,
     PROXY,
@@ -581,6 +583,23 @@ _KNOWN: tuple[ElementSpec, ...] = (
     _unsupported("cache-remove-value", ALL_SECTIONS),
     _unsupported("log-to-eventhub", ALL_SECTIONS),
     _unsupported("send-one-way-request", ALL_SECTIONS),
+)
+
+
+def _required(*names: str) -> tuple[AttributeSpec, ...]:
+    return tuple(AttributeSpec(n, required=True) for n in names)
+
+
+def _action_item(name: str, key: str) -> ElementSpec:
+    """validate-*'s per-item override: ``<parameter name action>``, ``<header name action>``, ``<status-code …>``."""
+    return ElementSpec(name, attributes=_attrs(*_required(key, "action")))
+
+
+_VALIDATION_LIMITS = (
+    "Against the rule's `openapi:` document (OpenAPI 3; APIM's imported API schema). APIM's errors and messages "
+    "(`{Name, Type, ValidationRule, Details, Action}` in `errors-variable-name`); `prevent` answers 400 in inbound, "
+    "502 afterwards, `{\"statusCode\": N, \"message\": <public response>}`, LastError \"Bad request\" / "
+    "\"Response not allowed\". No definition or no matching operation: the ApiSchema error."
 )
 
 
@@ -694,6 +713,70 @@ _CONTENT: tuple[ElementSpec, ...] = (
         "`access_token`, `claims`) stands in for APIM's connections; `identity-type`/`identity` are not checked. "
         "The variable holds an `Authorization` (`AccessToken`, `Claims`); the token is kept out of traces. Unknown "
         "connection: `AuthorizationNotFound` (500), or null with `ignore-error`.",
+    ),
+    ElementSpec(
+        "validate-parameters",
+        sections=INBOUND,
+        attributes=_attrs(*_required("specified-parameter-action", "unspecified-parameter-action"),
+                          AttributeSpec("errors-variable-name", expressions=False)),
+        body=Body.ELEMENTS,
+        children=tuple(ChildSpec(ElementSpec(
+            where, attributes=_attrs(AttributeSpec("specified-parameter-action"),
+                                     AttributeSpec("unspecified-parameter-action")),
+            body=Body.ELEMENTS, children=(ChildSpec(_action_item("parameter", "name"), max=None),),
+        )) for where in ("headers", "query", "path")),
+        summary="Validates the request's header, query and path parameters against the API definition.",
+        limits=_VALIDATION_LIMITS + " Standard HTTP headers (Host, Accept, User-Agent …) are never \"unspecified\"; a "
+        "missing required parameter is reported as `IncorrectMessage` (inferred).",
+    ),
+    ElementSpec(
+        "validate-headers",
+        sections=frozenset({"outbound", "on-error"}),
+        attributes=_attrs(*_required("specified-header-action", "unspecified-header-action"),
+                          AttributeSpec("errors-variable-name", expressions=False)),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(_action_item("header", "name"), max=None),),
+        summary="Validates the response headers against the API definition.",
+        limits=_VALIDATION_LIMITS + " Standard response headers (Date, Content-Length …) are never \"unspecified\".",
+    ),
+    ElementSpec(
+        "validate-content",
+        sections=frozenset({"inbound", "outbound", "on-error"}),
+        attributes=_attrs(
+            AttributeSpec("unspecified-content-type-action", required=True), _int("max-size", required=True),
+            AttributeSpec("size-exceeded-action", required=True),
+            AttributeSpec("errors-variable-name", expressions=False),
+        ),
+        body=Body.ELEMENTS,
+        children=(
+            ChildSpec(ElementSpec(
+                "content-type-map",
+                attributes=_attrs(AttributeSpec("any-content-type-value"), AttributeSpec("missing-content-type-value")),
+                body=Body.ELEMENTS,
+                children=(ChildSpec(ElementSpec("type", attributes=_attrs(
+                    AttributeSpec("from"), AttributeSpec("when"), AttributeSpec("to", required=True))), max=None),),
+            )),
+            ChildSpec(ElementSpec("content", attributes=_attrs(
+                AttributeSpec("type"), AttributeSpec("validate-as", required=True), AttributeSpec("schema-id"),
+                AttributeSpec("schema-ref"), AttributeSpec("action", required=True),
+                AttributeSpec("allow-additional-properties"), AttributeSpec("case-insensitive-property-names"),
+            )), max=None),
+        ),
+        summary="Validates the size and content of a request or response body against the API definition.",
+        limits=_VALIDATION_LIMITS + " JSON bodies against the operation's schema for the content type, or "
+        "`schema-id` as `#/components/schemas/{id}` (`schema-ref` as a pointer) of the same document, with "
+        "jsonschema (draft 2020-12, `allow-additional-properties` applied to every object); `validate-as=\"xml\"`/"
+        "`\"soap\"` checks well-formedness only (no XSD). No line/position in the details.",
+    ),
+    ElementSpec(
+        "validate-status-code",
+        sections=frozenset({"outbound", "on-error"}),
+        attributes=_attrs(AttributeSpec("unspecified-status-code-action", required=True),
+                          AttributeSpec("errors-variable-name", expressions=False)),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(_action_item("status-code", "code"), max=None),),
+        summary="Validates the response status code against the API definition.",
+        limits=_VALIDATION_LIMITS + " A code is specified when the operation lists it, its `NXX` range or `default`.",
     ),
     ElementSpec(
         "ip-filter",

@@ -95,6 +95,9 @@ class Policy:
     #: Sections the document did not write at all. ``sections`` still has an (empty) list for them; composition
     #: treats them as ``<base/>`` (apim.md §1.3), unlike a written but empty section.
     absent: frozenset[str] = frozenset()
+    #: The API definition (``openapi.ApiDefinition``) a rule names with ``openapi:``, for the validation policies
+    #: and mock-response; None without one.
+    api_definition: Any = None
 
     def statements(self) -> list[Statement]:
         """Every statement of every section, nested ones included."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from . import access, ai, core, http, messages, routing, security, transform
+from . import access, ai, core, http, messages, routing, security, transform, validation
 
 if TYPE_CHECKING:
     from ..engine import Handler
@@ -19,4 +19,5 @@ HANDLERS: Mapping[str, Handler] = {
     **security.HANDLERS,
     **transform.HANDLERS,
     **access.HANDLERS,
+    **validation.HANDLERS,
 }

@@ -1,5 +1,6 @@
 """Policies that shape the request or the answer: return-response (with set-status/set-header/set-body), set-status,
-set-body, set-method, mock-response, and trace (custom trace entries)."""
+set-body, set-method, and trace (custom trace entries). mock-response lives with the validation policies: it answers
+from the API definition's examples."""
 
 from __future__ import annotations
 
@@ -94,19 +95,6 @@ async def return_response(run: PolicyRun, stmt: Statement, scope: Scope) -> None
     })
 
 
-async def mock_response(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    """APIM answers from the operation's documented examples; apim-mi has no API definition, so the mocked response
-    has the status code and content type but an empty body."""
-    code = await int_attr(run, stmt, "status-code", scope) or 200
-    content_type = await str_attr(run, stmt, "content-type", scope)
-    headers = Headers([("Content-Type", content_type)] if content_type else [])
-    run.response = run.context.response = Response(code, reason_phrase(code), headers, Body(b""))
-    run.trace.add(scope.section, "mock-response", {
-        "message": f"Mocked response {code} returned (apim-mi has no API examples, so the body is empty).",
-        **UNVERIFIED,
-    })
-
-
 async def trace(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """A custom entry in the request trace, under the policy's ``source``."""
     source = stmt.attr("source") or "trace"
@@ -129,6 +117,5 @@ HANDLERS = {
     "set-body": set_body,
     "set-method": set_method,
     "return-response": return_response,
-    "mock-response": mock_response,
     "trace": trace,
 }
