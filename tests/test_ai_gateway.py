@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ai_helpers import entries, trace_of
 from conftest import ROOT
 from proxy import Mitmdump, start_mitmdump, write_rules
 from test_metrics import samples
@@ -21,6 +22,12 @@ from test_metrics import samples
 EXAMPLE = ROOT / "examples" / "azure-openai-gateway.xml"
 TPM = 200
 API_VERSION = "2024-10-21"
+MI = '<authentication-managed-identity resource="https://cognitiveservices.azure.com" />'
+UNBUFFERED = (f"<policies><inbound>{MI}</inbound><backend><forward-request buffer-response=\"false\" /></backend>"
+              '<outbound><set-header name="x-outbound" exists-action="override"><value>ran</value></set-header>'
+              "</outbound><on-error /></policies>")  # fmt: skip
+TEAPOT = (f"<policies><inbound>{MI}</inbound><backend><forward-request /></backend><outbound><return-response>"
+          '<set-status code="418" reason="I am a teapot" /></return-response></outbound><on-error /></policies>')
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +43,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: An
           - name: azure openai
             match: {{host: 127.0.0.1, path: /openai/*}}
             policy: {EXAMPLE.name}
+          - name: unbuffered
+            match: {{host: 127.0.0.1, path: /unbuffered/*}}
+            policy: '{UNBUFFERED}'
+          - name: teapot
+            match: {{host: 127.0.0.1, path: /teapot/*}}
+            policy: '{TEAPOT}'
     """,
     )
     md = start_mitmdump(
@@ -114,3 +127,28 @@ def test_openai_client_through_the_gateway(gateway: Mitmdump, standin: Any, emul
              for name in ("Total_Tokens_total", "Prompt_Tokens_total", "Completion_Tokens_total")}  # fmt: skip
     assert total == {"Total_Tokens_total": served["totalTokens"], "Prompt_Tokens_total": served["promptTokens"],
                      "Completion_Tokens_total": served["completionTokens"]}  # fmt: skip
+
+
+def _chat(md: Mitmdump, prefix: str, **kw: Any) -> httpx.Response:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "tea please"}], **kw}
+    return httpx.post(f"{md.url}/{prefix}/deployments/gpt-4o/chat/completions?api-version={API_VERSION}", json=body,
+                      headers={"Ocp-Apim-Trace": "true"}, timeout=20, trust_env=False)  # fmt: skip
+
+
+def test_buffer_response_false_streams_with_outbound_on_the_headers(gateway: Mitmdump) -> None:
+    """forward-request buffer-response="false": a plain JSON answer streams too; outbound's header reaches the
+    client, and the trace records the transfer (bytes = the body the client got) instead of holding the body."""
+    resp = _chat(gateway, "unbuffered")
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "Echo: tea please"
+    assert resp.headers["x-outbound"] == "ran"
+    transfer = entries(trace_of(gateway, resp), "transfer-response")
+    assert transfer[0]["message"].startswith("Response headers have been sent to the caller. Starting to stream")
+    assert transfer[1]["message"] == "Response body streaming to the caller is complete."
+    assert transfer[1]["bytes"] == len(resp.content) and transfer[1]["chunks"] >= 1
+
+
+def test_outbound_answer_replaces_a_stream(gateway: Mitmdump) -> None:
+    """An outbound return-response on an SSE answer: the client gets the policy's answer, never the stream."""
+    resp = _chat(gateway, "teapot", stream=True)
+    assert resp.status_code == 418 and resp.reason_phrase == "I am a teapot"
+    assert "data:" not in resp.text and resp.headers.get("content-type") != "text/event-stream"
