@@ -73,6 +73,7 @@ def test_tokens_per_minute_429_exactly_when_used_up_then_frees_after_the_window(
         "message": "Token limit is exceeded. Try again in 56 seconds.",
     }
     assert run.response.headers.get("Retry-After") == "56"  # the first 30 leave the window 60 s after they came
+    assert run.response.headers.get("x-left") == "0"
     assert run.context.last_error.reason == "TokenLimitExceeded"
     clock.now += 56  # now the first request has left the window: 90 used < 100
     assert asyncio.run(exchange(xml, ai, reply=answer(1, 1))).response is None
@@ -275,6 +276,15 @@ def test_semantic_cache_miss_store_hit_and_vary_by() -> None:
     assert ask("how do volcanoes form").response is None  # far away: a miss
     clock.now += 61
     assert ask("what is the capital of france").response is None  # expired
+
+
+def test_anthropic_stream_usage_and_text() -> None:
+    sse = SseUsage()
+    for event in ({"type": "message_start", "message": {"usage": {"input_tokens": 25, "output_tokens": 1}}},
+                  {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hello"}},
+                  {"type": "message_delta", "usage": {"output_tokens": 15}}):  # fmt: skip
+        sse.feed(b"event: x\ndata: " + json.dumps(event).encode() + b"\n\n")
+    assert sse.usage == Usage(25, 15) and sse.text == "Hello"
 
 
 def test_usage_shapes() -> None:

@@ -220,10 +220,22 @@ class SseUsage:
         except (ValueError, UnicodeDecodeError):
             return
         self.events += 1
-        usage = usage_of(event)
+        usage = usage_of(event) or self._anthropic(event)
         if usage is not None:
             self.usage = usage
         self._add_text(_delta_text(event))
+
+    def _anthropic(self, event: Any) -> Usage | None:
+        """Anthropic's Messages stream: input tokens in ``message_start``, output tokens in ``message_delta``."""
+        if not isinstance(event, dict):
+            return None
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            return usage_of(event["message"])
+        delta_usage = event.get("usage") if event.get("type") == "message_delta" else None
+        if isinstance(delta_usage, dict) and _int(delta_usage.get("output_tokens")) is not None:
+            prompt = self.usage.prompt_tokens if self.usage is not None else 0
+            return Usage(prompt, delta_usage["output_tokens"])
+        return None
 
     def _add_text(self, text: str) -> None:
         if not text:
@@ -247,6 +259,9 @@ def _delta_text(event: Any) -> str:
         return ""
     if event.get("type") == "response.output_text.delta" and isinstance(event.get("delta"), str):
         return event["delta"]
+    delta = event.get("delta")
+    if event.get("type") == "content_block_delta" and isinstance(delta, dict) and isinstance(delta.get("text"), str):
+        return delta["text"]  # Anthropic
     out = []
     for choice in event.get("choices") or ():
         if not isinstance(choice, dict):

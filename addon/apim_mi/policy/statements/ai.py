@@ -81,9 +81,20 @@ async def _usage(run: PolicyRun, delivered: Delivered) -> Usage | None:
 # -- token limits -------------------------------------------------------------------------------------------------
 
 
-def _reject(status: int, message: str, reason: str, header: str, retry_after: int, source: str) -> ResponseError:
-    response = json_response(status, message, [(header, str(retry_after))])
-    return ResponseError(source, message, reason, response)
+def _refuse(
+    run: PolicyRun, stmt: Statement, scope: Scope, status: int, message: str, reason: str, retry: int,
+    remaining_name: str, remaining: int, traced: str,
+) -> ResponseError:  # fmt: skip
+    """APIM's 429/403 with Retry-After (and the remaining-tokens header, 0 or what is left), the variables set."""
+    variables = run.context.variables
+    _set(variables, stmt.attr("retry-after-variable-name"), retry)
+    _set(variables, stmt.attr(f"{remaining_name}-variable-name"), remaining)
+    headers = [(stmt.attr("retry-after-header-name") or "Retry-After", str(retry))]
+    remaining_header = stmt.attr(f"{remaining_name}-header-name")
+    if remaining_header:
+        headers.append((remaining_header, str(remaining)))
+    run.trace.add(scope.section, stmt.name, {"message": traced, "retryAfter": retry, **UNVERIFIED})
+    return ResponseError(stmt.name, message, reason, json_response(status, message, headers))
 
 
 async def token_limit(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
@@ -111,48 +122,21 @@ async def token_limit(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     if estimate or stream:
         enc = await load_encoding((data or {}).get("model"))
         prompt = estimate_prompt_tokens(enc, data)
-    retry_header = stmt.attr("retry-after-header-name") or "Retry-After"
-    retry_var = stmt.attr("retry-after-variable-name")
     variables = run.context.variables
     used = ai.counters.minute_used(key) if tpm is not None else 0
     if tpm is not None and ((used + prompt > tpm) if prompt else (used >= tpm)):
         retry = ai.counters.minute_retry_after(key, tpm, prompt)
-        _set(variables, retry_var, retry)
-        _set(variables, stmt.attr("remaining-tokens-variable-name"), max(0, tpm - used))
-        run.trace.add(scope.section, source, {"message": f"Token limit of {tpm} tokens per minute exceeded for "
-                      f"counter key '{key}': {used} used, {prompt} estimated for this prompt.",
-                      "retryAfter": retry, **UNVERIFIED})  # fmt: skip
-        raise _reject(
-            429,
-            f"Token limit is exceeded. Try again in {retry} seconds.",
-            "TokenLimitExceeded",
-            retry_header,
-            retry,
-            source,
-        )
+        raise _refuse(run, stmt, scope, 429, f"Token limit is exceeded. Try again in {retry} seconds.",
+                      "TokenLimitExceeded", retry, "remaining-tokens", max(0, tpm - used),
+                      f"Token limit of {tpm} tokens per minute exceeded for counter key '{key}': {used} used, "
+                      f"{prompt} estimated for this prompt.")  # fmt: skip
     quota_used = ai.counters.quota_used(key, period) if quota is not None and period else 0
     if quota is not None and period and ((quota_used + prompt > quota) if prompt else (quota_used >= quota)):
         retry = ai.counters.quota_retry_after(key, period)
-        _set(variables, retry_var, retry)
-        _set(variables, stmt.attr("remaining-quota-tokens-variable-name"), max(0, quota - quota_used))
-        run.trace.add(
-            scope.section,
-            source,
-            {
-                "message": f"Token quota of {quota} tokens per {period} period "
-                f"exceeded for counter key '{key}': {quota_used} used.",
-                "retryAfter": retry,
-                **UNVERIFIED,
-            },
-        )
-        raise _reject(
-            403,
-            f"Token quota is exceeded. Try again in {_hms(retry)}.",
-            "TokenQuotaExceeded",
-            retry_header,
-            retry,
-            source,
-        )
+        raise _refuse(run, stmt, scope, 403, f"Token quota is exceeded. Try again in {_hms(retry)}.",
+                      "TokenQuotaExceeded", retry, "remaining-quota-tokens", max(0, quota - quota_used),
+                      f"Token quota of {quota} tokens per {period} period exceeded for counter key '{key}': "
+                      f"{quota_used} used.")  # fmt: skip
     reservation = ai.counters.reserve(key, prompt, per_minute=tpm is not None, period=period)
     _publish_remaining(run, stmt, tpm, used + prompt, quota, quota_used + prompt)
     _set(variables, stmt.attr("tokens-consumed-variable-name"), prompt)
