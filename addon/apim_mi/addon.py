@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from typing import Any
 from mitmproxy import command, ctx, exceptions, http
 
 from . import clientcerts, diagnostics, flowcontext, inspector, streaming
+from .credentials import CredentialSpec
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
@@ -72,9 +74,10 @@ class ApimMi:
         self.config: RulesConfig | None = None
         self.matcher = Matcher([])
         self.tokens: TokenProvider | None = None
-        self.credential = "default"
+        self.credential: str | CredentialSpec = "default"
         self.allowed_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.emulator: Any = None
+        self._emulator_files: tempfile.TemporaryDirectory[str] | None = None
         self.demo_backend: Any = None
         self.counters: dict[str, int] = {"matched": 0, "injected": 0, "failed": 0, "refused": 0}
         self.metrics: Any = None  # apim_mi.metrics.Metrics while mi_metrics is set (policies: settings["metrics"])
@@ -232,14 +235,15 @@ class ApimMi:
                 "tenant_id": os.environ.get("AZURE_TENANT_ID", ""),
                 "ai": self.ai,
             }
+            entra: dict[str, str] = {}
             if self.credential == "emulator":
-                await self._start_emulator()
+                entra = await self._start_emulator()
                 settings["tenant_id"] = self.emulator.tenant_id
                 settings["entra_authority"] = self.emulator.url  # validate-azure-ad-token's OpenID discovery
             if ctx.options.mi_demo_backend:
                 await self._start_demo_backend(ctx.options.mi_demo_backend)
             timeout = float(ctx.options.mi_timeout)
-            factory = azure_credential_factory(timeout)
+            factory = azure_credential_factory(timeout, **entra)
             if self.metrics is not None:
                 factory = self.metrics.timed(factory)
                 settings["metrics"] = self.metrics
@@ -260,14 +264,20 @@ class ApimMi:
             if not self._ready.done():
                 self._ready.set_exception(e)
 
-    async def _start_emulator(self) -> None:
+    async def _start_emulator(self) -> dict[str, str]:
+        """Starts the embedded emulator (IMDS, and Entra on HTTPS for app-registration credentials); returns the
+        authority and CA bundle the Entra credentials need."""
         from .emulator import Emulator, EmulatorConfig
 
         self.emulator = Emulator(EmulatorConfig())
-        await self.emulator.start(host="127.0.0.1", port=0)
+        await self.emulator.start(host="127.0.0.1", port=0, https_port=0)
         for var in _MI_ENV:
             os.environ.pop(var, None)
         os.environ.update(self.emulator.env("imds"))
+        self._emulator_files = tempfile.TemporaryDirectory(prefix="apim-mi-emulator-")
+        ca_file = Path(self._emulator_files.name) / "ca.pem"
+        ca_file.write_bytes(self.emulator.ca_pem)
+        return {"authority": self.emulator.authority_url, "connection_verify": str(ca_file)}
 
     async def _start_demo_backend(self, spec: str) -> None:
         from .backend import DemoBackend
@@ -313,7 +323,7 @@ class ApimMi:
 
     def _prefetch_keys(self) -> list[Any]:
         """The token of every authentication-managed-identity with a literal resource."""
-        from .tokens import TokenKey
+        from .tokens import token_key
 
         assert self.config is not None
         keys = []
@@ -321,7 +331,7 @@ class ApimMi:
             for stmt in rule.policy.statements():
                 res = stmt.attrs.get("resource")
                 if stmt.name == "authentication-managed-identity" and res is not None and not res.is_expression:
-                    keys.append(TokenKey(self._source(rule), (stmt.attr("client-id") or ""), res.text))
+                    keys.append(token_key(self._source(rule), (stmt.attr("client-id") or ""), res.text))
         return keys
 
     async def _prefetch(self) -> None:
@@ -359,11 +369,11 @@ class ApimMi:
             return Readiness(False, {"reason": "starting"})
         if ready.cancelled() or ready.exception() is not None:
             return Readiness(False, {"reason": f"could not start: {ready.exception()}"})
-        detail: dict[str, Any] = {"rules": len(self.config.rules), "credential": self.credential}
+        detail: dict[str, Any] = {"rules": len(self.config.rules), "credential": str(self.credential)}
         if ctx.options.mi_prefetch and self.tokens is not None:
             cached = {(r["source"], r["identity"], r["resource"]) for r in self.tokens.status() if "expires_in_s" in r}
             missing = [f"{k.identity} {k.resource}" for k in self._prefetch_keys()
-                       if (k.source, k.identity, k.resource) not in cached]  # fmt: skip
+                       if (str(k.source), k.identity, k.resource) not in cached]  # fmt: skip
             if missing:
                 return Readiness(False, {**detail, "reason": "tokens not cached yet", "missing": missing})
         return Readiness(True, detail)
@@ -404,6 +414,8 @@ class ApimMi:
             await self.demo_backend.stop()
         if self.emulator is not None:
             await self.emulator.stop()
+        if self._emulator_files is not None:
+            self._emulator_files.cleanup()
 
     def done(self) -> asyncio.Task[None] | None:
         """Sync on purpose: a script reload calls ``done`` synchronously. At shutdown mitmproxy awaits what a hook
@@ -416,7 +428,7 @@ class ApimMi:
 
     # -- flows ------------------------------------------------------------------------------------------------
 
-    def _source(self, rule: Rule) -> str:
+    def _source(self, rule: Rule) -> str | CredentialSpec:
         return rule.credential or self.credential
 
     def _client_allowed(self, flow: http.HTTPFlow) -> bool:

@@ -154,6 +154,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         from .sources.apiops import validate_extraction
 
         return validate_extraction(Path(args.rules), effective=args.effective)
+    from .sources.appsettings import is_appsettings, validate_appsettings
+
+    if is_appsettings(Path(args.rules)):  # a .NET app's appsettings.json: every section's rule or error
+        return validate_appsettings(Path(args.rules), effective=args.effective)
     try:
         config = load_rules(args.rules)
     except LoadError as e:

@@ -98,11 +98,12 @@ class Metrics:
         self.token_acquisitions.labels(*labels, "ok" if ok else "failed").inc()
         self.token_seconds.labels(*labels).observe(seconds)
 
-    def timed(self, factory: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
-        """The credential factory, with every ``get_token`` timed and counted."""
+    def timed(self, factory: Callable[..., Any]) -> Callable[..., Any]:
+        """The credential factory, with every ``get_token`` timed and counted (an app registration's credential
+        is labelled with its description; the federated assertion argument passes through)."""
 
-        def make(source: str, client_id: str) -> Any:
-            return _TimedCredential(factory(source, client_id), self, source, client_id)
+        def make(source: Any, client_id: str, *assertion: Any) -> Any:
+            return _TimedCredential(factory(source, client_id, *assertion), self, str(source), client_id)
 
         return make
 

@@ -20,6 +20,7 @@ import jsonschema
 import yaml
 
 from .backends import Backend, BackendError, check_pools, parse_backend
+from .credentials import CredentialSpec, parse_credential
 from .errors import LoadError, Location
 from .policy.model import Policy, Statement, Value
 
@@ -52,7 +53,7 @@ class Rule:
     match: MatchSpec
     policy: Policy
     location: Location
-    credential: str | None = None
+    credential: str | CredentialSpec | None = None
     allow_http: bool = False
     shorthand: bool = False
     scope: str | None = None  # the v2 scope as written, when the rule gave one instead of a resource
@@ -64,7 +65,7 @@ class RulesConfig:
 
     path: Path
     rules: list[Rule]
-    credential: str | None = None
+    credential: str | CredentialSpec | None = None
     named_values: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     applies_to_all: bool = False
@@ -353,6 +354,9 @@ def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError
         )
     if err.validator == "required":
         return LoadError(pos.at(path), f"{where}: {err.message}")
+    if err.validator == "anyOf" and not path and all(set(b) == {"required"} for b in err.validator_value):
+        names = " or ".join(f"'{b['required'][0]}'" for b in err.validator_value)
+        return LoadError(pos.at(path), f"{where}: the rules file needs {names}")
     if err.validator == "enum":
         choices = ", ".join(map(str, err.validator_value))
         return LoadError(pos.at(path), f"{where}: {err.instance!r} is not one of: {choices}")
@@ -364,6 +368,13 @@ def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError
         return LoadError(pos.at(path), f"{where}: {err.instance!r} is not an HTTP method (one per list item)")
     if err.validator == "pattern" and path and path[-1] == "path":
         return LoadError(pos.at(path), f"{where}: must start with / (got {err.instance!r})")
+    if err.validator == "oneOf" and path and path[-1] == "credential":
+        if not isinstance(err.instance, dict):
+            return LoadError(pos.at(path), f"{where}: {err.instance!r} is not one of: {', '.join(CREDENTIAL_SOURCES)}")
+        in_object = sorted((e for e in err.context or () if e.schema_path and e.schema_path[0] == 1),
+                           key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))  # fmt: skip
+        if in_object:
+            return _schema_error(in_object[0], pos)
     if err.validator == "oneOf" and path and path[-2:-1] == ("rules",):
         return LoadError(pos.at(path), f"{where}: {_shorthand_conflict(err.instance)}")
     return LoadError(pos.at(path), f"{where}: {err.message}")
@@ -491,6 +502,24 @@ def scope_as_resource(rule: Mapping[str, Any], loc: Location, named_values: Mapp
     return {**{k: v for k, v in rule.items() if k != "scope"}, "resource": resource}
 
 
+def credential_of(
+    raw: Mapping[str, Any], path: tuple[Any, ...], pos: _Positions, named_values: Mapping[str, str], base_dir: Path
+) -> str | CredentialSpec | None:
+    """A ``credential:`` value: a source name, or an app registration (named values substituted in its fields, a
+    certificate path relative to the rules file)."""
+    value = raw.get("credential")
+    if not isinstance(value, Mapping):
+        return value
+    loc = pos.at(path)
+    fields = {k: substitute_named_values(str(v), named_values, loc) for k, v in value.items()}
+    if fields.get("certificate_path"):
+        fields["certificate_path"] = str(base_dir / fields["certificate_path"])
+    try:
+        return parse_credential(fields)
+    except ValueError as e:
+        raise LoadError(loc, str(e)) from None
+
+
 def written_scope(rule: Mapping[str, Any]) -> str | None:
     scope = rule.get("scope")
     return None if scope is None else (scope if isinstance(scope, str) else " ".join(map(str, scope)))
@@ -587,26 +616,35 @@ class _LoadContext:
 
 
 def load_rules(path: str | Path) -> RulesConfig:
-    """Load, validate and compile a rules file (``.yaml``/``.yml``, or ``.xml``)."""
+    """Load, validate and compile a rules source: ``.yaml``/``.yml``, ``.xml``, an APIOps folder, or a .NET app's
+    ``appsettings.json`` (``sources/appsettings.py``)."""
     path = Path(path)
-    display = str(path)
     if path.is_dir():
         from .sources.apiops import load_gateway
 
         gateway = load_gateway(path)
         return RulesConfig(path=path, rules=[], files=gateway.instance.extraction.files, gateway=gateway,
                            backends=gateway.instance.publish_backends())
-    try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        raise LoadError(Location(display), "rules file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LoadError(Location(display), f"cannot read rules file: {e}") from None
+    text = read_source(path, "rules file")
     if path.suffix.lower() == ".xml":
         from .xmlrules import load_xml_rules
 
         return load_xml_rules(text, path)
+    from .sources.appsettings import is_appsettings, load_appsettings
+
+    if is_appsettings(path):
+        return load_appsettings(path)
     return load_rules_text(text, path)
+
+
+def read_source(path: Path, what: str, encoding: str = "utf-8") -> str:
+    """A rules source's text; a missing or unreadable file is a LoadError naming it."""
+    try:
+        return path.read_text(encoding)
+    except FileNotFoundError:
+        raise LoadError(Location(str(path)), f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LoadError(Location(str(path)), f"cannot read {what}: {e}") from None
 
 
 def load_rules_text(text: str, path: Path) -> RulesConfig:
@@ -650,7 +688,7 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
                 match=match,
                 policy=composed,
                 location=loc,
-                credential=raw.get("credential"),
+                credential=credential_of(raw, (*rpath, "credential"), pos, named, base_dir),
                 allow_http=bool(raw.get("allow_http", False)),
                 shorthand=shorthand,
                 scope=written_scope(raw),
@@ -659,13 +697,15 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
     config = RulesConfig(
         path=path,
         rules=rules,
-        credential=data.get("credential"),
+        credential=credential_of(data, ("credential",), pos, named, base_dir),
         named_values=named,
         files=ctx.files,
         backends=_backends(data.get("backends") or {}, named, pos),
         certificates=_certificates(data.get("certificates") or {}, named, pos, path.parent),
         authorizations=_authorizations(data.get("authorizations") or {}, named, pos),
     )
+    if "import" in data:
+        _import_rules(config, data["import"], ("import",), pos)
     if "apim" in data:
         from .sources.apiops import from_rules_entry
 
@@ -708,6 +748,23 @@ def _authorizations(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Posi
             out.setdefault(str(provider), {})[str(auth_id)] = {"access_token": token,
                                                                "claims": dict(entry.get("claims") or {})}
     return out
+
+
+def _import_rules(config: RulesConfig, value: Any, path: tuple[Any, ...], pos: _Positions) -> None:
+    """``import: {appsettings: file, sections: [...], client_credential: SourceType}`` (or a list of them): the
+    rules of a .NET app's appsettings.json, after this file's own rules."""
+    from .sources.appsettings import import_entries, load_appsettings
+
+    for i, entry in enumerate(import_entries(value)):
+        at = (*path, i) if isinstance(value, list) else path
+        file = (config.path.parent / str(entry["appsettings"])).resolve()
+        if not file.is_file():
+            raise LoadError(pos.at((*at, "appsettings")), f"appsettings file '{entry['appsettings']}' not found")
+        imported = load_appsettings(file, entry.get("sections"), client_credential=entry.get("client_credential"))
+        for rule in imported.rules:
+            rule.index = len(config.rules)
+            config.rules.append(rule)
+        config.files += imported.files
 
 
 def _backends(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, Backend]:

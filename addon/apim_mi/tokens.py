@@ -16,10 +16,11 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .credentials import ASSERTION_SOURCE, CredentialSpec, app_credential
 from .errors import ApimMiError
 
 log = logging.getLogger(__name__)
@@ -38,20 +39,44 @@ class AsyncCredential(Protocol):
     async def close(self) -> None: ...
 
 
-CredentialFactory = Callable[[str, str], AsyncCredential]
+#: ``(source, client id)`` → credential; for a ``managed-identity-fic`` source a third argument, the coroutine
+#: function that returns the managed identity's assertion token.
+CredentialFactory = Callable[..., AsyncCredential]
 
 
 @dataclass(frozen=True)
 class TokenKey:
-    """Cache key. ``resource`` is kept exactly as written: ``X`` and ``X/`` are different audiences."""
+    """Cache key. ``resource`` is kept exactly as written: ``X`` and ``X/`` are different audiences.
 
-    source: str
+    ``source`` is a credential source name, or an app registration's :class:`CredentialSpec` (then ``client_id`` is
+    the managed identity whose token is the federated assertion, if any)."""
+
+    source: str | CredentialSpec
     client_id: str
     resource: str
 
     @property
     def identity(self) -> str:
+        if isinstance(self.source, CredentialSpec):
+            via = f" via {self.client_id or 'system-assigned'}" if self.source.federated else ""
+            return f"app {self.source.client_id}{via}"
         return self.client_id or "system-assigned"
+
+    @property
+    def assertion(self) -> TokenKey | None:
+        """The first step of a federated credential: the managed identity's token for the exchange audience."""
+        if isinstance(self.source, CredentialSpec) and self.source.federated:
+            return TokenKey(ASSERTION_SOURCE, self.client_id, self.source.audience)
+        return None
+
+
+def token_key(source: str | CredentialSpec, client_id: str, resource: str) -> TokenKey:
+    """The cache key for a policy's ``client-id`` and ``resource`` under ``source``: for an app registration the
+    client id names the managed identity of a federated credential (the spec's unless the policy names one), and
+    nothing for a secret or certificate."""
+    if isinstance(source, CredentialSpec):
+        client_id = source.managed_identity(client_id) if source.federated else ""
+    return TokenKey(source, client_id, resource)
 
 
 @dataclass(frozen=True)
@@ -148,7 +173,7 @@ class TokenProvider:
         self.timeout = timeout
         self.refresh_before = refresh_before
         self._clock = clock
-        self._credentials: dict[tuple[str, str], AsyncCredential] = {}
+        self._credentials: dict[tuple[str | CredentialSpec, str], AsyncCredential] = {}
         self._entries: dict[TokenKey, _Entry] = {}
         self.counters: Counter[str] = Counter()
 
@@ -187,7 +212,7 @@ class TokenProvider:
             if e.token is None and not e.last_error:
                 continue
             row: dict[str, Any] = {
-                "source": key.source,
+                "source": str(key.source),
                 "identity": key.identity,
                 "resource": key.resource,
                 "hits": e.hits,
@@ -234,8 +259,21 @@ class TokenProvider:
         ck = (key.source, key.client_id)
         cred = self._credentials.get(ck)
         if cred is None:
-            cred = self._credentials[ck] = self._factory(key.source, key.client_id)
+            first = key.assertion
+            if first is None:
+                cred = self._factory(key.source, key.client_id)
+            else:
+                cred = self._factory(key.source, key.client_id, self._assertion(first))
+            self._credentials[ck] = cred
         return cred
+
+    def _assertion(self, first: TokenKey) -> Callable[[], Awaitable[str]]:
+        """The federated assertion comes through this provider too: cached, single-flight, refreshed."""
+
+        async def token() -> str:
+            return (await self.get(first)).token.value
+
+        return token
 
     async def _acquire(self, key: TokenKey) -> Token:
         value, expires_on = await self._call_credential(key)
@@ -313,8 +351,13 @@ def _scope(resource: str) -> str:
     return resource + "/.default"
 
 
-def azure_credential_factory(timeout: float) -> CredentialFactory:
+def azure_credential_factory(
+    timeout: float, *, authority: str | None = None, connection_verify: str | None = None
+) -> CredentialFactory:
     """Builds azure-identity async credentials, bounded so no call outlives ``timeout`` by much.
+
+    ``authority`` and ``connection_verify`` (a CA bundle) go to the app-registration credentials only (Entra's
+    token endpoint: the embedded emulator's HTTPS listener); unset, azure-identity reads ``AZURE_AUTHORITY_HOST``.
 
     ``use_env_settings=False`` keeps the credential's own traffic off any ``HTTP(S)_PROXY`` the process inherited,
     so the proxy never routes its token requests through itself. azure-identity is imported here, when the factory
@@ -322,7 +365,9 @@ def azure_credential_factory(timeout: float) -> CredentialFactory:
     """
     from azure.identity import aio
 
-    def make(source: str, client_id: str) -> AsyncCredential:
+    def make(
+        source: str | CredentialSpec, client_id: str, assertion: Callable[[], Awaitable[str]] | None = None
+    ) -> AsyncCredential:
         common: dict[str, Any] = {
             "connection_timeout": min(timeout, 5.0),
             "read_timeout": timeout,
@@ -330,6 +375,9 @@ def azure_credential_factory(timeout: float) -> CredentialFactory:
             "retry_backoff_factor": 0.4,
             "use_env_settings": False,
         }
+        if isinstance(source, CredentialSpec):
+            entra = {"authority": authority, "connection_verify": connection_verify}
+            return app_credential(source, assertion, **common, **{k: v for k, v in entra.items() if v})
         cid = client_id or None
         if source in ("managed-identity", "emulator"):
             return aio.ManagedIdentityCredential(client_id=cid, **common)

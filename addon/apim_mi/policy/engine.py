@@ -18,6 +18,7 @@ from ..trace import Trace
 from .model import Policy, Statement, Value
 
 if TYPE_CHECKING:
+    from ..credentials import CredentialSpec
     from ..tokens import TokenProvider
     from .context import Context, Request, Response
 
@@ -58,7 +59,7 @@ class Services:
     """What policies need from outside the request: tokens and (for send-request) an HTTP client."""
 
     tokens: TokenProvider
-    credential_source: str = "default"
+    credential_source: str | CredentialSpec = "default"
     send: Callable[..., Awaitable[Any]] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 

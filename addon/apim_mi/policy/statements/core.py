@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ...credentials import CredentialSpec
 from ...errors import PolicyError
-from ...tokens import TokenError, TokenKey
+from ...tokens import TokenError, TokenKey, TokenResult, token_key
 from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, run_statements
 from ..model import Statement
 from ._common import apply_exists_action, value_children
@@ -39,15 +40,13 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
         if ignore_error:
             return
         raise PolicyError(MI, NOT_ENABLED, "ManagedIdentityNotEnabled")
-    key = TokenKey(run.services.credential_source, client_id, resource)
+    key = token_key(run.services.credential_source, client_id, resource)
     try:
+        if key.assertion is not None:
+            await _assertion_step(run, key.assertion, scope)
         result = await run.services.tokens.get(key)
     except TokenError as e:
-        tenant = run.services.settings.get("tenant_id", "")
-        message = (
-            f"Obtaining managed identity token using clientId:{(client_id or 'system-assigned').upper()} "
-            f"AAD Authority:{AUTHORITY}{tenant} for {resource} audience failed."
-        )
+        message = _acquisition(e.key, run.services.settings.get("tenant_id", "")) + " failed."
         run.trace.add(scope.section, MI, {
             "message": message,
             "errorResponse": e.error_response or {"error": e.reason, "error_description": e.message},
@@ -62,14 +61,7 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
     token = result.token
     run.add_secret(token.value)
     claims = token.claims
-    shown_client = str(claims.get("appid") or client_id or "").upper()
-    run.trace.add(scope.section, MI, {
-        "message": f"Obtaining managed identity token using clientId:{shown_client} AAD Authority:{AUTHORITY}"
-                   f"{claims.get('tid', '')} for {resource} audience succeeded.",
-        "errorResponse": None,
-        "cached": result.cached,
-        "claims": {k: claims[k] for k in ("aud", "appid", "oid", "tid", "exp") if k in claims},
-    })
+    _trace_success(run, scope, key, result)
     aud = claims.get("aud")
     if aud and aud != resource:
         run.warn(scope.section, MI, f"The token's audience '{aud}' differs from the requested resource '{resource}'; "
@@ -87,6 +79,39 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
     target.set("Authorization", [f"Bearer {token.value}"])
     run.injections.append(Injection("Authorization", key.identity, resource, claims))
     run.trace.add(scope.section, MI, {"message": "Managed identity token is added to Authorization header."})
+
+
+def _acquisition(key: TokenKey, tenant: str, claims: dict[str, Any] | None = None) -> str:
+    """APIM's "Obtaining managed identity token using clientId:… AAD Authority:… for … audience" (without the
+    outcome); for an app registration, which app, in which tenant, with which credential."""
+    claims = claims or {}
+    source = key.source
+    if isinstance(source, CredentialSpec):
+        how = (f"managed identity clientId:{(key.client_id or 'system-assigned').upper()} as federated credential"
+               if source.federated else source.type.replace("-", " "))  # fmt: skip
+        return (f"Obtaining token for application clientId:{source.client_id.upper()} using {how} AAD Authority:"
+                f"{AUTHORITY}{claims.get('tid') or source.tenant_id} for {key.resource} audience")  # fmt: skip
+    shown_client = str(claims.get("appid") or claims.get("azp") or key.client_id or "system-assigned").upper()
+    return (f"Obtaining managed identity token using clientId:{shown_client} AAD Authority:{AUTHORITY}"
+            f"{claims.get('tid') or tenant} for {key.resource} audience")  # fmt: skip
+
+
+def _trace_success(run: PolicyRun, scope: Scope, key: TokenKey, result: TokenResult) -> None:
+    claims = result.token.claims
+    run.trace.add(scope.section, MI, {
+        "message": _acquisition(key, "", claims) + " succeeded.",
+        "errorResponse": None,
+        "cached": result.cached,
+        "claims": {k: claims[k] for k in ("aud", "appid", "azp", "oid", "tid", "exp") if k in claims},
+    })
+
+
+async def _assertion_step(run: PolicyRun, first: TokenKey, scope: Scope) -> None:
+    """Step one of a managed identity as federated credential: its token for the exchange audience, traced; the
+    app credential then reuses it from the provider's cache. Raises TokenError like step two."""
+    result = await run.services.tokens.get(first)
+    run.add_secret(result.token.value)
+    _trace_success(run, scope, first, result)
 
 
 def _request_headers(scope: Scope, source: str) -> Headers:
