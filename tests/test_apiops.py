@@ -84,6 +84,16 @@ def test_version_sets_segment_query_header(gateway: Gateway, url: str, headers: 
         assert found.backend_url is not None and found.backend_url.path == "/stock/1"
 
 
+def test_a_revision_that_is_not_current_is_reached_with_rev(gateway: Gateway) -> None:
+    current = routed(gateway, "GET", "https://contoso.azure-api.net/orders/42", **{"x-orders-key": GOLD})
+    assert current.api.name == "orders"
+    next_rev = routed(gateway, "GET", "https://contoso.azure-api.net/orders;rev=2/42", **{"x-orders-key": GOLD})
+    assert (next_rev.api.name, next_rev.api.revision, next_rev.matched) == ("orders;rev=2", "2", {"id": "42"})
+    assert str(next_rev.backend_url) == "https://orders-backend-next.contoso.example/api/42"
+    assert next_rev.product.name == "gold"  # type: ignore[union-attr]  # the product links the API, every revision
+    assert isinstance(route(gateway, "GET", "https://contoso.azure-api.net/orders;rev=7/42"), Answer)
+
+
 def test_api_without_openapi_routes_by_path(gateway: Gateway) -> None:
     found = routed(gateway, "POST", "https://contoso.azure-api.net/soap/temp/anything?wsdl")
     assert found.api.name == "tempconvert" and found.operation is None and found.matched == {}
@@ -165,7 +175,7 @@ def test_validate_reports_the_instance_named_by_a_rules_file(tmp_path: Path) -> 
                          env={**os.environ, "PYTHONPATH": str(CONTOSO.parents[3] / "addon")})  # fmt: skip
     assert out.returncode in (0, 1), out.stdout + out.stderr
     assert (
-        "APIOps extraction: 10 API(s)" in out.stdout
+        "APIOps extraction: 11 API(s)" in out.stdout
         and 'orders "Orders": /orders -> https://orders-backend' in out.stdout
     )
     assert "GET     /{id}  [get-order] (policy)" in out.stdout and "<!-- base: Begin Product scope -->" in out.stdout
