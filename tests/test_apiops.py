@@ -227,7 +227,7 @@ def vault(emulator: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any, vault: Any) -> Any:
+def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any, vault: Any, echo_backend: Any) -> Any:
     tmp = tmp_path_factory.mktemp("apiops")
     rules = write_rules(
         tmp,
@@ -238,6 +238,10 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any,
           named_values: {{orders-secret: s3cr3t}}
           apis:
             orders: {{serviceUrl: "{backend.url}/api"}}
+            inventory-v1: {{serviceUrl: "{echo_backend.url}/inventory-v1"}}
+            inventory-v2: {{serviceUrl: "{echo_backend.url}/inventory-v2"}}
+            billing-2025: {{serviceUrl: "{echo_backend.url}/billing-2025"}}
+            catalog-v2: {{serviceUrl: "{echo_backend.url}/catalog-v2"}}
           backends:
             items-backend: {{url: "{backend.url}/items"}}
           subscriptions:
@@ -401,3 +405,16 @@ def test_trace_shows_the_real_api_operation_and_product(proxy: Any) -> None:
     assert configuration["api"]["from"] == "/orders" and configuration["api"]["to"]["path"] == "/api/42"
     assert configuration["operation"] == {"method": "GET", "uriTemplate": "/{id}"}
     assert configuration["product"] == "gold"
+
+
+@pytest.mark.parametrize(("path", "headers", "backend_path"), [
+    ("/inventory/stock/7", ["Api-Version: v2"], "/inventory-v2/stock/7"),
+    ("/inventory/stock/7", ["Api-Version: v1"], "/inventory-v1/stock/7"),
+    ("/billing/stock/7?api-version=2025-01-01", [], "/billing-2025/stock/7"),
+    ("/catalog/v2/stock/7", [], "/catalog-v2/stock/7"),
+])  # fmt: skip
+def test_version_sets_through_the_proxy(proxy: Any, echo_backend: Any, path: str, headers: list[str],
+                                        backend_path: str) -> None:  # fmt: skip
+    args = [a for h in headers for a in ("-H", h)]
+    status, seen = curl("-x", proxy.url, *args, f"http://contoso.azure-api.net{path}")
+    assert status == 200 and seen["path"] == backend_path, (seen, proxy.text())  # type: ignore[index]
