@@ -22,7 +22,7 @@ from apim_mi.sources.apiops import Answer, Gateway, GatewayRequest, Routed, load
 from apim_mi.sources.apiops.overrides import Overrides
 from apiops_servers import EchoThread, KeyVaultThread
 from conftest import DEMO_AUDIENCE
-from proxy import curl, proxy_for, write_rules
+from proxy import curl, proxy_for, run_mitmdump_expecting_exit, start_mitmdump, write_rules
 
 CONTOSO = Path(__file__).resolve().parent / "data" / "apiops" / "contoso"
 GOLD, MASTER = "gold-key-0000", "master-key-0000"
@@ -418,3 +418,22 @@ def test_version_sets_through_the_proxy(proxy: Any, echo_backend: Any, path: str
     args = [a for h in headers for a in ("-H", h)]
     status, seen = curl("-x", proxy.url, *args, f"http://contoso.azure-api.net{path}")
     assert status == 200 and seen["path"] == backend_path, (seen, proxy.text())  # type: ignore[index]
+
+
+def test_mi_rules_names_the_extraction_folder_itself(tmp_path: Path, emulator: Any) -> None:
+    """Without overrides a used secret must come from the environment; missing, mitmdump does not start and says
+    which named value, where it is used and how to give it."""
+    code, out = run_mitmdump_expecting_exit(["--set", f"mi_rules={CONTOSO}"], confdir=tmp_path / "c1")
+    assert code != 0 and "named value 'orders-secret'" in out and "APIM_NAMED_VALUE_ORDERS_SECRET" in out, out
+    assert "apis/orders/policy.xml:6:" in out and "Traceback" not in out
+    env = {**emulator.env("imds"), "APIM_NAMED_VALUE_ORDERS_SECRET": "from-env", "APIM_NAMED_VALUE_VAULT_SECRET": "v"}
+    md = start_mitmdump(["--set", f"mi_rules={CONTOSO}", "--set", "mi_credential=managed-identity"], env=env,
+                        confdir=tmp_path / "c2")  # fmt: skip
+    try:
+        md.wait_for(r"apim-mi: APIM instance from .*contoso/apimartifacts: 11 API\(s\)")
+        status, _ = curl("-x", md.url, "http://contoso.azure-api.net/orders/1")
+        assert status == 401  # no subscription keys without overrides
+        status, _ = curl("-x", md.url, "http://contoso.azure-api.net/legacy/ping")
+        assert status == 500 and "API 'legacy' has no serviceUrl" in md.text()  # routed, and never to the gateway
+    finally:
+        md.stop()
