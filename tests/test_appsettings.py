@@ -356,3 +356,30 @@ async def test_federated_credential_single_flight_and_fail_closed(
         assert info.value.key.identity == f"app {DEFAULT_APP_CLIENT_ID} via {USER_1}"
     finally:
         await provider.close()
+
+
+async def test_federated_token_file_from_signed_assertion_file_path(
+    entra: tuple[Any, dict[str, str]], tmp_path: Path
+) -> None:
+    """MIW's SignedAssertionFilePath (AKS workload identity) maps to federated-token-file: WorkloadIdentityCredential
+    for the app with that file; the emulator accepts its service-account token for the default app."""
+    from apim_mi.tokens import TokenProvider, azure_credential_factory, token_key
+
+    emu, _ = entra
+    emu.reset()
+    files = emu.workload_identity_env(tmp_path)
+    token_file = Path(files["AZURE_FEDERATED_TOKEN_FILE"])
+    path = write(tmp_path, '{"AzureAd": {"TenantId": "' + HOME_TENANT + '", "ClientId": "' + DEFAULT_APP_CLIENT_ID
+                 + '", "ClientCredentials": [{"SourceType": "SignedAssertionFilePath", "SignedAssertionFileDiskPath": "'
+                 + token_file.name + '"}]}, ' + SECTION + '}}')  # fmt: skip
+    spec = load_appsettings(path).rules[0].credential
+    expected = CredentialSpec("federated-token-file", HOME_TENANT, DEFAULT_APP_CLIENT_ID, token_file=str(token_file))
+    assert spec == expected
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(emu.ca_pem)
+    provider = TokenProvider(azure_credential_factory(10, authority=emu.authority_url, connection_verify=str(ca)))
+    try:
+        result = await provider.get(token_key(spec, "", "api://a"))
+    finally:
+        await provider.close()
+    assert (result.token.claims["appid"], result.token.claims["aud"]) == (DEFAULT_APP_CLIENT_ID, "api://a")

@@ -135,6 +135,16 @@ def test_token_raw_and_json_for_a_user_assigned_identity() -> None:
     assert data["expires_on"] > 0
 
 
+def test_token_with_a_v2_scope() -> None:
+    out = run_cli("token", "--scope", "https://management.core.windows.net//.default", "--credential", "emulator",
+                  "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["claims"]["aud"] == "https://management.core.windows.net/"
+    bad = run_cli("token", "--scope", "https://graph.microsoft.com/User.Read", "--credential", "emulator")
+    assert bad.returncode == 2
+    assert "error: --scope: scope 'https://graph.microsoft.com/User.Read' is not a" in bad.stderr
+
+
 def test_token_failure_exits_2_with_one_clear_error() -> None:
     out = run_cli("token", "--resource", "api://x", "--client-id", "99999999-9999-9999-9999-999999999999",
                   "--credential", "emulator")  # fmt: skip

@@ -241,6 +241,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     from .tokens import TokenError
 
     logging.getLogger("azure").setLevel(logging.ERROR)  # one clear error line below instead of the SDK's warnings
+    if args.scope is not None:
+        from .scopes import resource_from_scope
+
+        try:
+            args.resource = resource_from_scope(args.scope)
+        except ValueError as e:
+            _print_err(f"error: --scope: {e}")
+            return EXIT_ERRORS
     started = time.perf_counter()
     try:
         token, where = asyncio.run(_get_token(args))
@@ -455,7 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "appid, oid, tid) and expiry. The token itself is printed only with --raw (alone on stdout, "
                     "so TOKEN=$(apim-mi token --raw ...) works). Exit 0 with a token, 2 without.",
     )  # fmt: skip
-    t.add_argument("--resource", required=True, help="audience exactly as in the policy (X and X/ differ)")
+    audience = t.add_mutually_exclusive_group(required=True)
+    audience.add_argument("--resource", help="audience exactly as in the policy (X and X/ differ)")
+    audience.add_argument("--scope", help="the v2 form instead: exactly one '<resource>/.default' scope")
     t.add_argument("--client-id", default="", help="user-assigned identity's client id (default: system-assigned)")
     t.add_argument("--credential", choices=CREDENTIALS, default="default",
                    help="token source (default: default = DefaultAzureCredential); emulator starts an embedded "

@@ -9,6 +9,8 @@ azure-identity's Entra credentials, instead of as the managed identity itself:
   the same rules; the secretless cross-tenant pattern Microsoft recommends.
 * ``client-secret`` / ``client-certificate``: ``ClientSecretCredential`` / ``CertificateCredential``, for local runs
   of the same rules (Microsoft.Identity.Web's ``ClientSecret`` / ``ClientCertificates``).
+* ``federated-token-file``: ``WorkloadIdentityCredential`` for this app with a token file (AKS workload identity;
+  Microsoft.Identity.Web's ``SignedAssertionFilePath``), the file ``AZURE_FEDERATED_TOKEN_FILE`` names by default.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from typing import Any
 FIC = "managed-identity-fic"
 CLIENT_SECRET = "client-secret"
 CLIENT_CERTIFICATE = "client-certificate"
-TYPES: tuple[str, ...] = (FIC, CLIENT_SECRET, CLIENT_CERTIFICATE)
+TOKEN_FILE = "federated-token-file"
+#: Per type: the fields it may have besides type, tenant_id and client_id, and which of them it needs.
+FIELDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    FIC: (frozenset({"managed_identity_client_id", "audience"}), frozenset()),
+    CLIENT_SECRET: (frozenset({"client_secret"}), frozenset({"client_secret"})),
+    CLIENT_CERTIFICATE: (frozenset({"certificate_path"}), frozenset({"certificate_path"})),
+    TOKEN_FILE: (frozenset({"token_file"}), frozenset()),
+}
+TYPES: tuple[str, ...] = tuple(FIELDS)
 EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 #: The token-exchange audience per cloud (Entra's documented values for a managed identity as a federated credential).
 EXCHANGE_AUDIENCES: tuple[str, ...] = (
@@ -43,12 +53,14 @@ class CredentialSpec:
     audience: str = EXCHANGE_AUDIENCE
     client_secret: str = field(default="", repr=False)
     certificate_path: str = ""
+    token_file: str = ""
 
     def __str__(self) -> str:
         how = {
             FIC: f"managed identity {self.managed_identity_client_id or 'system-assigned'} as federated credential",
             CLIENT_SECRET: "client secret",
             CLIENT_CERTIFICATE: f"certificate {self.certificate_path}",
+            TOKEN_FILE: f"federated token file {self.token_file or '$AZURE_FEDERATED_TOKEN_FILE'}",
         }[self.type]
         return f"{self.type} (app {self.client_id} in tenant {self.tenant_id}, {how})"
 
@@ -66,22 +78,14 @@ def parse_credential(raw: Mapping[str, Any]) -> CredentialSpec:
     kind = raw.get("type")
     if kind not in TYPES:
         raise ValueError(f"credential type {kind!r} is not one of: {', '.join(TYPES)}")
-    allowed = {"type", "tenant_id", "client_id"} | {
-        FIC: {"managed_identity_client_id", "audience"},
-        CLIENT_SECRET: {"client_secret"},
-        CLIENT_CERTIFICATE: {"certificate_path"},
-    }[kind]
+    optional, needed = FIELDS[kind]
+    allowed = {"type", "tenant_id", "client_id"} | optional
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ValueError(
             f"credential: unknown field '{unknown[0]}' for type {kind} (allowed: {', '.join(sorted(allowed))})"
         )
-    required = (
-        {"tenant_id", "client_id"}
-        | ({"client_secret"} if kind == CLIENT_SECRET else set())
-        | ({"certificate_path"} if kind == CLIENT_CERTIFICATE else set())
-    )
-    for name in sorted(required):
+    for name in sorted({"tenant_id", "client_id"} | needed):
         if not str(raw.get(name) or "").strip():
             raise ValueError(f"credential: {kind} needs '{name}'")
     audience = str(raw.get("audience") or EXCHANGE_AUDIENCE)
@@ -97,6 +101,7 @@ def parse_credential(raw: Mapping[str, Any]) -> CredentialSpec:
         audience=audience,
         client_secret=str(raw.get("client_secret") or ""),
         certificate_path=str(raw.get("certificate_path") or ""),
+        token_file=str(raw.get("token_file") or ""),
     )
 
 
@@ -127,6 +132,10 @@ def app_credential(spec: CredentialSpec, assertion: Callable[[], Awaitable[str]]
         return aio.ClientSecretCredential(spec.tenant_id, spec.client_id, spec.client_secret, **kwargs)
     if spec.type == CLIENT_CERTIFICATE:
         return aio.CertificateCredential(spec.tenant_id, spec.client_id, spec.certificate_path, **kwargs)
+    if spec.type == TOKEN_FILE:
+        if spec.token_file:
+            kwargs["token_file_path"] = spec.token_file
+        return aio.WorkloadIdentityCredential(tenant_id=spec.tenant_id, client_id=spec.client_id, **kwargs)
     if assertion is None:
         raise ValueError("a managed-identity-fic credential needs the managed identity's token")
     return ManagedIdentityAssertionCredential(spec, assertion, **kwargs)

@@ -505,15 +505,16 @@ def scope_as_resource(rule: Mapping[str, Any], loc: Location, named_values: Mapp
 def credential_of(
     raw: Mapping[str, Any], path: tuple[Any, ...], pos: _Positions, named_values: Mapping[str, str], base_dir: Path
 ) -> str | CredentialSpec | None:
-    """A ``credential:`` value: a source name, or an app registration (named values substituted in its fields, a
-    certificate path relative to the rules file)."""
+    """A ``credential:`` value: a source name, or an app registration (named values substituted in its fields,
+    file paths relative to the rules file)."""
     value = raw.get("credential")
     if not isinstance(value, Mapping):
         return value
     loc = pos.at(path)
     fields = {k: substitute_named_values(str(v), named_values, loc) for k, v in value.items()}
-    if fields.get("certificate_path"):
-        fields["certificate_path"] = str(base_dir / fields["certificate_path"])
+    for name in ("certificate_path", "token_file"):
+        if fields.get(name):
+            fields[name] = str(base_dir / fields[name])
     try:
         return parse_credential(fields)
     except ValueError as e:

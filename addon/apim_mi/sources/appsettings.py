@@ -8,8 +8,8 @@ one shorthand rule, exactly as Microsoft.Identity.Web would call that API with a
 * identity: ``AcquireTokenOptions.ManagedIdentity`` (``UserAssignedClientId``, or ``{}`` = system-assigned), else the
   app registration of the ``AzureAd`` section (``AcquireTokenOptions.AuthenticationOptionsName``) with its first
   usable ``ClientCredentials`` entry: ``SignedAssertionFromManagedIdentity`` (managed identity as federated
-  credential), ``ClientSecret``, or a certificate file (``SourceType: Path``); ``AcquireTokenOptions.Tenant`` picks
-  another tenant;
+  credential), ``SignedAssertionFilePath`` (AKS workload identity's token file), ``ClientSecret``, or a certificate
+  file (``SourceType: Path``); ``AcquireTokenOptions.Tenant`` picks another tenant;
 * header: ``ProtocolScheme`` (default Bearer).
 
 A user-token section (``RequestAppToken`` not true) is an error: a proxy has no signed-in user. .NET reads the file
@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..credentials import CLIENT_CERTIFICATE, CLIENT_SECRET, EXCHANGE_AUDIENCES, FIC, CredentialSpec, parse_credential
+from ..credentials import (
+    CLIENT_CERTIFICATE,
+    CLIENT_SECRET,
+    EXCHANGE_AUDIENCES,
+    FIC,
+    TOKEN_FILE,
+    CredentialSpec,
+    parse_credential,
+)
 from ..errors import LoadError, Location
 from ..rules import (
     MatchSpec,
@@ -51,7 +59,6 @@ _UNSUPPORTED = {
     "storewiththumbprint": "a certificate in the Windows certificate store",
     "storewithdistinguishedname": "a certificate in the Windows certificate store",
     "base64encoded": "an inline base64 certificate",
-    "signedassertionfilepath": "a federated token file (use credential: workload-identity instead)",
     "signedassertionfromvault": "a signed assertion from Key Vault",
     "autodecryptkeys": "decrypt keys",
     "customsignedassertion": "a custom signed-assertion provider",
@@ -66,7 +73,7 @@ def is_appsettings(path: Path) -> bool:
         data = json.loads(strip_jsonc(path.read_text("utf-8-sig")))
     except (OSError, UnicodeDecodeError, ValueError):
         return True  # reading it as appsettings reports the problem with its location
-    return not (isinstance(data, dict) and ("rules" in data or "apim" in data))
+    return not (isinstance(data, dict) and any(key in data for key in ("rules", "apim", "import")))
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
@@ -340,7 +347,8 @@ class _Converter:
         raise LoadError(
             where,
             f"section '{auth_name}': no client credential{wanted} this proxy can use{found}; "
-            "use SignedAssertionFromManagedIdentity, ClientSecret or a certificate file (Path)",
+            "use SignedAssertionFromManagedIdentity, SignedAssertionFilePath, ClientSecret or a certificate file "
+            "(Path)",
         )
 
     @staticmethod
@@ -370,6 +378,11 @@ class _Converter:
             if not secret:
                 return None
             fields |= {"type": CLIENT_SECRET, "client_secret": str(secret)}
+        elif kind.lower() == "signedassertionfilepath":
+            fields["type"] = TOKEN_FILE
+            token_file = _get(entry, "SignedAssertionFileDiskPath")[1]
+            if token_file:
+                fields["token_file"] = str(self.path.parent / str(token_file))
         elif kind.lower() == "path":
             disk = _get(entry, "CertificateDiskPath")[1]
             if not disk:
