@@ -572,6 +572,14 @@ def policies_doc(report: Report | None) -> str:
         sections = ", ".join(s for s in SECTIONS if s in spec.sections)
         defaults = ", ".join(f"`{a.name}={a.default}`" for a in spec.attributes.values() if a.default is not None)
         lines.append(f"| `{name}` | {runs} | {sections} | {defaults or '–'} | {LIMITS.get(name, spec.limits)} |")
+    lines += [
+        "", "## Real-world policies", "",
+        "Policies deployed by public samples run as regression tests, each file naming its source repository,",
+        "path and commit: `tests/data/realworld/` (Azure-Samples/AI-Gateway's MCP, OAuth and access-control labs,",
+        "Azure-Samples/Apim-Samples' CORS, credential-manager, authX and costing samples) in",
+        "`tests/test_realworld.py`, through the engine and, for four of them, a real mitmdump;",
+        "`tests/data/ai-gateway/` holds the AI-gateway ones.",
+    ]  # fmt: skip
     lines += ["", "## Regression corpus", ""]
     if report is not None and report.parsed is not None and report.evaluated is not None:
         lines += [
