@@ -222,6 +222,29 @@ def test_bad_mi_metrics_is_one_clear_error(tmp_path: Path) -> None:
     assert code == 1 and "mi_metrics: '9464' is not host:port" in out and "Traceback" not in out
 
 
+async def test_refused_clients_are_counted_per_rule(tmp_path: Path) -> None:
+    """A client outside loopback and mi_allow_clients (a flow object from a documentation address; nothing is
+    sent anywhere) is refused with 403 and counted."""
+    from apim_mi.addon import ApimMi
+    from mitmproxy.test import taddons, tflow
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: api\n    match: {host: api.contoso.test}\n    resource: https://x.test\n")
+    addon = ApimMi()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, mi_rules=str(rules), mi_metrics="127.0.0.1:0", mi_allow_clients=["10.0.0.0/8"])
+        for peer in ("203.0.113.5", "198.51.100.7"):
+            f = tflow.tflow()
+            f.client_conn.peername = (peer, 50000)
+            f.request.host, f.request.port, f.request.scheme = "api.contoso.test", 443, "https"
+            await addon.request(f)
+            assert f.response is not None and f.response.status_code == 403
+    parsed = samples(addon.metrics.exposition().decode())
+    assert value(parsed, "apim_mi_requests_matched_total", rule="api") == 2
+    assert value(parsed, "apim_mi_requests_refused_total", rule="api") == 2
+    assert value(parsed, "apim_mi_requests_injected_total", rule="api") == 0
+
+
 def test_no_string_work_per_flow_when_off() -> None:
     """With mi_metrics off the addon holds no Metrics, so its counting is the mi.status dict increment alone."""
     from apim_mi.addon import ApimMi

@@ -2,8 +2,9 @@
 
 :class:`Metrics` owns one registry per addon (no global state) and is what the rest of the proxy feeds:
 
-* the addon counts flows per rule (:meth:`Metrics.flow`: one cached counter child per (event, rule), an increment
-  and nothing else per flow), rules reloads and policy errors;
+* the addon counts flows per rule (:meth:`Metrics.flow`: one increment of a plain counter per flow event, about
+  a dict update; prometheus-client's own counters take a lock and cost several times that, so these are exported
+  by a collector at scrape time), rules reloads and policy errors;
 * token acquisitions are timed by wrapping the credential factory (:meth:`Metrics.timed`), so ``tokens.py`` does
   not know about metrics; cached tokens' remaining lifetimes are read from ``TokenProvider.status()`` at scrape time;
 * policies (``emit-metric``, AI token metrics) record their own metrics with dimensions through
@@ -27,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("apim_mi")
@@ -57,10 +58,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
-        self._flow_counters = {
-            event: Counter(PREFIX + name, doc, ["rule"], registry=reg) for event, (name, doc) in FLOW_EVENTS.items()
-        }
-        self._flow_children: dict[tuple[str, str], Any] = {}
+        self._flows: dict[str, dict[str, int]] = {event: {} for event in FLOW_EVENTS}
+        reg.register(_FlowCounts(self._flows))
         self.token_acquisitions = Counter(
             f"{PREFIX}token_acquisitions", "Token requests to the credential (cache misses and refreshes), by result.",
             ["source", "identity", "resource", "result"], registry=reg,
@@ -81,11 +80,9 @@ class Metrics:
     # -- the proxy's own metrics ----------------------------------------------------------------------------------
 
     def flow(self, event: str, rule: str) -> None:
-        """Count one flow ``event`` (a key of :data:`FLOW_EVENTS`) for ``rule``: a dict lookup and an increment."""
-        child = self._flow_children.get((event, rule))
-        if child is None:
-            child = self._flow_children[(event, rule)] = self._flow_counters[event].labels(rule)
-        child.inc()
+        """Count one flow ``event`` (a key of :data:`FLOW_EVENTS`) for ``rule``."""
+        counts = self._flows[event]
+        counts[rule] = counts.get(rule, 0) + 1
 
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels("ok" if ok else "failed").inc()
@@ -168,6 +165,20 @@ class _TimedCredential:
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class _FlowCounts(Collector):
+    """``apim_mi_requests_*_total{rule}`` from the plain per-(event, rule) counts, read at scrape time."""
+
+    def __init__(self, counts: dict[str, dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        for event, (name, doc) in FLOW_EVENTS.items():
+            family = CounterMetricFamily(PREFIX + name, doc, labels=["rule"])
+            for rule, n in list(self._counts[event].items()):
+                family.add_metric([rule], n)
+            yield family
 
 
 class _TokenExpiry(Collector):

@@ -428,10 +428,9 @@ class Emulator(LoopbackServer):
     async def _arc(self, request: web.Request) -> web.StreamResponse:
         """Azure Arc: the first request gets a key-file challenge, the second proves it read the file."""
         record = self._record(request, "arc")
-        if request.method != "GET":
-            return self._finish(record, _imds_error(405, "method_not_allowed", "Method not allowed"))
-        if request.headers.get("Metadata", "").lower() != "true":
-            return self._finish(record, _imds_error(400, "invalid_request", "Required metadata header not specified"))
+        rejected = _metadata_request_error(request, "GET")
+        if rejected is not None:
+            return self._finish(record, rejected)
         if self._arc_keys is None:
             self._arc_keys = protocols.ArcKeys(self._config.arc_key_dir)
         authorization = request.headers.get("Authorization", "")
@@ -453,10 +452,9 @@ class Emulator(LoopbackServer):
     async def _cloud_shell(self, request: web.Request) -> web.StreamResponse:
         """Cloud Shell: a form POST; the resource is in the body, not the query."""
         record = self._record(request, "cloudshell")
-        if request.method != "POST":
-            return self._finish(record, _imds_error(405, "method_not_allowed", "Method not allowed"))
-        if request.headers.get("Metadata", "").lower() != "true":
-            return self._finish(record, _imds_error(400, "invalid_request", "Required metadata header not specified"))
+        rejected = _metadata_request_error(request, "POST")
+        if rejected is not None:
+            return self._finish(record, rejected)
         record.query = {k: str(v) for k, v in (await request.post()).items()}
         return await self._serve_token(request, record, "cloudshell")
 
@@ -706,6 +704,15 @@ def _drop(request: web.Request) -> web.StreamResponse:
 
 def _imds_error(status: int, code: str, description: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": code, "error_description": description}, status=status, headers=headers)
+
+
+def _metadata_request_error(request: web.Request, method: str) -> web.Response | None:
+    """The IMDS-style rejection of a request with the wrong method or without ``Metadata: true`` (Arc, Cloud Shell)."""
+    if request.method != method:
+        return _imds_error(405, "method_not_allowed", "Method not allowed")
+    if request.headers.get("Metadata", "").lower() != "true":
+        return _imds_error(400, "invalid_request", "Required metadata header not specified")
+    return None
 
 
 def _app_service_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
