@@ -528,8 +528,8 @@ def _print(report: Report) -> None:
 LIMITS = {
     "authentication-managed-identity": "Tokens from azure-identity (or the emulator); cached per (source, identity, "
     "resource). `authentication-provider` is accepted and ignored.",
-    "send-request": "aiohttp, never through a proxy; an `authentication-certificate` child presents its "
-    "certificate, a `proxy` child is not supported. Non-2xx answers are responses, not errors.",
+    "send-request": "aiohttp, through a proxy only when a `proxy` policy sets one (never the environment's); an "
+    "`authentication-certificate` child presents its certificate. Non-2xx answers are responses, not errors.",
     "set-body": "Literal, expression or `template=\"liquid\"` (python-liquid with APIM's `body` and `context` "
     "objects, DotLiquid's C# filter names, `KeyValuePair` iteration, `JSONArrayFor`; `{{x.y}}` without spaces is a "
     "named value, as in APIM). Also in on-error, as deployed policies use it.",
@@ -539,7 +539,10 @@ LIMITS = {
     "or issuer-signing-keys (base64 or n/e); no `decryption-keys` (JWE), no `certificate-id`.",
     "mock-response": "No API examples exist locally: status code and content type, empty body.",
     "trace": "Entry under the policy's `source`; wording of the entry's data is apim-mi's.",
-    "forward-request": "The proxy forwards; `timeout` is recorded, the other attributes are not applied.",
+    "forward-request": "A lone top-level forward-request to a plain URL: mitmproxy forwards (`timeout` recorded). "
+    "Inside retry/choose/limit-concurrency, a second call, a pool or circuit-broken backend, or with a proxy: "
+    "apim-mi calls the backend itself (aiohttp, `timeout`/`timeout-ms`, `fail-on-error-status-code`) and the flow "
+    "gets the final response. `follow-redirects` is not applied.",
     "include-fragment": "Expanded when the policy loads.",
 }
 

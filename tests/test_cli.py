@@ -235,3 +235,16 @@ def test_startup_summary_with_embedded_emulator(tmp_path: Path) -> None:
         md.wait_for(r"injected only for loopback clients and clients authenticated with --proxyauth")
     finally:
         md.stop()
+
+
+def test_validate_warns_about_a_policy_outside_its_documented_sections(tmp_path: Path) -> None:
+    (tmp_path / "p.xml").write_text(
+        "<policies>\n  <inbound><base/></inbound>\n  <outbound>\n"
+        '    <authentication-managed-identity resource="https://vault.azure.net" output-token-variable-name="t"/>\n'
+        "  </outbound>\n</policies>\n"
+    )
+    path = rules_file(tmp_path, "rules:\n  - match: {host: example.com}\n    policy: p.xml\n")
+    out = run_cli("validate", str(path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert (f"warning: {tmp_path / 'p.xml'}:4:6: 'authentication-managed-identity' is outside its documented "
+            "sections (inbound) in 'outbound'") in out.stdout  # fmt: skip

@@ -14,7 +14,12 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT / ".corpus" / "api-management-policy-snippets"
+#: The shared checkout beside the repository (../shared/corpus) when it is there, else .corpus/ in the checkout.
+CORPUS = next(
+    (p for p in (ROOT.parent / "shared" / "corpus" / "api-management-policy-snippets",
+                 ROOT / ".corpus" / "api-management-policy-snippets") if p.is_dir()),
+    ROOT / ".corpus" / "api-management-policy-snippets",
+)  # fmt: skip
 
 
 def _corpus_script() -> ModuleType:

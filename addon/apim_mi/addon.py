@@ -28,6 +28,7 @@ from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
 from .policy.ai import AiState
+from .policy.gateway import GatewayState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
 from .tokens import TokenProvider, azure_credential_factory
 from .trace import METADATA_KEY, REDACTED, FlowRecord, Trace, scrub
@@ -90,6 +91,7 @@ class ApimMi:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
+        self.gateway = GatewayState()  # caches, counters, breakers, metrics: shared by every flow and rule
         self.inspector = inspector.Inspector()
         self.ai = AiState()  # token counters, metrics, semantic cache: shared by all flows and rule sets
         self.upstream_certs = clientcerts.UpstreamCertificates()
@@ -197,6 +199,7 @@ class ApimMi:
             config = load_rules(path)
             self.config = config
             self._settings = {**self._settings, **_config_settings(config)}
+            self.gateway.subscriptions, self.gateway.loggers = config.subscriptions, config.loggers
             self.matcher = Matcher(config.rules)
             if clientcerts.presented_upstream(config) and ctx.options.connection_strategy != "lazy":
                 # the upstream TLS connection must open after the request hook chose the certificate
@@ -501,7 +504,7 @@ class ApimMi:
 
             flows.apply_route(routed, context)
         trace = Trace.since(request_id.hex, flow.request.timestamp_start)
-        services = engine.Services(self.tokens, self._source(rule), settings=self._settings)
+        services = engine.Services(self.tokens, self._source(rule), settings=self._settings, state=self.gateway)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
         state = _FlowState(rule, run, time.perf_counter(), str(request_id))
         self._flows[flow.id] = state
@@ -688,6 +691,7 @@ class ApimMi:
             self._finish(flow, state)
 
     def _finish(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None) -> None:
+        engine.finish(state.run)
         if flow.response is not None:
             for name, value in state.run.response_headers:
                 flow.response.headers[name] = value

@@ -169,6 +169,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for later, earlier in Matcher(config.rules).shadowed()
     ]
     warnings += audience_warnings(config)
+    warnings += dict.fromkeys(w for rule in config.rules for w in rule.policy.warnings)
     scope = "applies to every request" if getattr(config, "applies_to_all", False) else f"{len(config.rules)} rule(s)"
     print(f"{config.path}: {scope}, credential: {config.credential or 'not set (mi_credential, else default)'}")
     for rule in config.rules:

@@ -22,6 +22,7 @@ import yaml
 from .backends import Backend, BackendError, check_pools, parse_backend
 from .credentials import CredentialSpec, parse_credential
 from .errors import LoadError, Location
+from .policy.gateway import SubscriptionSpec
 from .policy.model import Policy, Statement, Value
 
 CREDENTIAL_SOURCES: tuple[str, ...] = ("default", "managed-identity", "workload-identity", "azure-cli", "emulator")
@@ -76,6 +77,9 @@ class RulesConfig:
     certificates: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: get-authorization-context: provider id -> authorization id -> {"access_token": …, "claims": {…}}
     authorizations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: declared subscriptions by key (primary and secondary) and log-to-eventhub sinks by logger id
+    subscriptions: dict[str, SubscriptionSpec] = field(default_factory=dict)
+    loggers: dict[str, Path] = field(default_factory=dict)
 
 
 @cache
@@ -704,6 +708,9 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
         backends=_backends(data.get("backends") or {}, named, pos),
         certificates=_certificates(data.get("certificates") or {}, named, pos, path.parent),
         authorizations=_authorizations(data.get("authorizations") or {}, named, pos),
+        subscriptions=_subscriptions(data.get("subscriptions") or {}, named, pos),
+        loggers={str(k): base_dir / substitute_named_values(str(v), named, pos.at(("loggers", k)))
+                 for k, v in (data.get("loggers") or {}).items()},
     )
     if "import" in data:
         _import_rules(config, data["import"], ("import",), pos)
@@ -766,6 +773,21 @@ def _import_rules(config: RulesConfig, value: Any, path: tuple[Any, ...], pos: _
             rule.index = len(config.rules)
             config.rules.append(rule)
         config.files += imported.files
+
+
+def _subscriptions(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, SubscriptionSpec]:
+    out: dict[str, SubscriptionSpec] = {}
+    for sid, entry in raw.items():
+        keys = {k: substitute_named_values(str(entry[k]), named, pos.at(("subscriptions", sid, k)))
+                for k in ("primary_key", "secondary_key") if k in entry}  # fmt: skip
+        spec = SubscriptionSpec(str(sid), str(entry.get("name") or sid), keys["primary_key"],
+                                keys.get("secondary_key", ""))  # fmt: skip
+        for k, key in keys.items():
+            if key in out:
+                raise LoadError(pos.at(("subscriptions", sid, k)),
+                                f"subscription '{sid}': this key already belongs to subscription '{out[key].id}'")
+            out[key] = spec
+    return out
 
 
 def _backends(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions) -> dict[str, Backend]:

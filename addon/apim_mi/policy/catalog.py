@@ -34,6 +34,12 @@ ON_ERROR_ALLOWED: frozenset[str] = frozenset(
     }
 )  # fmt: skip
 
+#: Policies whose documented sections the loader enforces. Elsewhere a policy outside its documented sections only
+#: warns: the gateway accepts more than the reference pages list (the on-error list omits set-body, which the APIM
+#: team's "Deep dive on set-body policy" uses there; deployed AI-gateway policies run authentication-managed-identity
+#: in outbound). forward-request is the backend call itself, which only the backend section makes.
+SECTIONS_ENFORCED: frozenset[str] = frozenset({"forward-request"})
+
 XSD = "http://www.w3.org/2001/XMLSchema"
 
 
@@ -213,8 +219,9 @@ PROXY = ElementSpec(
     "proxy",
     sections=INBOUND,
     attributes=_attrs(AttributeSpec("url", required=True), AttributeSpec("username"), AttributeSpec("password")),
-    supported=False,
-    summary="Routes the request through an HTTP proxy.",
+    summary="Routes side requests (and backend calls apim-mi makes) through an HTTP proxy.",
+    limits="Applies to send-request, send-one-way-request and the backend calls apim-mi makes itself; a request "
+    "mitmproxy forwards keeps mitmproxy's own upstream settings.",
 )
 
 SEND_REQUEST = ElementSpec(
@@ -563,27 +570,199 @@ _SUPPORTED: tuple[ElementSpec, ...] = (
 )
 
 
+# --- caching, limits, retry and backends, side effects (policy/statements/caching, limits, backends, effects) -----
+
+CACHING_TYPES = ("internal", "external", "prefer-external")
+_CACHING_TYPE = _enum("caching-type", CACHING_TYPES, "prefer-external")
+_TEXT_LIST = Body.ELEMENTS
+
+
+def _limit(name: str, *extra: AttributeSpec, expressions: bool = True, children: tuple[ChildSpec, ...] = (),
+           summary: str = "", limits: str = "") -> ElementSpec:  # fmt: skip
+    """rate-limit / quota and their -by-key forms: calls, renewal-period and the headers/variables they report."""
+    return ElementSpec(
+        name,
+        sections=INBOUND,
+        attributes=_attrs(
+            _int("calls", expressions=expressions),
+            _int("renewal-period", expressions=expressions),
+            *extra,
+        ),
+        body=Body.ELEMENTS if children else Body.EMPTY,
+        children=children,
+        summary=summary,
+        limits=limits,
+    )
+
+
+_RATE_HEADERS = (
+    AttributeSpec("retry-after-header-name", expressions=False),
+    AttributeSpec("retry-after-variable-name", expressions=False),
+    AttributeSpec("remaining-calls-header-name", expressions=False),
+    AttributeSpec("remaining-calls-variable-name", expressions=False),
+    AttributeSpec("total-calls-header-name", expressions=False),
+)
+_BY_KEY = (
+    AttributeSpec("counter-key", required=True),
+    AttributeSpec("increment-condition", datatype=Datatype.BOOL),
+    _int("increment-count", "1"),
+)
+
+
+def _scoped_limits() -> tuple[ChildSpec, ...]:
+    """rate-limit / quota's <api name|id calls renewal-period><operation …/></api> children."""
+    attrs = _attrs(AttributeSpec("name", expressions=False), AttributeSpec("id", expressions=False),
+                   _int("calls", expressions=False), _int("renewal-period", expressions=False),
+                   _int("bandwidth", expressions=False))  # fmt: skip
+    operation = ElementSpec("operation", attributes=attrs)
+    return (ChildSpec(ElementSpec("api", attributes=attrs, body=Body.ELEMENTS,
+                                  children=(ChildSpec(operation, max=None),)), max=None),)  # fmt: skip
+
+
+_RUNTIME: tuple[ElementSpec, ...] = (
+    ElementSpec(
+        "cache-lookup",
+        sections=INBOUND,
+        attributes=_attrs(
+            _bool("vary-by-developer", "false", expressions=True),
+            _bool("vary-by-developer-groups", "false", expressions=True),
+            _CACHING_TYPE,
+            _enum("downstream-caching-type", ("none", "private", "public"), "none"),
+            _bool("must-revalidate", "true", expressions=True),
+            _bool("allow-private-response-caching", "false", expressions=True),
+        ),
+        body=_TEXT_LIST,
+        children=(ChildSpec(ElementSpec("vary-by-header", body=Body.TEXT), max=None),
+                  ChildSpec(ElementSpec("vary-by-query-parameter", body=Body.TEXT), max=None)),
+        summary="Answers a GET from the response cache (varying by query, headers, developer, groups).",
+        limits=(
+            "In-process store for every caching-type (the trace says so); GET only; the key is method, host, "
+            "path, the named query parameters (all when none is named), the named headers, and the developer "
+            "(user, else subscription) / groups when asked; a hit answers at once (Age, downstream Cache-Control)"
+            " and skips backend and outbound (inferred)."
+        ),
+    ),
+    ElementSpec(
+        "cache-store",
+        sections=frozenset({"outbound"}),
+        attributes=_attrs(_int("duration"), _bool("cache-response", "false", expressions=True)),
+        summary="Stores the response for the key cache-lookup computed.",
+        limits='200 responses only unless cache-response="true"; duration defaults to 3600 s when absent.',
+    ),
+    ElementSpec(
+        "cache-lookup-value",
+        attributes=_attrs(AttributeSpec("key", required=True), AttributeSpec("default-value"),
+                          AttributeSpec("variable-name", required=True, expressions=False), _CACHING_TYPE),
+        summary="Reads a cached value into a context variable.",
+        limits=(
+            "In-process store with TTL shared by all flows and rules; a miss leaves the variable unset unless "
+            "default-value is given."
+        ),
+    ),
+    ElementSpec(
+        "cache-store-value",
+        attributes=_attrs(AttributeSpec("key", required=True), AttributeSpec("value", required=True),
+                          AttributeSpec("duration", required=True), _CACHING_TYPE),  # duration: int, checked when run
+        summary="Stores a value in the cache for a duration in seconds.",
+        limits=(
+            "The value is kept as the expression returned it (no serialisation); "
+            "internal/external/prefer-external share one store."
+        ),
+    ),
+    ElementSpec(
+        "cache-remove-value",
+        attributes=_attrs(AttributeSpec("key", required=True), _CACHING_TYPE),
+        summary="Removes a value from the cache.",
+        limits="The in-process store every caching-type shares.",
+    ),
+    _limit(
+        "rate-limit", *_RATE_HEADERS, expressions=False, children=_scoped_limits(),
+        summary="Limits calls per subscription in a renewal period (429 + Retry-After).",
+        limits="Fixed windows from the first call, counted per subscription (Ocp-Apim-Subscription-Key or "
+        "subscription-key; declared under subscriptions:, else named after the key); api/operation children count "
+        "separately. 429 `Rate limit is exceeded. Try again in N seconds.` with Retry-After, LastError "
+        "RateLimitExceeded.",
+    ),
+    _limit(
+        "rate-limit-by-key", *_RATE_HEADERS, *_BY_KEY,
+        summary="Limits calls per counter key (429 + Retry-After).",
+        limits="As rate-limit, per counter-key; increment-condition is evaluated on the final response when the "
+        "request is over.",
+    ),
+    _limit(
+        "quota", _int("bandwidth", expressions=False), expressions=False, children=_scoped_limits(),
+        summary="Call and bandwidth (KB) volume per subscription in a renewal period (403).",
+        limits="Fixed windows; 403 `Out of call volume quota. Quota will be replenished in hh:mm:ss.` (or bandwidth), "
+        "LastError QuotaExceeded; bandwidth counts request and response bodies.",
+    ),
+    _limit(
+        "quota-by-key", _int("bandwidth"), *_BY_KEY, AttributeSpec("first-period-start"),
+        summary="Call and bandwidth (KB) volume per counter key in a renewal period (403).",
+        limits="As quota, per counter-key; first-period-start is accepted and ignored (windows start at the first "
+        "call).",
+    ),
+    ElementSpec(
+        "limit-concurrency",
+        attributes=_attrs(AttributeSpec("key", required=True), _int("max-count", required=True, expressions=False)),
+        body=Body.STATEMENTS,
+        summary="Runs its statements only while fewer than max-count requests with the key are in flight (429).",
+        limits="Per proxy process; the 429 body `Too many requests` is inferred.",
+    ),
+    ElementSpec(
+        "retry",
+        attributes=_attrs(
+            AttributeSpec("condition", required=True, datatype=Datatype.BOOL),
+            _int("count", required=True),
+            _int("interval", required=True),
+            _int("max-interval"),
+            _int("delta"),
+            _bool("first-fast-retry", "false", expressions=True),
+        ),
+        body=Body.STATEMENTS,
+        summary="Runs its statements, then again while the condition holds (up to count retries).",
+        limits=(
+            "A forward-request inside makes apim-mi call the backend itself (aiohttp) for every attempt; fixed, "
+            "linear and exponential (±20 % jitter) intervals; a failure that carries a response (pool "
+            "unavailable) is retried like a response, other errors end the retry."
+        ),
+    ),
+    ElementSpec(
+        "wait",
+        sections=NOT_ON_ERROR,
+        attributes=_attrs(_enum("for", ("all", "any"), "all", expressions=False)),
+        body=Body.STATEMENTS,
+        summary="Runs its statements concurrently and waits for all or any of them.",
+        limits='With for="any" the unfinished children are cancelled.',
+    ),
+    ElementSpec(
+        "send-one-way-request",
+        attributes=_attrs(_enum("mode", ("new", "copy"), "new"), _int("timeout", "60")),
+        body=Body.ELEMENTS,
+        children=SEND_REQUEST.children,
+        ordered=True,
+        summary="Sends a side request and does not wait for its answer.",
+        limits="aiohttp in the background; the answer or failure goes to the event log only.",
+    ),
+    ElementSpec(
+        "log-to-eventhub",
+        attributes=_attrs(AttributeSpec("logger-id", required=True, expressions=False),
+                          AttributeSpec("partition-id", expressions=False), AttributeSpec("partition-key")),
+        body=Body.TEXT,
+        summary="Sends a message to an Event Hub logger (locally: a JSON-lines file, else the event log).",
+        limits=(
+            "One JSON object per line (timestamp, loggerId, partitionId, partitionKey, requestId, message) in the"
+            " file named under loggers:, else an event-log line."
+        ),
+    ),
+)
+
+
 def _unsupported(name: str, sections: frozenset[str], body: Body = Body.ANY) -> ElementSpec:
     return ElementSpec(name, sections=sections, body=body, closed=False, supported=False)
 
 
 #: Policies the engine does not run, listed for section checks (their reference pages' "Policy sections").
-_KNOWN: tuple[ElementSpec, ...] = (
-    _unsupported("retry", ALL_SECTIONS, Body.STATEMENTS),
-    _unsupported("wait", NOT_ON_ERROR, Body.STATEMENTS),
-    _unsupported("limit-concurrency", ALL_SECTIONS, Body.STATEMENTS),
-    _unsupported("rate-limit", INBOUND),
-    _unsupported("rate-limit-by-key", INBOUND),
-    _unsupported("quota", INBOUND),
-    _unsupported("quota-by-key", INBOUND),
-    _unsupported("cache-lookup", INBOUND),
-    _unsupported("cache-store", frozenset({"outbound"})),
-    _unsupported("cache-lookup-value", ALL_SECTIONS),
-    _unsupported("cache-store-value", ALL_SECTIONS),
-    _unsupported("cache-remove-value", ALL_SECTIONS),
-    _unsupported("log-to-eventhub", ALL_SECTIONS),
-    _unsupported("send-one-way-request", ALL_SECTIONS),
-)
+_KNOWN: tuple[ElementSpec, ...] = ()
 
 
 def _required(*names: str) -> tuple[AttributeSpec, ...]:
@@ -796,7 +975,7 @@ _CONTENT: tuple[ElementSpec, ...] = (
 )
 
 CATALOG: Mapping[str, ElementSpec] = MappingProxyType(
-    {s.name: s for s in (*_SUPPORTED, *_CONTENT, *AI_POLICIES, *_KNOWN)}
+    {s.name: s for s in (*_SUPPORTED, *_CONTENT, *_RUNTIME, *AI_POLICIES, *_KNOWN)}
 )
 
 

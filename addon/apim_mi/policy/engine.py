@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ApimMiError, PolicyError
 from ..trace import Trace
+from .gateway import GatewayState
 from .model import Policy, Statement, Value
 
 if TYPE_CHECKING:
@@ -62,6 +63,8 @@ class Services:
     credential_source: str | CredentialSpec = "default"
     send: Callable[..., Awaitable[Any]] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    #: What outlives the request (caches, counters, breakers, metrics): one per addon, shared by all flows.
+    state: GatewayState = field(default_factory=GatewayState)
 
 
 @dataclass
@@ -98,6 +101,13 @@ class PolicyRun:
     warnings: list[str] = field(default_factory=list)
     error: PolicyError | None = None
     token_failures: list[str] = field(default_factory=list)
+    #: The engine called the backend itself (retry, pools, several forward-requests): ``context.response`` holds
+    #: the final answer and outbound runs here, not after the proxy forwards.
+    backend_called: bool = False
+    #: Per-request state of statement families (the response-cache key, the proxy for side requests …).
+    extras: dict[str, Any] = field(default_factory=dict)
+    #: Run once the request is over, whatever its outcome (rate-limit increment-condition on the final response).
+    finalizers: list[Callable[[], None]] = field(default_factory=list)
     #: Headers the caller's response gets whatever produced it (cors on an allowed cross-origin request).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
     #: authentication-certificate's choice per request object (the main request, or a send-request's).
@@ -287,6 +297,8 @@ async def run_inbound(run: PolicyRun) -> None:
     A backend section that never reaches forward-request does not call the backend (APIM's "Do not forward requests
     to backend"): outbound runs at once on an empty 200, and that is the answer.
     """
+    if run.context.subscription is None:
+        run.context.subscription = run.services.state.subscription_of(run.context.request)
     try:
         await run_section(run, "inbound")
         if run.response is None:
@@ -295,7 +307,11 @@ async def run_inbound(run: PolicyRun) -> None:
         await handle_error(run, e)
     except ExecutionLimitError as e:
         await handle_error(run, PolicyError("apim-mi", str(e), "ExecutionLimit"))
-    if run.response is None and not run.forward:
+    if run.response is None and run.backend_called:
+        await run_outbound(run)
+        if run.response is None:
+            run.response = run.context.response
+    if run.response is None and not run.forward and not run.backend_called:
         from .context import Body, Headers, Response
 
         run.trace.add("backend", "apim-mi", {
@@ -337,3 +353,10 @@ async def run_outbound(run: PolicyRun) -> None:
         await handle_error(run, e)
     except ExecutionLimitError as e:
         await handle_error(run, PolicyError("apim-mi", str(e), "ExecutionLimit"))
+
+
+def finish(run: PolicyRun) -> None:
+    """The request is over (answered, forwarded and answered, or failed): run the finalizers once."""
+    finalizers, run.finalizers = run.finalizers, []
+    for f in finalizers:
+        f()

@@ -27,7 +27,7 @@ from lxml import etree
 
 from ..errors import LoadError, Location, PolicyError
 from . import rawxml
-from .catalog import CATALOG, Body, ChildSpec, ElementSpec, allowed_in
+from .catalog import CATALOG, SECTIONS_ENFORCED, Body, ChildSpec, ElementSpec, allowed_in
 from .model import SECTIONS, CompiledExpression, ExpressionCompiler, Policy, Statement, Value
 from .rawxml import PolicyLoadError
 
@@ -328,6 +328,7 @@ class _Loader:
     fragments_dir: Path | None
     scope: str
     fragments: dict[str, tuple[str, _Node]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     # -- values --------------------------------------------------------------------------------------------------
 
@@ -393,14 +394,22 @@ class _Loader:
             else:
                 spec = CATALOG.get(node.name)
                 if spec is not None and not allowed_in(spec, section):
-                    allowed = ", ".join(s for s in SECTIONS if allowed_in(spec, s)) or "none"
-                    raise _element_error(
-                        node.name,
-                        node.location,
-                        f"The policy is not allowed in the '{section}' section (allowed in: {allowed}).",
-                    )
+                    self.outside_sections(node, spec, section)
                 out.append(self.element(node, spec, section=section))
         return out
+
+    def outside_sections(self, node: _Node, spec: ElementSpec, section: str) -> None:
+        """A policy outside the sections its reference page lists. Deployed policies do this and the gateway runs
+        them (authentication-managed-identity in outbound, set-body in on-error; research/apim.md §9), so it is a
+        warning, unless there is evidence the gateway refuses it (``catalog.SECTIONS_ENFORCED``)."""
+        allowed = ", ".join(s for s in SECTIONS if allowed_in(spec, s)) or "none"
+        if spec.name in SECTIONS_ENFORCED:
+            reason = f"The policy is not allowed in the '{section}' section (allowed in: {allowed})."
+            raise _element_error(node.name, node.location, reason)
+        self.warnings.append(
+            f"{node.location}: '{node.name}' is outside its documented sections ({allowed}) in '{section}'; it "
+            "loads and runs, as the gateway runs deployed policies that do this."
+        )
 
     def element(self, node: _Node, spec: ElementSpec | None, *, section: str = "") -> Statement:
         """One element → ``Statement``, checking attributes and content against ``spec`` (None = not described)."""
@@ -629,6 +638,7 @@ def load_policy_text(
         raise _element_error(root.name, root.location, "The element 'policies' cannot contain text.")
     if scope != "global":
         policy.absent = frozenset(s for s in SECTIONS if s not in present)
+    policy.warnings = tuple(loader.warnings)
     return policy
 
 
@@ -712,6 +722,7 @@ def compose(outer: Policy, inner: Policy) -> Policy:
             out.extend(parent if stmt.name == "base" else [stmt])
         result.sections[section] = out
     result.absent = frozenset(absent)
+    result.warnings = tuple(dict.fromkeys((*outer.warnings, *inner.warnings)))
     return result
 
 

@@ -98,6 +98,9 @@ class Policy:
     #: The API definition (``openapi.ApiDefinition``) a rule names with ``openapi:``, for the validation policies
     #: and mock-response; None without one.
     api_definition: Any = None
+    #: Load-time warnings (``file:line:column: …``) that ``apim-mi validate`` prints: what loads although APIM's
+    #: reference does not list it (a policy outside its documented sections).
+    warnings: tuple[str, ...] = ()
 
     def statements(self) -> list[Statement]:
         """Every statement of every section, nested ones included."""

@@ -5,14 +5,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from . import access, ai, core, http, messages, routing, security, transform, validation
+from . import (
+    access,
+    ai,
+    backends,
+    caching,
+    core,
+    effects,
+    http,
+    limits,
+    messages,
+    routing,
+    security,
+    transform,
+    validation,
+)
 
 if TYPE_CHECKING:
     from ..engine import Handler
 
 HANDLERS: Mapping[str, Handler] = {
-    **ai.HANDLERS,
     **core.HANDLERS,
+    **backends.HANDLERS,
+    **caching.HANDLERS,
+    **effects.HANDLERS,
+    **limits.HANDLERS,
     **http.HANDLERS,
     **messages.HANDLERS,
     **routing.HANDLERS,
@@ -20,4 +37,5 @@ HANDLERS: Mapping[str, Handler] = {
     **transform.HANDLERS,
     **access.HANDLERS,
     **validation.HANDLERS,
+    **ai.HANDLERS,
 }

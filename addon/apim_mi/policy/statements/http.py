@@ -9,7 +9,6 @@ which stores null instead.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +17,7 @@ from ..context import Body, Headers, Request, Response, Url
 from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string, run_statements
 from ..model import Statement
 from ._common import bool_attr, int_attr, str_attr
+from .backends import side_send
 
 SOURCE = "send-request"
 #: The children that configure the side request itself; any other child is run as a statement against it.
@@ -26,10 +26,11 @@ _SELF_CHILDREN = frozenset({"set-url", "set-method"})
 
 async def default_send(
     method: str, url: str, headers: list[tuple[str, str]], body: bytes | None, timeout: float,
-    client_cert: Any = None,
+    client_cert: Any = None, proxy: str | None = None,
 ) -> Response:
-    """One HTTP exchange with aiohttp; raises ``TimeoutError`` or ``aiohttp.ClientError`` (``OSError``).
-    ``client_cert`` (authentication-certificate) is presented on the TLS connection."""
+    """One HTTP exchange with aiohttp (through ``proxy`` if given); raises ``TimeoutError`` or
+    ``aiohttp.ClientError`` (``OSError``). ``client_cert`` (authentication-certificate) is presented on the TLS
+    connection."""
     import aiohttp
     from multidict import CIMultiDict
 
@@ -38,7 +39,8 @@ async def default_send(
     async with (
         aiohttp.ClientSession(trust_env=False, timeout=client_timeout, auto_decompress=True) as session,
         session.request(
-            method, url, headers=CIMultiDict(headers), data=body or None, allow_redirects=False, ssl=ssl_context
+            method, url, headers=CIMultiDict(headers), data=body or None, allow_redirects=False, ssl=ssl_context,
+            proxy=proxy,
         ) as resp,
     ):
         content = await resp.read()
@@ -122,11 +124,10 @@ async def _exchange(
         "request": {"method": request.method, "url": url, "headers": [{"name": n, "value": v} for n, v in headers]},
         **UNVERIFIED,
     })
-    send: Any = run.services.send or default_send
     cert = run.client_certificates.pop(id(request), None)
     extra = {"client_cert": cert} if cert is not None else {}
     try:
-        response = await asyncio.wait_for(send(request.method, url, headers, body, timeout, **extra), timeout + 1)
+        response = await side_send(run, request.method, url, headers, body, timeout, **extra)
     except TimeoutError:
         return _failed(run, scope, ignore_error, variable, "Timeout",
                        "HTTP response status code and headers were not received from the backend within the "

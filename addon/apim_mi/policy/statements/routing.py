@@ -12,11 +12,13 @@ import re
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ...backends import Backend
 from ...errors import PolicyError
 from ..context import Query, Url
 from ..engine import UNVERIFIED, PolicyRun, Scope
 from ..model import Statement
 from ._common import apply_exists_action, bool_attr, int_attr, str_attr, value_children
+from .backends import ENTITY, apply_entity, call_backend, entity_base, needs_engine_call
 
 _PARAM = re.compile(r"\{([^{}]+)\}")
 
@@ -43,8 +45,10 @@ def _backend_url(run: PolicyRun, backend_id: str) -> str:
     entry = backends.get(backend_id)
     if isinstance(entry, dict):
         entry = entry.get("url")
-    elif entry is not None and not isinstance(entry, str):  # an APIM backend entity (apim_mi.backends.Backend)
-        entry = entry.url
+    elif isinstance(entry, Backend):  # credentials, breaker and pool members apply when the request is forwarded
+        base = entity_base(backends, entry)
+        run.extras[ENTITY] = (entry, base)
+        entry = base
     if not entry:
         known = ", ".join(sorted(backends)) or "none configured"
         raise PolicyError("set-backend-service",
@@ -52,10 +56,27 @@ def _backend_url(run: PolicyRun, backend_id: str) -> str:
     return str(entry)
 
 
+BASE = "backend-base"  # run.extras: the base URL the last set-backend-service put into the main request
+
+
+def _after_previous_base(run: PolicyRun, scope: Scope, url: Url) -> str:
+    """The operation path: a second set-backend-service (in a retry, say) replaces the first one's base URL
+    instead of appending to it."""
+    previous = run.extras.get(BASE)
+    if previous and (scope.request is None or scope.request is run.context.request):
+        prefix = urlsplit(previous)
+        if f"{url.scheme}://{url.authority}".lower() == f"{prefix.scheme}://{prefix.netloc}".lower():
+            base_path = prefix.path.rstrip("/")
+            if url.path == base_path or url.path.startswith(base_path + "/"):
+                return url.path[len(base_path):] or "/"
+    return url.path
+
+
 async def set_backend_service(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """New base URL + the operation's path + the query (apim.md §3.5's worked example)."""
     base = await str_attr(run, stmt, "base-url", scope)
     backend_id = None
+    run.extras.pop(ENTITY, None)
     if not base:
         backend_id = await str_attr(run, stmt, "backend-id", scope)
         if not backend_id:
@@ -68,12 +89,14 @@ async def set_backend_service(run: PolicyRun, stmt: Statement, scope: Scope) -> 
                           "ExpressionValueEvaluationFailure")
     request = _request(run, scope)
     old = request.url
-    relative = _api_relative_path(run, old.path)
+    relative = _api_relative_path(run, _after_previous_base(run, scope, old))
     new = Url.parse(base.strip())
     new.path = new.path.rstrip("/") + (relative if relative.startswith("/") else "/" + relative)
     new.query = Query(old.query.pairs())
     new._raw_query, new._raw_pairs = old._raw_query, old._raw_pairs
     request.url = new
+    if scope.request is None or scope.request is run.context.request:
+        run.extras[BASE] = f"{new.scheme}://{new.authority}{urlsplit(base.strip()).path.rstrip('/')}"
     if "Host" in request.headers:
         request.headers.set("Host", [new.authority])
     run.trace.add(scope.section, "set-backend-service", {
@@ -159,13 +182,18 @@ async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None
     """Marks the request for forwarding (the proxy sends it once the backend section is done) with its options."""
     timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
     timeout = await int_attr(run, stmt, "timeout", scope)
-    run.forward = True
-    run.forward_timeout = timeout_ms / 1000 if timeout_ms is not None else float(300 if timeout is None else timeout)
+    forward_timeout = timeout_ms / 1000 if timeout_ms is not None else float(300 if timeout is None else timeout)
     run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
     run.buffer_response = await bool_attr(run, stmt, "buffer-response", scope)
     if await bool_attr(run, stmt, "follow-redirects", scope):
         run.warn(scope.section, "forward-request", "follow-redirects=\"true\" is not supported by apim-mi: a 3xx "
                  "from the backend reaches outbound and the client as it is.")
+    if needs_engine_call(run, scope):
+        await call_backend(run, scope, forward_timeout)
+        return
+    run.forward = True
+    run.forward_timeout = forward_timeout
+    apply_entity(run)
 
 
 HANDLERS = {

@@ -1,0 +1,222 @@
+"""Limits: rate-limit, rate-limit-by-key, quota, quota-by-key (fixed windows per subscription or counter key in the
+gateway's state) and limit-concurrency (requests in flight per key).
+
+Exceeded limits answer as APIM does: 429 ``Rate limit is exceeded. Try again in N seconds.`` with ``Retry-After``,
+403 ``Out of call volume quota. Quota will be replenished in hh:mm:ss.``, and go through on-error with
+``context.LastError.Reason`` RateLimitExceeded / QuotaExceeded. ``increment-condition`` is evaluated when the request
+is over (it usually reads ``context.Response.StatusCode``), so a request is counted by its final response.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...errors import PolicyError
+from ..engine import UNVERIFIED, PolicyRun, Scope, run_statements
+from ..model import Statement
+from ._common import ResponseError, int_attr, json_response, str_attr
+
+
+@dataclass
+class Window:
+    """One counter's renewal period: when it started, calls and kilobytes counted in it."""
+
+    start: float
+    period: float
+    calls: int = 0
+    kilobytes: float = 0.0
+
+    def remaining(self, now: float) -> float:
+        return self.start + self.period - now
+
+
+def _window(run: PolicyRun, key: str, period: int) -> Window:
+    state = run.services.state
+    now = state.clock()
+    window = state.windows.get(key)
+    if not isinstance(window, Window) or window.remaining(now) <= 0 or window.period != period:
+        window = Window(now, float(period))
+        state.windows[key] = window
+    return window
+
+
+def timespan(seconds: float) -> str:
+    """.NET's TimeSpan text, as APIM's quota message shows it: ``hh:mm:ss`` or ``d.hh:mm:ss``."""
+    total = max(0, math.ceil(seconds))
+    days, rest = divmod(total, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return (f"{days}." if days else "") + f"{h:02d}:{m:02d}:{s:02d}"
+
+
+def _subject(run: PolicyRun) -> str:
+    sub = run.context.subscription
+    return sub.id if sub is not None else "anonymous"
+
+
+async def _counter(run: PolicyRun, stmt: Statement, scope: Scope) -> str:
+    if stmt.name.endswith("-by-key"):
+        key = await str_attr(run, stmt, "counter-key", scope)
+        if not key:
+            raise PolicyError(stmt.name, "The counter key is empty.", "ExpressionValueEvaluationFailure")
+        return f"{stmt.name}\x1fkey={key}"
+    return f"{stmt.name}\x1fsubscription={_subject(run)}"
+
+
+def _scoped(run: PolicyRun, stmt: Statement) -> list[tuple[str, Statement]]:
+    """rate-limit / quota's <api>/<operation> children that match this request's API and operation."""
+    out: list[tuple[str, Statement]] = []
+    api, op = run.context.api, run.context.operation
+    for a in stmt.children_named("api"):
+        if api is None or (a.attr("name") or a.attr("id")) not in (api.name, api.id):
+            continue
+        out.append((f"api={api.id or api.name}", a))
+        for o in a.children_named("operation"):
+            if op is not None and (o.attr("name") or o.attr("id")) in (op.name, op.id):
+                out.append((f"api={api.id or api.name}\x1foperation={op.id or op.name}", o))
+    return out
+
+
+def _count_later(run: PolicyRun, stmt: Statement, windows: list[Window], count: int, quota: bool) -> None:
+    """``increment-condition`` (and a quota's bandwidth) on the final response, once the request is over."""
+    condition = stmt.attrs.get("increment-condition")
+    request_bytes = len(run.context.request.body.content) if run.context.request.body else 0
+
+    def finish() -> None:
+        counted = True
+        if condition is not None:
+            try:
+                counted = condition.evaluate(run.context) is True
+            except Exception as e:  # the request is over: nothing can answer differently any more
+                run.trace.add("outbound", stmt.name, {"message": f"increment-condition failed: {e}", **UNVERIFIED})
+                counted = False
+        response = run.context.response
+        size = request_bytes + (len(response.body.content) if response is not None and response.body else 0)
+        for w in windows:
+            if counted and condition is not None:
+                w.calls += count
+            if quota:
+                w.kilobytes += size / 1024
+
+    run.finalizers.append(finish)
+
+
+async def _limit(run: PolicyRun, stmt: Statement, scope: Scope, *, quota: bool) -> None:
+    counter = await _counter(run, stmt, scope)
+    count = await int_attr(run, stmt, "increment-count", scope) if stmt.name.endswith("-by-key") else 1
+    count = 1 if count is None else count
+    checks: list[tuple[str, Statement]] = [(counter, stmt)] + [
+        (f"{counter}\x1f{suffix}", child) for suffix, child in _scoped(run, stmt)
+    ]
+    windows: list[tuple[Window, int | None, int | None, Statement]] = []
+    for key, spec in checks:
+        calls = await int_attr(run, spec, "calls", scope, source=stmt.name)
+        period = await int_attr(run, spec, "renewal-period", scope, source=stmt.name)
+        if period is None and windows:  # an <api>/<operation> without its own period renews with the policy's
+            period = int(windows[0][0].period)
+        bandwidth = await int_attr(run, spec, "bandwidth", scope, source=stmt.name) if quota else None
+        if not period or period <= 0:
+            raise PolicyError(stmt.name, "renewal-period must be a positive number of seconds.",
+                              "ExpressionValueEvaluationFailure")  # fmt: skip
+        windows.append((_window(run, key, period), calls, bandwidth, spec))
+    now = run.services.state.clock()
+    for window, calls, bandwidth, _ in windows:
+        wait = window.remaining(now)
+        if calls is not None and window.calls + count > calls:
+            _exceeded(run, stmt, scope, window, calls, wait, quota, "call volume")
+        if bandwidth is not None and window.kilobytes >= bandwidth:
+            _exceeded(run, stmt, scope, window, calls, wait, quota, "bandwidth")
+    deferred = "increment-condition" in stmt.attrs
+    for window, _, _, _ in windows:
+        if not deferred:
+            window.calls += count
+    _count_later(run, stmt, [w for w, *_ in windows], count, quota)
+    window, calls, _, _ = windows[0]
+    remaining = None if calls is None else max(0, calls - window.calls)
+    if not quota:
+        _report(run, stmt, remaining, calls)
+    run.trace.add(scope.section, stmt.name, {
+        "message": f"{'Quota' if quota else 'Rate limit'} counter '{counter.split(chr(31), 1)[1]}': "
+                   f"{window.calls} of {calls} calls used, period renews in {math.ceil(window.remaining(now))} s"
+                   + (" (counted when the request is over, if increment-condition holds)." if deferred else "."),
+        **UNVERIFIED,
+    })  # fmt: skip
+
+
+def _report(run: PolicyRun, stmt: Statement, remaining: int | None, total: int | None) -> None:
+    """remaining-calls-variable-name now; remaining-calls-header-name / total-calls-header-name on the response."""
+    if remaining is None:
+        return
+    variable = stmt.attr("remaining-calls-variable-name")
+    if variable:
+        run.context.variables[variable] = remaining
+    headers = run.response_headers
+    if stmt.attr("remaining-calls-header-name"):
+        headers.append((stmt.attr("remaining-calls-header-name") or "", str(remaining)))
+    if stmt.attr("total-calls-header-name") and total is not None:
+        headers.append((stmt.attr("total-calls-header-name") or "", str(total)))
+
+
+def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, window: Window, calls: int | None, wait: float,
+              quota: bool, what: str) -> None:  # fmt: skip
+    seconds = max(1, math.ceil(wait))
+    if quota:
+        message = f"Out of {what} quota. Quota will be replenished in {timespan(wait)}."
+        response = json_response(403, message)
+        reason = "QuotaExceeded"
+    else:
+        message = f"Rate limit is exceeded. Try again in {seconds} seconds."
+        response = json_response(429, message, [("Retry-After", str(seconds))])
+        reason = "RateLimitExceeded"
+        if stmt.attr("retry-after-header-name"):
+            response.headers.set(stmt.attr("retry-after-header-name") or "", [str(seconds)])
+        if stmt.attr("retry-after-variable-name"):
+            run.context.variables[stmt.attr("retry-after-variable-name") or ""] = seconds
+        if stmt.attr("remaining-calls-header-name"):
+            response.headers.set(stmt.attr("remaining-calls-header-name") or "", ["0"])
+        if stmt.attr("total-calls-header-name") and calls is not None:
+            response.headers.set(stmt.attr("total-calls-header-name") or "", [str(calls)])
+        if stmt.attr("remaining-calls-variable-name"):
+            run.context.variables[stmt.attr("remaining-calls-variable-name") or ""] = 0
+    run.trace.add(scope.section, stmt.name, {"message": message, "renewsInSeconds": seconds})
+    raise ResponseError(stmt.name, message, reason, response)
+
+
+async def rate_limit(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    await _limit(run, stmt, scope, quota=False)
+
+
+async def quota(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    await _limit(run, stmt, scope, quota=True)
+
+
+async def limit_concurrency(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """At most ``max-count`` requests with the key run the enclosed statements at a time; more fail at once with
+    429 (APIM: "new requests fail immediately with the 429 Too Many Requests status code")."""
+    key = await str_attr(run, stmt, "key", scope) or ""
+    limit = await int_attr(run, stmt, "max-count", scope) or 0
+    state = run.services.state
+    busy = state.in_flight.get(key, 0)
+    if busy >= limit:
+        message = f"Too many concurrent requests for key '{key}' (max-count {limit})."
+        run.trace.add(scope.section, stmt.name, {"message": message, **UNVERIFIED})
+        raise ResponseError(stmt.name, message, "ConcurrencyLimitExceeded", json_response(429, "Too many requests"))
+    state.in_flight[key] = busy + 1
+    try:
+        await run_statements(run, stmt.children, scope)
+    finally:
+        left = state.in_flight.get(key, 1) - 1
+        if left > 0:
+            state.in_flight[key] = left
+        else:
+            state.in_flight.pop(key, None)
+
+
+HANDLERS = {
+    "rate-limit": rate_limit,
+    "rate-limit-by-key": rate_limit,
+    "quota": quota,
+    "quota-by-key": quota,
+    "limit-concurrency": limit_concurrency,
+}

@@ -1,0 +1,202 @@
+"""Caching (cache-lookup/-store, cache-*-value) and limits (rate-limit, quota and their -by-key forms,
+limit-concurrency) through the engine, with one GatewayState shared by consecutive requests and an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from apim_mi.policy import engine
+from apim_mi.policy.context import Body, Headers, Response
+from apim_mi.policy.gateway import GatewayState, SubscriptionSpec
+from test_statements import body_json, entries, make_run, policies
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def shared(clock: Clock | None = None) -> GatewayState:
+    return GatewayState(clock=clock or Clock())
+
+
+async def run_once(xml: str, state: GatewayState, *, backend: Response | None = None, **kw: Any) -> engine.PolicyRun:
+    """One request: inbound (+ backend); when the proxy would forward, outbound on ``backend``; then finish."""
+    run = make_run(xml, **kw)
+    run.services.state = state
+    await engine.run_inbound(run)
+    if run.response is None and run.forward:
+        run.context.response = backend or Response(200, "OK", Headers([("Content-Type", "text/plain")]), Body(b"hi"))
+        await engine.run_outbound(run)
+        run.response = run.response or run.context.response
+    engine.finish(run)
+    for name, value in run.response_headers:  # what the addon puts on the flow's response
+        run.response.headers.set(name, [value])
+    return run
+
+
+# -- value cache -----------------------------------------------------------------------------------------------
+
+
+async def test_value_cache_ttl_default_value_and_remove_shared_across_requests() -> None:
+    clock = Clock()
+    state = shared(clock)
+    lookup = policies('<cache-lookup-value key="token" variable-name="t" default-value="none" />'
+                      '<set-header name="X-T" exists-action="override"><value>@((string)context.Variables["t"])</value>'
+                      "</set-header>")  # fmt: skip
+    run = await run_once(lookup, state)
+    assert run.context.request.headers.get("X-T") == "none"
+    assert "miss" in entries(run, "cache-lookup-value")[0]["message"]
+    assert "in-process store" in entries(run, "cache-lookup-value")[0]["store"]
+    await run_once(policies('<cache-store-value key="token" value="@("abc")" duration="60" caching-type="external" />'),
+                   state)  # fmt: skip
+    run = await run_once(lookup, state)
+    assert run.context.request.headers.get("X-T") == "abc"
+    assert "hit" in entries(run, "cache-lookup-value")[0]["message"]
+    clock.now += 61
+    run = await run_once(lookup, state)
+    assert run.context.request.headers.get("X-T") == "none"
+    await run_once(policies('<cache-store-value key="token" value="v" duration="60" />'), state)
+    await run_once(policies('<cache-remove-value key="token" />'), state)
+    run = await run_once(policies('<cache-lookup-value key="token" variable-name="t" />'), state)
+    assert "t" not in run.context.variables
+
+
+# -- response cache --------------------------------------------------------------------------------------------
+
+LOOKUP = ('<cache-lookup vary-by-developer="false" vary-by-developer-groups="false" downstream-caching-type="private">'
+          "<vary-by-header>Accept</vary-by-header><vary-by-query-parameter>version</vary-by-query-parameter>"
+          "</cache-lookup>")  # fmt: skip
+
+
+async def test_response_cache_hit_miss_vary_by_query_and_header() -> None:
+    clock = Clock()
+    state = shared(clock)
+    xml = policies(LOOKUP, outbound='<cache-store duration="30" />')
+    first = await run_once(xml, state, url="https://api.test/items?version=1&other=a",
+                           backend=Response(200, "OK", Headers([("Content-Type", "application/json")]), Body(b"{}")))
+    assert first.forward and "miss" in entries(first, "cache-lookup")[0]["message"]
+    assert first.response is not None
+    assert first.response.headers.get("Cache-Control") == "private, max-age=30, must-revalidate"
+    clock.now += 5
+    hit = await run_once(xml, state, url="https://api.test/items?version=1&other=b")
+    assert not hit.forward and hit.response is not None and hit.response.body.content == b"{}"
+    assert hit.response.headers.get("Age") == "5"
+    assert "hit" in entries(hit, "cache-lookup")[0]["message"]
+    other = await run_once(xml, state, url="https://api.test/items?version=2")
+    assert other.forward
+    other_accept = await run_once(xml, state, url="https://api.test/items?version=1",
+                                  headers=[("Host", "api.test"), ("Accept", "text/xml")])
+    assert other_accept.forward
+    clock.now += 30
+    assert (await run_once(xml, state, url="https://api.test/items?version=1&other=b")).forward
+
+
+async def test_response_cache_stores_only_200_unless_cache_response() -> None:
+    state = shared()
+    xml = policies(LOOKUP, outbound='<cache-store duration="30" />')
+    await run_once(xml, state, backend=Response(500, "Err", Headers(), Body(b"x")))
+    assert (await run_once(xml, state)).forward
+    xml = policies(LOOKUP, outbound='<cache-store duration="30" cache-response="true" />')
+    await run_once(xml, state, backend=Response(404, "Not Found", Headers(), Body(b"x")))
+    assert not (await run_once(xml, state)).forward
+
+
+# -- limits ----------------------------------------------------------------------------------------------------
+
+
+async def test_rate_limit_429_body_retry_after_and_renewal() -> None:
+    clock = Clock()
+    state = shared(clock)
+    xml = policies('<rate-limit calls="2" renewal-period="60" remaining-calls-header-name="X-Remaining" '
+                   'total-calls-header-name="X-Total" retry-after-variable-name="wait" />')  # fmt: skip
+    key = [("Host", "api.test"), ("Ocp-Apim-Subscription-Key", "k1")]
+    first = await run_once(xml, state, headers=key)
+    assert first.response is not None and first.response.headers.get("X-Remaining") == "1"
+    assert first.response.headers.get("X-Total") == "2"
+    assert first.context.subscription is not None and first.context.subscription.key == "k1"
+    await run_once(xml, state, headers=key)
+    clock.now += 20
+    third = await run_once(xml, state, headers=key)
+    assert third.response is not None and third.response.status_code == 429
+    assert body_json(third.response) == {"statusCode": 429,
+                                         "message": "Rate limit is exceeded. Try again in 40 seconds."}
+    assert third.response.headers.get("Retry-After") == "40" and third.context.variables["wait"] == 40
+    assert third.context.last_error.source == "rate-limit" and third.context.last_error.reason == "RateLimitExceeded"
+    other = await run_once(xml, state, url="https://api.test/x?subscription-key=k2")
+    assert other.response is not None and other.response.status_code == 200  # its own counter
+    clock.now += 41
+    assert (await run_once(xml, state, headers=key)).response.status_code == 200
+
+
+async def test_rate_limit_by_key_increment_condition_counts_the_final_response() -> None:
+    state = shared()
+    xml = policies('<rate-limit-by-key calls="1" renewal-period="60" counter-key="@(context.Request.IpAddress)" '
+                   'increment-condition="@(context.Response.StatusCode == 200)" />')  # fmt: skip
+    await run_once(xml, state, backend=Response(500, "Err", Headers(), Body(b"")))
+    await run_once(xml, state, backend=Response(500, "Err", Headers(), Body(b"")))
+    ok = await run_once(xml, state)
+    assert ok.response is not None and ok.response.status_code == 200
+    blocked = await run_once(xml, state)
+    assert blocked.response is not None and blocked.response.status_code == 429
+
+
+async def test_quota_403_body_with_timespan_and_increment_count() -> None:
+    clock = Clock()
+    state = shared(clock)
+    xml = policies('<quota-by-key calls="3" renewal-period="3600" counter-key="k" increment-count="2" />')
+    assert (await run_once(xml, state)).response.status_code == 200
+    clock.now += 1
+    denied = await run_once(xml, state)
+    assert denied.response is not None and denied.response.status_code == 403
+    assert body_json(denied.response) == {"statusCode": 403, "message": "Out of call volume quota. Quota will be "
+                                          "replenished in 00:59:59."}  # fmt: skip
+    assert denied.context.last_error.reason == "QuotaExceeded"
+    xml = policies('<quota calls="10" renewal-period="86400"><api name="Orders" calls="1" /></quota>')
+    from apim_mi.policy.context import Api
+
+    run = make_run(xml)
+    run.services.state = state
+    run.context.api = Api(id="orders", name="Orders")
+    await engine.run_inbound(run)
+    assert run.response is None
+    run = make_run(xml)
+    run.services.state = state
+    run.context.api = Api(id="orders", name="Orders")
+    await engine.run_inbound(run)
+    assert run.response is not None and run.response.status_code == 403
+
+
+async def test_declared_subscription_is_context_subscription() -> None:
+    state = shared()
+    state.subscriptions = {"p1": SubscriptionSpec("gold", "Gold plan", "p1", "s1")}
+    run = await run_once(policies(), state, headers=[("Host", "a"), ("Ocp-Apim-Subscription-Key", "p1")])
+    assert run.context.subscription is not None
+    assert (run.context.subscription.id, run.context.subscription.name) == ("gold", "Gold plan")
+
+
+async def test_limit_concurrency_rejects_while_full_and_frees_the_slot() -> None:
+    state = shared()
+    gate = asyncio.Event()
+
+    class SlowSender:
+        async def __call__(self, *a: Any, **kw: Any) -> Response:
+            await gate.wait()
+            return Response(200, "OK", Headers(), Body(b"{}"))
+
+    xml = policies('<limit-concurrency key="k" max-count="1"><send-request mode="new" response-variable-name="r">'
+                   "<set-url>https://side.test/</set-url></send-request></limit-concurrency>")  # fmt: skip
+    first = make_run(xml, sender=SlowSender())  # type: ignore[arg-type]
+    first.services.state = state
+    task = asyncio.ensure_future(engine.run_inbound(first))
+    await asyncio.sleep(0)
+    second = await run_once(xml, state)
+    assert second.response is not None and second.response.status_code == 429
+    assert second.context.last_error.source == "limit-concurrency"
+    gate.set()
+    await task
+    assert state.in_flight == {}
