@@ -18,8 +18,16 @@ from ...errors import PolicyError
 from ..context import Authorization, Body, Headers, Response
 from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate, evaluate_string
 from ..model import Statement
-from ._common import ResponseError, bool_attr, int_attr, json_response, str_attr
-from .security import _Invalid, _openid_keys, _token, _verify_signature, check_lifetime, check_required_claims
+from ._common import ResponseError, bool_attr, json_response, str_attr
+from .security import (
+    _Invalid,
+    _openid_keys,
+    _verify_signature,
+    check_lifetime,
+    check_required_claims,
+    rejected,
+    token_and_header,
+)
 
 #: What APIM allows when <allowed-methods> is absent.
 DEFAULT_METHODS = ("GET", "POST")
@@ -196,16 +204,8 @@ def _is_guid(text: str) -> bool:
 
 
 async def _validate_entra(run: PolicyRun, stmt: Statement, scope: Scope) -> tuple[dict[str, Any], str]:
-    import jwt
-
     tenant = (await str_attr(run, stmt, "tenant-id", scope) or "").strip()
-    token = await _token(run, stmt, scope)
-    if not token:
-        raise _Invalid("TokenNotPresent", "JWT not present.")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.PyJWTError:
-        raise _Invalid("JwtInvalid", "The JWT is not well formed.") from None
+    token, header = await token_and_header(run, stmt, scope)
     authority = entra_authority(run, await str_attr(run, stmt, "authentication-endpoint", scope))
     keys = await _openid_keys(run, f"{authority}/{tenant}/v2.0/.well-known/openid-configuration", header.get("kid"))
     payload = _verify_signature(token, header, [(getattr(k, "key_id", None), k.key) for k in keys.keys])
@@ -236,10 +236,7 @@ async def validate_azure_ad_token(run: PolicyRun, stmt: Statement, scope: Scope)
     try:
         payload, token = await _validate_entra(run, stmt, scope)
     except _Invalid as e:
-        code = await int_attr(run, stmt, "failed-validation-httpcode", scope) or 401
-        message = await str_attr(run, stmt, "failed-validation-error-message", scope) or e.message
-        run.trace.add(scope.section, AAD, {"message": e.message, "reason": e.reason, **UNVERIFIED})
-        raise ResponseError(AAD, e.message, e.reason, json_response(code, message)) from None
+        raise await rejected(run, stmt, scope, e) from None
     out = stmt.attr("output-token-variable-name")
     if out:
         from ..expressions.runtime_types import parse_jwt

@@ -275,16 +275,32 @@ async def check_required_claims(run: PolicyRun, stmt: Statement, scope: Scope, p
                 raise _Invalid("TokenClaimValueNotAllowed", f"The claim '{name}' has a value that is not allowed.")
 
 
-async def _validate(run: PolicyRun, stmt: Statement, scope: Scope) -> dict[str, Any]:
+async def token_and_header(run: PolicyRun, stmt: Statement, scope: Scope) -> tuple[str, dict[str, Any]]:
+    """The JWT the policy names (header, query parameter or token-value) and its unverified JOSE header."""
     import jwt
 
     token = await _token(run, stmt, scope)
     if not token:
         raise _Invalid("TokenNotPresent", "JWT not present.")
     try:
-        header = jwt.get_unverified_header(token)
+        return token, jwt.get_unverified_header(token)
     except jwt.PyJWTError:
         raise _Invalid("JwtInvalid", "The JWT is not well formed.") from None
+
+
+async def rejected(run: PolicyRun, stmt: Statement, scope: Scope, e: _Invalid) -> ResponseError:
+    """validate-jwt's and validate-azure-ad-token's answer: failed-validation-httpcode (401) with the configured
+    message, or the one naming the problem (the reference's default), and the reason as LastError."""
+    code = await int_attr(run, stmt, "failed-validation-httpcode", scope) or 401
+    message = await str_attr(run, stmt, "failed-validation-error-message", scope) or e.message
+    run.trace.add(scope.section, stmt.name, {"message": e.message, "reason": e.reason, **UNVERIFIED})
+    return ResponseError(stmt.name, e.message, e.reason, json_response(code, message))
+
+
+async def _validate(run: PolicyRun, stmt: Statement, scope: Scope) -> dict[str, Any]:
+    import jwt
+
+    token, header = await token_and_header(run, stmt, scope)
     if token.count(".") == 4:
         raise _Invalid("JwtInvalid", "Encrypted tokens (JWE, decryption-keys) are not supported by apim-mi.")
     require_signed = await bool_attr(run, stmt, "require-signed-tokens", scope)
@@ -325,10 +341,7 @@ async def validate_jwt(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     try:
         payload = await _validate(run, stmt, scope)
     except _Invalid as e:
-        code = await int_attr(run, stmt, "failed-validation-httpcode", scope) or 401
-        message = await str_attr(run, stmt, "failed-validation-error-message", scope) or e.message
-        run.trace.add(scope.section, "validate-jwt", {"message": e.message, "reason": e.reason, **UNVERIFIED})
-        raise ResponseError("validate-jwt", e.message, e.reason, json_response(code, message)) from None
+        raise await rejected(run, stmt, scope, e) from None
     out = stmt.attr("output-token-variable-name")
     if out:
         from ..expressions.runtime_types import parse_jwt
