@@ -383,3 +383,32 @@ async def test_federated_token_file_from_signed_assertion_file_path(
     finally:
         await provider.close()
     assert (result.token.claims["appid"], result.token.claims["aud"]) == (DEFAULT_APP_CLIENT_ID, "api://a")
+
+
+def test_xml_rules_take_a_credential_element(tmp_path: Path) -> None:
+    path = tmp_path / "rules.xml"
+    path.write_text(textwrap.dedent(f"""\
+        <apim-mi>
+          <named-value name="uami">{USER_2}</named-value>
+          <credential type="managed-identity-fic" tenant-id="{DEFAULT_OTHER_TENANT_ID}"
+                      client-id="{DEFAULT_APP_CLIENT_ID}" managed-identity-client-id="{{{{uami}}}}"/>
+          <rule name="partner" host="orders.fabrikam.com" scope="{PARTNER_AUDIENCE}/.default"/>
+          <rule name="local" host="own.contoso.com" scope="api://own-api/.default">
+            <credential type="client-certificate" tenant-id="t" client-id="c" certificate-path="app.pem"/>
+          </rule>
+        </apim-mi>
+    """))
+    config = load_rules(path)
+    assert config.credential == CredentialSpec("managed-identity-fic", DEFAULT_OTHER_TENANT_ID, DEFAULT_APP_CLIENT_ID,
+                                               USER_2)  # fmt: skip
+    assert config.rules[1].credential == CredentialSpec("client-certificate", "t", "c",
+                                                        certificate_path=str(tmp_path / "app.pem"))  # fmt: skip
+    path.write_text('<apim-mi>\n  <rule host="a" scope="api://a/.default">\n'
+                    '    <credential type="client-secret" tenant-id="t" client-id="c" secret="x"/>\n  </rule>\n'
+                    '</apim-mi>\n')  # fmt: skip
+    with pytest.raises(LoadError) as info:
+        load_rules(path)
+    assert (info.value.location.line, info.value.location.column) == (3, 6)
+    assert "unknown attribute 'secret' on <credential> (allowed: client-id, client-secret, tenant-id, type)" in str(
+        info.value
+    )

@@ -514,7 +514,13 @@ def credential_of(
     value = raw.get("credential")
     if not isinstance(value, Mapping):
         return value
-    loc = pos.at(path)
+    return app_credential_of(value, pos.at(path), named_values, base_dir)
+
+
+def app_credential_of(
+    value: Mapping[str, Any], loc: Location, named_values: Mapping[str, str], base_dir: Path
+) -> CredentialSpec:
+    """An app registration's credential from its fields (YAML keys, or XML attributes in snake_case)."""
     fields = {k: substitute_named_values(str(v), named_values, loc) for k, v in value.items()}
     for name in ("certificate_path", "token_file"):
         if fields.get(name):

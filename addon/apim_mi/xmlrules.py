@@ -31,6 +31,7 @@ from typing import Any
 from lxml import etree
 
 from .backends import Backend
+from .credentials import FIELDS, CredentialSpec
 from .errors import LoadError, Location
 from .rules import (
     CREDENTIAL_SOURCES,
@@ -38,6 +39,7 @@ from .rules import (
     Rule,
     RulesConfig,
     api_definition,
+    app_credential_of,
     parse_host,
     scope_as_resource,
     shorthand_policy,
@@ -163,9 +165,10 @@ class _RuleList:
             line, column = e.position if e.position else (1, 1)
             raise LoadError(Location(self.file, line, column), f"not well-formed XML: {e.msg}") from None
         self._check_attrs(root, _ROOT_ATTRS)
-        credential = root.get("credential")
+        credential: str | CredentialSpec | None = root.get("credential")
         if credential is not None and credential not in CREDENTIAL_SOURCES:
             raise LoadError(self.loc(root), f"credential '{credential}' is not one of: {', '.join(CREDENTIAL_SOURCES)}")
+        app_element = None
         fragments_dir = _fragments_dir(self.path, root.get("fragments"))
         named: dict[str, str] = {}
         backends: dict[str, tuple[str, Location]] = {}
@@ -196,11 +199,17 @@ class _RuleList:
                 outer = loader.compose(loader.DEFAULT_GLOBAL, global_policy)
             elif el.tag == "rule":
                 rules.append(self._rule(el, len(rules), named, fragments_dir, outer, files))
+            elif el.tag == "credential":
+                if credential is not None or app_element is not None:
+                    raise LoadError(self.loc(el), "the file's credential is given twice (attribute or <credential>)")
+                app_element = el
             else:
                 raise LoadError(
                     self.loc(el),
-                    f"unknown element <{el.tag}> (allowed: named-value, backend, policies, rule)",
+                    f"unknown element <{el.tag}> (allowed: named-value, backend, credential, policies, rule)",
                 )
+        if app_element is not None:
+            credential = self._credential(app_element, named)
         resolved = {}
         for bid, (url, loc) in backends.items():
             url = substitute_named_values(url, named, loc)
@@ -210,6 +219,18 @@ class _RuleList:
         return RulesConfig(
             path=self.path, rules=rules, credential=credential, named_values=named, files=files, backends=resolved
         )
+
+    def _credential(self, el: Any, named: dict[str, str]) -> CredentialSpec:
+        """``<credential type="managed-identity-fic" tenant-id=… client-id=… …/>``: YAML's credential mapping with
+        the fields as kebab-case attributes."""
+        kind = el.get("type", "")
+        if kind not in FIELDS:
+            raise LoadError(self.loc(el), f"<credential> type '{kind}' is not one of: {', '.join(FIELDS)}")
+        self._check_attrs(el, {"type", "tenant-id", "client-id"} | {f.replace("_", "-") for f in FIELDS[kind][0]})
+        if len(el) or (el.text or "").strip():
+            raise LoadError(self.loc(el), "<credential> holds only attributes")
+        fields = {name.replace("-", "_"): value for name, value in el.attrib.items()}
+        return app_credential_of(fields, self.loc(el), named, self.path.parent)
 
     def _check_attrs(self, el: Any, allowed: set[str]) -> None:
         for name in el.attrib:
@@ -239,10 +260,15 @@ class _RuleList:
         self._check_attrs(el, _RULE_ATTRS)
         loc = self.loc(el)
         a = {k: v for k, v in el.attrib.items()}
-        inline = [c for c in el if isinstance(c.tag, str)]
-        for c in inline:
-            if c.tag != "policies":
-                raise LoadError(self.loc(c), f"unknown element <{c.tag}> in <rule> (only <policies> is allowed)")
+        children = [c for c in el if isinstance(c.tag, str)]
+        for c in children:
+            if c.tag not in ("policies", "credential"):
+                raise LoadError(self.loc(c), f"unknown element <{c.tag}> in <rule> (only <policies> and <credential> "
+                                             "are allowed)")  # fmt: skip
+        inline = [c for c in children if c.tag == "policies"]
+        apps = [c for c in children if c.tag == "credential"]
+        if len(apps) > 1 or (apps and "credential" in a):
+            raise LoadError(self.loc(apps[-1]), "the rule's credential is given twice (attribute or <credential>)")
         if len(inline) > 1:
             raise LoadError(self.loc(inline[1]), "a <rule> holds at most one <policies>")
         if (el.text or "").strip():
@@ -286,7 +312,7 @@ class _RuleList:
             match=match,
             policy=composed,
             location=loc,
-            credential=a.get("credential"),
+            credential=self._credential(apps[0], named) if apps else a.get("credential"),
             allow_http=a.get("allow-http") == "true",
             shorthand=not has_policy,
             scope=a.get("scope"),
