@@ -5,10 +5,11 @@ The corpus is not vendored. Get it once with::
 
     git clone --depth 1 https://github.com/Azure/api-management-policy-snippets .corpus/api-management-policy-snippets
 
-Then ``scripts/corpus.py`` (or ``--json``) prints: files loaded / total, expressions found, parsed (%), and evaluated
-against a synthesized request context (%). Named values the snippets reference are supplied automatically with a
-placeholder value and listed. Parsing and evaluation use ``apim_mi.policy.expressions`` / ``apim_mi.policy.context``
-when they are importable, and report ``n/a`` otherwise.
+Then ``scripts/corpus.py`` (or ``--json``) prints: files loaded / total, expressions found, parsed (%), evaluated
+against a synthesized request context (%), and the whole policies that run a request end to end through the engine
+(``--run`` lists each one's outcome; see ``corpus_run.py``). Named values the snippets reference are supplied
+automatically with a placeholder value and listed. Parsing and evaluation use ``apim_mi.policy.expressions`` /
+``apim_mi.policy.context`` when they are importable, and report ``n/a`` otherwise.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class Report:
     evaluated: int | None = None
     evaluation_failures: list[dict[str, str]] = field(default_factory=list)
     evaluation_crashes: int = 0  # exceptions other than ExpressionRuntimeError: bugs in the interpreter
+    runs: Any = None  # corpus_run.RunReport: whole policies run through the engine (None when not run)
 
     def percent(self, n: int | None) -> str:
         if n is None:
@@ -141,7 +143,9 @@ def policy_files(corpus: Path) -> list[Path]:
     return sorted(p for p in corpus.rglob("*.xml") if ".git" not in p.parts)
 
 
-def run(corpus: Path, *, evaluate: bool = True) -> Report:
+def run(corpus: Path, *, evaluate: bool = True, execute: bool = True) -> Report:
+    """Load, parse and evaluate; with ``execute`` (and ``evaluate``) also run every loadable whole policy through
+    the engine (``corpus_run.py``)."""
     report = Report(str(corpus))
     real = _real_compiler()
     named = AutoNamedValues()
@@ -192,7 +196,21 @@ def run(corpus: Path, *, evaluate: bool = True) -> Report:
         report.parsed = report.expressions - len(report.parse_failures)
     if evaluate and real is not None:
         _evaluate(report, per_file, compiled, fragments)
+        if execute:
+            report.runs = _corpus_run().execute(sys.modules[__name__], corpus)
     return report
+
+
+def _corpus_run() -> Any:
+    """scripts/corpus_run.py, imported by path (this script is itself loaded by path in the tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("apim_mi_corpus_run", Path(__file__).with_name("corpus_run.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def _load(text: str, display: str, path: Path, named: Mapping[str, str], fragment: bool,
@@ -594,6 +612,8 @@ def policies_doc(report: Report | None) -> str:
             f"| files that load | {report.loaded}/{report.files} |",
             f"| expressions that parse | {report.percent(report.parsed)} |",
             f"| expressions that evaluate against a synthesized context | {report.percent(report.evaluated)} |",
+            *([f"| whole policies that run a request end to end (backend call included; `--run`) | "
+               f"{report.runs.percent()} of the loadable |"] if report.runs is not None else []),
             "",
             "The synthesized context is what a request to each policy plausibly looks like: the usual headers plus",
             "every header, query and template parameter the policy reads (values that fit the name), a JSON body",
@@ -604,6 +624,14 @@ def policies_doc(report: Report | None) -> str:
             "`cache-lookup-value`/`cache-store-value`); each file is walked twice, like two requests, and only the",
             "second walk counts. A fragment starts with the variables its folder's policies left.",
             "",
+            *(["Whole policies run one request each through the engine (`scripts/corpus_run.py`): loaded with the",
+               "real expression compiler (the three snippets whose C# does not parse are not loadable, as APIM would",
+               "refuse them), against the same synthesized context, with every HTTP exchange (send-request, the",
+               "backend call, OpenID discovery) answered by one loopback server and a fake clock for retry",
+               "intervals. A policy runs when the engine answers without reaching an unsupported policy or an",
+               "internal error; `--run` lists the ones that end in on-error because a policy failed on the",
+               "synthesized data (missing C# types, rejected JWTs) and why.",
+               ""] if report.runs is not None else []),
             "What still fails is real: C# the interpreter lacks (`byte[].Encrypt/Decrypt`, `XDocument`, `XmlReader`,",
             "`X509Certificate2`), snippet bugs (`MatchedParameters(\"x\")` called like a method, `\"\"` inside a",
             "C# string) and what depends on them.",
@@ -619,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation step")
     parser.add_argument("--policies-doc", type=Path, help="write the policies page (docs/policies.md) there")
+    parser.add_argument("--run", action="store_true", help="list how every whole policy's request went (every "
+                        "loadable one runs through the engine, backend call included, unless --no-run)")
+    parser.add_argument("--no-run", action="store_true", help="skip running the whole policies")
     args = parser.parse_args(argv)
     corpus: Path = args.corpus
     if not corpus.is_absolute() and not corpus.is_dir() and (ROOT / corpus).is_dir():
@@ -626,14 +657,23 @@ def main(argv: list[str] | None = None) -> int:
     if not corpus.is_dir():
         print(f"corpus not found at {corpus}. Get it with:\n    {CLONE}", file=sys.stderr)
         return 2
-    report = run(corpus, evaluate=not args.no_eval)
+    report = run(corpus, evaluate=not args.no_eval, execute=not args.no_run)
     if args.policies_doc:
         args.policies_doc.write_text(policies_doc(report), "utf-8")
     if args.json:
-        print(json.dumps(report.__dict__, indent=2))
+        from dataclasses import asdict
+
+        print(json.dumps({**report.__dict__, "runs": asdict(report.runs) if report.runs else None}, indent=2))
     else:
         _print(report)
-    return 0 if report.loaded == report.files else 1
+        if report.runs is not None:
+            runner = _corpus_run()
+            if args.run:
+                runner.print_report(report.runs)
+            else:
+                print(f"policies that run: {report.runs.percent()} (details: --run)")
+    ran_all = report.runs is None or report.runs.ran == report.runs.loadable
+    return 0 if report.loaded == report.files and ran_all else 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,17 @@ def test_corpus_rates(report: object) -> None:
 
 
 @needs_corpus
+def test_every_loadable_whole_policy_runs_a_request(report: object) -> None:
+    """Each whole policy's request through the engine, backend call included (scripts/corpus_run.py): none reaches
+    an unsupported policy or an internal error. Only the snippets whose C# does not parse are not loadable."""
+    runs = report.runs  # type: ignore[attr-defined]
+    assert runs.loadable >= 51 and runs.policies - runs.loadable <= 3, runs.not_loadable
+    assert runs.stopped == []
+    assert runs.ran == runs.loadable
+    assert sum(runs.statuses.values()) == runs.ran and runs.statuses.get(200, 0) >= 25
+
+
+@needs_corpus
 def test_policies_doc_is_current(report: object) -> None:
     """Regenerate with: scripts/corpus.py --policies-doc docs/policies.md"""
     written = (ROOT / "docs" / "policies.md").read_text("utf-8")
