@@ -379,6 +379,9 @@ def _schema_error(err: jsonschema.ValidationError, pos: _Positions) -> LoadError
                            key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))  # fmt: skip
         if in_object:
             return _schema_error(in_object[0], pos)
+    if path == ("apim",) or (path[:1] == ("apim",) and err.validator == "required"):
+        return LoadError(pos.at(path), "apim: the APIOps extraction folder (apim: path, or apim: {extraction: path, "
+                         "…overrides})")
     if err.validator == "oneOf" and path and path[-2:-1] == ("rules",):
         return LoadError(pos.at(path), f"{where}: {_shorthand_conflict(err.instance)}")
     return LoadError(pos.at(path), f"{where}: {err.message}")

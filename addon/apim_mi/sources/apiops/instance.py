@@ -266,7 +266,7 @@ def missing_error(state: NamedValueState) -> LoadError:
     what = "a secret whose value is not extracted" if nv.secret else "without a value"
     return LoadError(
         state.used_at or nv.info,
-        f"named value '{nv.display_name}' ({nv.info.file}) is {what}; give it in the overrides "
+        f"named value '{nv.display_name}' is {what}; give it in the overrides "
         f"(named_values: {{{nv.display_name}: …}}) or as the environment variable {env_name(nv.display_name)}",
     )
 
