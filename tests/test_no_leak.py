@@ -170,7 +170,9 @@ async def _through_addon(addon: ApimMi, req: RequestSpec) -> tuple[Any, dict[str
     sent = {k.lower(): v for k, v in flow.request.headers.items(multi=True)}
     if flow.response is None:
         flow.response = tutils.tresp()
-        await addon.responseheaders(flow)
+        streamed = addon.responseheaders(flow)  # a coroutine only when the answer streams (mitmproxy awaits it)
+        if streamed is not None:
+            await streamed
     await addon.response(flow)
     return flow, before, sent
 

@@ -38,3 +38,12 @@ def test_tap_passes_chunks_unchanged_counts_them_and_keeps_a_bounded_copy() -> N
     for _ in range(3):
         big(b"x" * (streaming.KEEP_LIMIT // 2))
     assert big.body is None and big.size == 3 * (streaming.KEEP_LIMIT // 2)  # too large to keep: not kept at all
+
+
+def test_addon_responseheaders_needs_no_coroutine_for_unmatched_flows() -> None:
+    from apim_mi.addon import ApimMi
+
+    addon = ApimMi()
+    sse, plain = _flow("text/event-stream"), _flow("text/html")
+    assert addon.responseheaders(sse) is None and sse.response.stream is True
+    assert addon.responseheaders(plain) is None and not plain.response.stream

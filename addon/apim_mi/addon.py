@@ -572,33 +572,45 @@ class ApimMi:
             return "over https:// without certificate verification (ssl_insecure is on)"
         return ""
 
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    def responseheaders(self, flow: http.HTTPFlow) -> Any:
         """The earliest point after the request went upstream: take the token out of the flow, and start streaming
-        what should stream (``streaming``), running outbound on the headers first."""
+        what should stream (``streaming``). Only then is there async work (outbound on the headers): the coroutine
+        is returned for mitmproxy to await, every other flow costs no coroutine."""
         state = self._flows.get(flow.id)
         if state is None:
             streaming.stream_unmatched(flow)
-            return
+            return None
         self._redact(flow, state)
+        return self._start_stream(flow, state) if self._streams(flow, state) else None
+
+    def _streams(self, flow: http.HTTPFlow, state: _FlowState) -> bool:
+        """Whether this answer streams with the policy's outbound run on its headers: SSE, buffer-response="false" or
+        mitmproxy's own stream_large_bodies; not after an error, nor for a backend error status that goes through
+        on-error (those stay buffered and are handled in ``response``)."""
+        run, resp = state.run, flow.response
+        if resp is None or run.error is not None or run.response is not None:
+            return False
+        if not resp.stream and not streaming.should_stream(resp, run):
+            return False
+        return engine.backend_error_status(run, resp.status_code) is None
+
+    async def _start_stream(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         try:
-            await self._start_stream(flow, state)
+            await self._stream_outbound(flow, state)
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
             state.summary["outcome"] = f"failed: internal error {e!r}"
             state.answer = _apim_500(str(state.run.context.request_id))
+            if flow.response is not None:
+                flow.response.stream = False
 
-    async def _start_stream(self, flow: http.HTTPFlow, state: _FlowState) -> None:
-        """For a streamed answer, outbound runs now on status and headers (the body passes later, untouched); an
-        error status, or an outbound that answers itself, keeps the answer buffered and is handled in ``response``."""
+    async def _stream_outbound(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """Outbound runs now on status and headers (the body passes later, untouched); an outbound that answers
+        itself keeps the answer buffered, and ``response`` replaces it."""
         run = state.run
         resp = flow.response
-        if resp is None or run.error is not None or run.response is not None:
-            return
+        assert resp is not None
         already = bool(resp.stream)  # mitmproxy's own stream_large_bodies decision
-        if not already and not streaming.should_stream(resp, run):
-            return
-        if engine.backend_error_status(run, resp.status_code) is not None:
-            return
         run.trace.add("backend", "forward-request", inspector.response_later(flow))
         self._diagnose_backend(flow, state)
         run.streaming = True
@@ -612,10 +624,9 @@ class ApimMi:
         flowcontext.apply_response(run.context.response, flow)
         for name, value in run.on_headers:
             resp.headers[name] = value
-        tap = streaming.Tap(sse=streaming.is_event_stream(resp) and bool(run.on_response), keep=bool(run.on_response))
-        if not already or resp.stream is True:
-            resp.stream = tap
-        state.tap = tap
+        if not already or resp.stream is True:  # another addon's stream callable stays, untapped
+            resp.stream = state.tap = streaming.Tap(sse=streaming.is_event_stream(resp) and bool(run.on_response),
+                                                    keep=bool(run.on_response))  # fmt: skip
         self.inspector.announce(flow, run.trace.trace_id)
         run.trace.add(
             "outbound",
@@ -631,7 +642,7 @@ class ApimMi:
             run = state.run
             if state.answer is not None:
                 flow.response = state.answer
-            elif state.tap is not None:
+            elif state.tap is not None or state.run.streaming:
                 await self._end_stream(flow, state, state.tap)
             elif flow.response is not None and run.error is None and run.response is None:
                 await self._outbound(flow, state)
@@ -673,16 +684,15 @@ class ApimMi:
         else:
             flowcontext.apply_response(run.context.response, flow)
 
-    async def _end_stream(self, flow: http.HTTPFlow, state: _FlowState, tap: streaming.Tap) -> None:
-        """The last chunk has reached the client: the trace says how much and how long, then the policies that
-        wait for the complete answer run (``Delivered.response`` is None: headers can no longer change)."""
+    async def _end_stream(self, flow: http.HTTPFlow, state: _FlowState, tap: streaming.Tap | None) -> None:
+        """The last chunk has reached the client: the trace says how much and how long (when apim-mi's tap counted
+        it), then the policies that wait for the complete answer run (``Delivered.response`` is None: headers can no
+        longer change)."""
         run = state.run
-        run.trace.add(
-            "outbound",
-            "transfer-response",
-            {"message": "Response body streaming to the caller is complete.", **tap.summary()},
-        )
-        if run.on_response and flow.response is not None:
+        counted = tap.summary() if tap is not None else {"note": "streamed through another addon's stream callable"}
+        run.trace.add("outbound", "transfer-response",
+                      {"message": "Response body streaming to the caller is complete.", **counted})  # fmt: skip
+        if tap is not None and run.on_response and flow.response is not None:
             await engine.deliver(run, engine.Delivered(flow.response.status_code, tap.body, True, tap.size, tap.sse))
 
     def error(self, flow: http.HTTPFlow) -> None:
