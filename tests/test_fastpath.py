@@ -67,7 +67,8 @@ def _flows(harness: dict[str, Any], rules: str, *requests: tuple[bytes, tuple[tu
                 await addon.request(flow)
                 if flow.response is None:
                     flow.response = tutils.tresp()
-                    await addon.responseheaders(flow)
+                    if (streamed := addon.responseheaders(flow)) is not None:  # a coroutine only for streams
+                        await streamed
                     await addon.response(flow)
                 flows.append(flow)
         return addon, flows
