@@ -73,7 +73,8 @@ class KeyVaultThread(ServerThread[KeyVaultStandIn]):
 
 
 class EchoBackend(LoopbackServer):
-    """Answers every request with what it received (method, path, query, headers with values) and records it."""
+    """Answers every request with what it received (method, path, query, headers with values) and records it, with
+    the status an ``x-echo-status`` request header asks for."""
 
     _what = "echo backend"
 
@@ -93,7 +94,7 @@ class EchoBackend(LoopbackServer):
         seen = {"method": request.method, "path": request.path, "query": request.query_string,
                 "headers": {k.lower(): v for k, v in request.headers.items()}}  # fmt: skip
         self.requests.append(seen)
-        return web.json_response(seen)
+        return web.json_response(seen, status=int(request.headers.get("x-echo-status", "200")))
 
 
 class EchoThread(ServerThread[EchoBackend]):

@@ -244,6 +244,8 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any,
             catalog-v2: {{serviceUrl: "{echo_backend.url}/catalog-v2"}}
           backends:
             items-backend: {{url: "{backend.url}/items"}}
+            orders-a: {{url: "{echo_backend.url}/pool-a"}}
+            orders-b: {{url: "{echo_backend.url}/pool-b"}}
           subscriptions:
             gold-sub: {GOLD}
             master: {MASTER}
@@ -437,3 +439,15 @@ def test_mi_rules_names_the_extraction_folder_itself(tmp_path: Path, emulator: A
         assert status == 500 and "API 'legacy' has no serviceUrl" in md.text()  # routed, and never to the gateway
     finally:
         md.stop()
+
+
+def test_backend_pool_and_credentials_from_backend_information(proxy: Any, echo_backend: Any) -> None:
+    """backendInformation.json's pool (priority 1 first), its members' credentials; a member's circuit breaker
+    trips on a 5xx and the next request goes to the priority-2 member."""
+    url = f"http://contoso.azure-api.net/orders?key={MASTER}"
+    status, seen = curl("-x", proxy.url, "-X", "POST", url)
+    assert status == 200 and seen["path"] == "/pool-a/" and seen["headers"]["x-member"] == "a", seen  # type: ignore[index]
+    status, _ = curl("-x", proxy.url, "-X", "POST", "-H", "x-echo-status: 503", url)
+    assert status == 503
+    status, seen = curl("-x", proxy.url, "-X", "POST", url)
+    assert status == 200 and seen["path"] == "/pool-b/" and seen["headers"]["x-member"] == "b", (seen, proxy.text())  # type: ignore[index]

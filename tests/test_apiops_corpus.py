@@ -101,8 +101,10 @@ def test_pagopa_key_vault_backend_credentials_and_segment_versions(
         # to-do-api: set-backend-service to a backend whose credentials carry a Key Vault-backed named value,
         # then a rewrite-uri that prefixes "api/" (the API's own policy)
         assert seen["path"].endswith("/todo-fn/tasks/7") and seen["path"].startswith("/api/"), seen
+        assert seen["headers"]["x-functions-key"] == "todo-function-key"  # backendInformation.json's credentials
         status, seen = _get(md, "http://dx-d-itn-playground-pg-apim-01.azure-api.net/fnapp/v1/FunctionName", key)
         assert status == 200 and seen["path"] == "/app-02/FunctionName", (status, seen)  # its policy picks app-02
+        assert seen["headers"]["x-functions-key"] == "func-02-key"
         status, body = _get(md, "http://dx-d-itn-playground-pg-apim-01.azure-api.net/todo/tasks/7")
         assert status == 401 and body["statusCode"] == 401, body
         assert "todo-function-key" not in md.text()
