@@ -27,7 +27,8 @@ from .credentials import CredentialSpec
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
-from .policy.ai import AiState
+from .policy.ai import AiState, counts_tokens
+from .policy.ai.usage import load_encoding
 from .policy.gateway import GatewayState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
 from .tokens import TokenProvider, azure_credential_factory
@@ -260,6 +261,8 @@ class ApimMi:
                 await start(self.config.gateway, self.tokens, self.credential)
             self._log_summary()
             self._ready.set_result(None)
+            if self.config is not None and counts_tokens(rule.policy for rule in self.config.rules):
+                self._spawn(load_encoding(None))  # the tokenizer, before the first streamed answer needs it
             if ctx.options.mi_prefetch:
                 await self._prefetch()
         except Exception as e:

@@ -7,12 +7,26 @@ so counters and cached answers live across flows and rule reloads, as APIM's do 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .limits import TokenCounters
 from .metrics import MetricsRegistry
 from .semcache import SemanticCache
+
+if TYPE_CHECKING:
+    from ..model import Policy
+
+#: Policies that may count tokens with the tokenizer (streamed answers are always estimated).
+COUNTING = frozenset({"azure-openai-token-limit", "llm-token-limit", "azure-openai-emit-token-metric",
+                      "llm-emit-token-metric"})  # fmt: skip
+
+
+def counts_tokens(policies: Iterable[Policy]) -> bool:
+    """Whether any of the policies may need the tokenizer, so the proxy builds it at startup (~0.5 s, in a worker
+    thread) instead of the first streamed answer waiting for it."""
+    return any(stmt.name in COUNTING for policy in policies for stmt in policy.statements())
 
 
 @dataclass
@@ -34,4 +48,4 @@ class AiState:
                 "semanticCache": self.cache.status()}  # fmt: skip
 
 
-__all__ = ["AiState"]
+__all__ = ["COUNTING", "AiState", "counts_tokens"]
