@@ -25,7 +25,7 @@ API_VERSION = "2024-10-21"
 MI = '<authentication-managed-identity resource="https://cognitiveservices.azure.com" />'
 UNBUFFERED = (f"<policies><inbound>{MI}</inbound><backend><forward-request buffer-response=\"false\" /></backend>"
               '<outbound><set-header name="x-outbound" exists-action="override"><value>ran</value></set-header>'
-              "</outbound><on-error /></policies>")  # fmt: skip
+              "<set-body>replaced</set-body></outbound><on-error /></policies>")  # fmt: skip
 TEAPOT = (f"<policies><inbound>{MI}</inbound><backend><forward-request /></backend><outbound><return-response>"
           '<set-status code="418" reason="I am a teapot" /></return-response></outbound><on-error /></policies>')
 
@@ -137,11 +137,15 @@ def _chat(md: Mitmdump, prefix: str, **kw: Any) -> httpx.Response:
 
 def test_buffer_response_false_streams_with_outbound_on_the_headers(gateway: Mitmdump) -> None:
     """forward-request buffer-response="false": a plain JSON answer streams too; outbound's header reaches the
-    client, and the trace records the transfer (bytes = the body the client got) instead of holding the body."""
+    client (its set-body cannot, and the trace says so), and the trace records the transfer (bytes = the body the
+    client got) instead of holding the body."""
     resp = _chat(gateway, "unbuffered")
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "Echo: tea please"
     assert resp.headers["x-outbound"] == "ran"
-    transfer = entries(trace_of(gateway, resp), "transfer-response")
+    trace = trace_of(gateway, resp)
+    warning = [d["message"] for d in entries(trace, "apim-mi") if "streamed answer" in d.get("message", "")]
+    assert warning and "the backend's body streams unchanged" in warning[0]  # set-body cannot apply to a stream
+    transfer = entries(trace, "transfer-response")
     assert transfer[0]["message"].startswith("Response headers have been sent to the caller. Starting to stream")
     assert transfer[1]["message"] == "Response body streaming to the caller is complete."
     assert transfer[1]["bytes"] == len(resp.content) and transfer[1]["chunks"] >= 1

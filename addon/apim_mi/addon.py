@@ -624,7 +624,12 @@ class ApimMi:
             state.answer = flowcontext.make_response(run.response)
             resp.stream = False
             return
-        flowcontext.apply_response(run.context.response, flow)
+        answer = run.context.response
+        if answer.body is not None and answer.body.content:
+            run.warn("outbound", "apim-mi", "Outbound set a body on a streamed answer; the backend's body streams "
+                     "unchanged (buffer the answer: drop buffer-response=\"false\" or raise stream_large_bodies).")
+            answer.body = None
+        flowcontext.apply_response(answer, flow)
         for name, value in run.on_headers:
             resp.headers[name] = value
         if not already or resp.stream is True:  # another addon's stream callable stays, untapped
