@@ -14,7 +14,7 @@ from ..engine import UNVERIFIED, PolicyRun, Scope, evaluate_string, run_statemen
 from ..model import Statement
 from ._common import int_attr, str_attr
 from .backends import side_send
-from .http import _apply_children, _initial_request
+from .http import build_side_request, side_mode
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,9 @@ SOURCE = "send-one-way-request"
 async def send_one_way_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """Builds the request like send-request, sends it in the background and goes on at once; the answer (or the
     failure) only reaches the event log, as APIM never shows it."""
-    mode = (await str_attr(run, stmt, "mode", scope, source=SOURCE) or "new").strip().lower()
+    mode = await side_mode(run, stmt, scope, SOURCE)
     timeout = float(await int_attr(run, stmt, "timeout", scope, source=SOURCE) or 60)
-    if mode not in ("new", "copy"):
-        raise PolicyError(SOURCE, f"mode must be 'new' or 'copy' (got '{mode}').", "ExpressionValueEvaluationFailure")
-    request = _initial_request(run, scope, mode)
-    injections = len(run.injections)
-    try:
-        await _apply_children(run, stmt, scope, request, mode)
-    finally:
-        del run.injections[injections:]
+    request = await build_side_request(run, stmt, scope, mode)
     url = str(request.url)
     headers = [(n, v) for n, v in request.headers.pairs() if n.lower() not in ("content-length", "host")]
     body = request.body.content if request.body is not None else None

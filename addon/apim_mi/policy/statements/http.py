@@ -48,24 +48,37 @@ async def default_send(
         return Response(resp.status, resp.reason or "", out, Body(content, resp.headers.get("Content-Type")))
 
 
-async def send_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    mode = (await str_attr(run, stmt, "mode", scope, source=SOURCE) or "new").strip().lower()
-    variable = await str_attr(run, stmt, "response-variable-name", scope, source=SOURCE)
-    timeout = await int_attr(run, stmt, "timeout", scope, source=SOURCE)
-    ignore_error = await bool_attr(run, stmt, "ignore-error", scope, source=SOURCE)
+async def side_mode(run: PolicyRun, stmt: Statement, scope: Scope, source: str) -> str:
+    """send-request's / send-one-way-request's ``mode``: new or copy."""
+    mode = (await str_attr(run, stmt, "mode", scope, source=source) or "new").strip().lower()
     if mode not in ("new", "copy"):
-        raise PolicyError(SOURCE, f"mode must be 'new' or 'copy' (got '{mode}').", "ExpressionValueEvaluationFailure")
+        raise PolicyError(source, f"mode must be 'new' or 'copy' (got '{mode}').", "ExpressionValueEvaluationFailure")
+    return mode
+
+
+async def build_side_request(run: PolicyRun, stmt: Statement, scope: Scope, mode: str) -> Request:
+    """The side request its children build; a token one of them gets is not the main request's injection."""
     request = _initial_request(run, scope, mode)
     injections = len(run.injections)
     try:
         await _apply_children(run, stmt, scope, request, mode)
+    finally:
+        del run.injections[injections:]
+    return request
+
+
+async def send_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    mode = await side_mode(run, stmt, scope, SOURCE)
+    variable = await str_attr(run, stmt, "response-variable-name", scope, source=SOURCE)
+    timeout = await int_attr(run, stmt, "timeout", scope, source=SOURCE)
+    ignore_error = await bool_attr(run, stmt, "ignore-error", scope, source=SOURCE)
+    try:
+        request = await build_side_request(run, stmt, scope, mode)
     except PolicyError as e:
         if not ignore_error or e.reason == "ExpressionValueEvaluationFailure":
             raise
         _ignored(run, scope, variable, e.message)
         return
-    finally:
-        del run.injections[injections:]  # a token for the side request is not the main request's injection
     response = await _exchange(run, scope, request, float(timeout or 60), ignore_error, variable)
     if variable and response is not None:
         run.context.variables[variable] = response
