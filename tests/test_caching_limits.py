@@ -80,6 +80,12 @@ async def test_response_cache_hit_miss_vary_by_query_and_header() -> None:
     first = await run_once(xml, state, url="https://api.test/items?version=1&other=a",
                            backend=Response(200, "OK", Headers([("Content-Type", "application/json")]), Body(b"{}")))
     assert first.forward and "miss" in entries(first, "cache-lookup")[0]["message"]
+    revalidating = await run_once(xml, state, url="https://api.test/items?version=9",
+                                  headers=[("Host", "api.test"), ("Cache-Control", "max-age=10")])
+    (miss,) = entries(revalidating, "cache-lookup")
+    assert miss["message"].startswith("Cache lookup resulted in a miss. Cache headers listed below were removed")
+    assert miss["cacheHeaders"] == [{"name": "Cache-Control", "value": "max-age=10"}]
+    assert "Cache-Control" not in revalidating.context.request.headers
     assert first.response is not None
     assert first.response.headers.get("Cache-Control") == "private, max-age=30, must-revalidate"
     clock.now += 5
@@ -126,6 +132,7 @@ async def test_rate_limit_429_body_retry_after_and_renewal() -> None:
     assert body_json(third.response) == {"statusCode": 429,
                                          "message": "Rate limit is exceeded. Try again in 40 seconds."}
     assert third.response.headers.get("Retry-After") == "40" and third.context.variables["wait"] == 40
+    assert third.response.body.content == b'{ "statusCode": 429, "message": "Rate limit is exceeded. Try again in 40 seconds." }'  # noqa: E501
     assert third.context.last_error.source == "rate-limit" and third.context.last_error.reason == "RateLimitExceeded"
     other = await run_once(xml, state, url="https://api.test/x?subscription-key=k2")
     assert other.response is not None and other.response.status_code == 200  # its own counter

@@ -23,13 +23,19 @@ class ResponseError(PolicyError):
         self.response = response
 
 
-def json_response(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
-    """The gateway's own error body: ``{"statusCode": N, "message": "…"}`` as JSON."""
-    body = json.dumps({"statusCode": status, "message": message}, indent=4).encode()
+def json_response(status: int, message: str, headers: list[tuple[str, str]] | None = None, *,
+                  one_line: bool = False) -> Response:  # fmt: skip
+    """The gateway's own error body: ``{"statusCode": N, "message": "…"}`` as JSON. ``one_line`` is the throttling
+    policies' form, ``{ "statusCode": 429, "message": "…" }`` with ``Content-Type: application/json``, as a real 429
+    shows it (its Content-Length is exactly that)."""
+    payload = {"statusCode": status, "message": message}
+    text = "{ " + json.dumps(payload)[1:-1] + " }" if one_line else json.dumps(payload, indent=4)
+    body = text.encode()
     return Response(
         status_code=status,
         status_reason=reason_phrase(status),
-        headers=Headers([("Content-Type", "application/json; charset=utf-8"), *(headers or [])]),
+        headers=Headers([("Content-Type", "application/json" if one_line else "application/json; charset=utf-8"),
+                         *(headers or [])]),
         body=Body(body, "application/json"),
     )
 

@@ -108,6 +108,23 @@ async def _response_key(run: PolicyRun, stmt: Statement, scope: Scope) -> str:
     return "\x1f".join(parts)
 
 
+#: APIM's trace on a miss, verbatim (quoted in MicrosoftDocs/azure-docs#43964, with the removed Cache-Control).
+MISS = ("Cache lookup resulted in a miss. Cache headers listed below were removed from the request to prompt the "
+        "backend service to send back a complete response.")
+#: What a miss removes so the backend answers in full: Cache-Control as the quoted trace shows, and (inferred) the
+#: conditional-request headers that would let the backend answer 304.
+_CACHE_HEADERS = ("Cache-Control", "Pragma", "If-Modified-Since", "If-None-Match", "If-Match", "If-Unmodified-Since",
+                  "If-Range")  # fmt: skip
+
+
+def _strip_cache_headers(headers: Headers) -> list[dict[str, str]]:
+    removed = [{"name": name, "value": value} for name, value in headers.pairs()
+               if name.lower() in {h.lower() for h in _CACHE_HEADERS}]  # fmt: skip
+    for name in _CACHE_HEADERS:
+        headers.remove(name)
+    return removed
+
+
 def _downstream(response: Response, kind: str, must_revalidate: bool, max_age: int | None) -> None:
     """``downstream-caching-type`` private/public: the Cache-Control header the caller gets."""
     if kind not in ("private", "public"):
@@ -134,7 +151,9 @@ async def cache_lookup(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     run.extras["cache-lookup"] = (key, kind, must_revalidate)
     found, cached = _fresh(run, run.services.state.responses, key)
     if not found or not isinstance(cached, tuple):
-        run.trace.add(scope.section, _LOOKUP, {"message": "Cache lookup resulted in a miss.", **note})
+        removed = _strip_cache_headers(run.context.request.headers)
+        run.trace.add(scope.section, _LOOKUP, {"message": MISS, "cacheKey": key.replace("\x1f", "&"),
+                                               "cacheHeaders": removed, **note})  # fmt: skip
         return
     response, stored_at = cached
     age = int(run.services.state.clock() - stored_at)

@@ -163,11 +163,11 @@ def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, window: Window, cal
     seconds = max(1, math.ceil(wait))
     if quota:
         message = f"Out of {what} quota. Quota will be replenished in {timespan(wait)}."
-        response = json_response(403, message)
+        response = json_response(403, message, one_line=True)
         reason = "QuotaExceeded"
     else:
         message = f"Rate limit is exceeded. Try again in {seconds} seconds."
-        response = json_response(429, message, [("Retry-After", str(seconds))])
+        response = json_response(429, message, [("Retry-After", str(seconds))], one_line=True)
         reason = "RateLimitExceeded"
         if stmt.attr("retry-after-header-name"):
             response.headers.set(stmt.attr("retry-after-header-name") or "", [str(seconds)])
