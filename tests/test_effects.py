@@ -79,3 +79,27 @@ async def test_log_to_eventhub_file_sink_and_event_log(tmp_path: Path, caplog: p
     assert event["requestId"] == str(run.context.request_id)
     assert "log-to-eventhub [other]: plain" in caplog.text
 
+
+
+async def test_deployed_shape_token_in_outbound_for_a_side_call() -> None:
+    """As deployed AI-gateway/MCP policies do: authentication-managed-identity in outbound (outside its documented
+    section: a load warning, not an error) puts a token into a variable that a side request then carries."""
+    from test_statements import FakeSender
+
+    sender = FakeSender()
+    xml = ("<policies><inbound /><backend><forward-request /></backend><outbound>"
+           '<authentication-managed-identity resource="https://management.azure.com/" output-token-variable-name="t" />'
+           '<send-one-way-request mode="new"><set-url>https://audit.test/log</set-url><set-method>POST</set-method>'
+           '<set-header name="Authorization" exists-action="override"><value>@("Bearer " + '
+           '(string)context.Variables["t"])</value></set-header></send-one-way-request>'
+           "</outbound></policies>")  # fmt: skip
+    run = make_run(xml, sender=sender)
+    assert any("'authentication-managed-identity' is outside its documented sections" in w
+               for w in run.policy.warnings)  # fmt: skip
+    await engine.run_inbound(run)
+    run.context.response = Response(200, "OK", Headers(), Body(b"{}"))
+    await engine.run_outbound(run)
+    await asyncio.gather(*run.services.state.tasks)
+    (sent,) = sender.sent
+    assert sent["url"] == "https://audit.test/log" and sent["headers"]["Authorization"].startswith("Bearer ey")
+    assert run.injections == []  # the token went to the side call only
