@@ -37,9 +37,10 @@ class Backends:
         self.calls: list[dict[str, Any]] = []
 
     async def __call__(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
-                       timeout: float, proxy: str | None = None) -> Response:  # fmt: skip
+                       timeout: float, proxy: str | None = None, client_cert: Any = None) -> Response:  # fmt: skip
         host = url.split("/")[2].split(".")[0]
-        self.calls.append({"host": host, "url": url, "headers": dict(headers), "proxy": proxy, "method": method})
+        self.calls.append({"host": host, "url": url, "headers": dict(headers), "proxy": proxy, "method": method,
+                           "client_cert": client_cert})  # fmt: skip
         steps = self.script[host]
         step = steps.pop(0) if len(steps) > 1 else steps[0]
         if isinstance(step, Exception):
@@ -203,3 +204,13 @@ async def test_backend_connection_failure_counts_for_error_reasons_and_goes_to_o
     run = await run_request(policies('<set-backend-service backend-id="b" />'), backends, state=state,
                             settings={"backends": entity})  # fmt: skip
     assert run.response is not None and run.response.status_code == 503 and len(backends.calls) == 2
+
+
+async def test_engine_made_backend_call_presents_the_client_certificate() -> None:
+    """authentication-certificate chose a certificate for the forwarded request: the engine's own call presents it."""
+    backends = Backends(api=[200])
+    run = make_run(backend_section('<retry condition="false" count="1" interval="0"><forward-request /></retry>'),
+                   sender=backends)  # type: ignore[arg-type]
+    run.client_certificates[id(run.context.request)] = "the-certificate"
+    await engine.run_inbound(run)
+    assert [c["client_cert"] for c in backends.calls] == ["the-certificate"]

@@ -191,8 +191,10 @@ async def call_backend(run: PolicyRun, scope: Scope, timeout: float) -> None:
     run.forward = True
     run.backend_called = True
     body = request.body.content if request.body is not None and request.method not in ("GET", "HEAD") else None
+    cert = run.client_certificates.get(id(main))  # authentication-certificate on the forwarded request
     try:
-        response = await side_send(run, request.method, url, headers, body, timeout)
+        response = await side_send(run, request.method, url, headers, body, timeout,
+                                   **({"client_cert": cert} if cert is not None else {}))  # fmt: skip
     except Exception as e:  # timeouts, connection failures, an injected sender's errors: a failed backend call
         if backend is not None:
             _note_trip(run, scope, record_outcome(run, backend, None, None))
