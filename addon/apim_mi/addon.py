@@ -469,7 +469,11 @@ class ApimMi:
 
             if self._ready is not None and not self._ready.done():
                 await asyncio.wait({self._ready}, timeout=ctx.options.mi_timeout)
-            routed = await route_flow(self.config.gateway, flow, self.tokens, self.credential)
+            try:
+                routed = await route_flow(self.config.gateway, flow, self.tokens, self.credential)
+            except Exception as e:  # never forward a gateway host's request unrouted: fail closed
+                self._fail_closed(flow, None, f"APIM gateway routing failed: {e!r}")
+                return
             rule = routed.rule if routed is not None else None
         if rule is None:
             return
