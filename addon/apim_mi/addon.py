@@ -15,14 +15,15 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
+from mitmproxy.utils import human
 
-from . import clientcerts, diagnostics, flowcontext, inspector, streaming
+from . import clientcerts, diagnostics, flowcontext, inspector, streaming, uploads
 from .credentials import CredentialSpec
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
@@ -35,6 +36,9 @@ from .tokens import TokenProvider, azure_credential_factory
 from .trace import METADATA_KEY, REDACTED, FlowRecord, Trace, scrub
 
 log = logging.getLogger("apim_mi")
+
+#: The error reason when the request that went upstream lacked a token the policy added.
+NOT_SENT = "TokenNotSent"
 
 # Environment variables that would make azure-identity pick another managed-identity source than the emulator.
 _MI_ENV = (
@@ -55,6 +59,23 @@ class _FlowState:
     summary: dict[str, Any] = field(default_factory=dict)
     tap: streaming.Tap | None = None  # the answer streams through it
     answer: http.Response | None = None  # decided in responseheaders, given in response
+    #: The policy ran in ``requestheaders`` (a streamed request body): the token is checked in ``request``.
+    early: bool = False
+    #: Whether the request that went upstream carried every injected token (None: not checked yet).
+    sent: bool | None = None
+    url: str | None = None
+    #: ignore_error let a request whose policy could not run on its streamed body go on as the client sent it.
+    unchanged: bool = False
+
+
+@dataclass
+class _Held:
+    """A request of unknown length whose policy needs the body: parked at the sink until ``request`` shows whether
+    mitmproxy buffered it (then the policy runs) or streamed it (then it fails closed)."""
+
+    rule: Rule
+    routed: Any
+    destination: uploads.Destination
 
 
 def _client_networks(specs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -86,6 +107,13 @@ class ApimMi:
         self._metrics_server: Any = None
         self._metrics_listen = ("127.0.0.1", 0)
         self._flows: dict[str, _FlowState] = {}
+        # Streamed request bodies (see uploads.py): flows whose policy ran in requestheaders, parked ones, and
+        # those sent to the sink (where they were going, and the answer the client gets instead of the sink's).
+        self._early: set[str] = set()
+        self._held: dict[str, _Held] = {}
+        self._diverted: dict[str, tuple[uploads.Destination, http.Response | None]] = {}
+        self._body_needs: dict[int, str | None] = {}
+        self.sink = uploads.Sink()
         self._running = False
         self._startup_error = False
         self._ready: asyncio.Future[None] | None = None
@@ -100,6 +128,8 @@ class ApimMi:
         self._redact_on = True
         self._trace_on = True
         self._ssl_insecure = False
+        self._stream_limit: int | None = None
+        self._stream_limit_text = ""
 
     # -- options ---------------------------------------------------------------------------------------------
 
@@ -176,6 +206,9 @@ class ApimMi:
             self._trace_on = bool(opts.mi_trace)
         if "ssl_insecure" in updated:
             self._ssl_insecure = bool(opts.ssl_insecure)
+        if "stream_large_bodies" in updated:
+            self._stream_limit_text = opts.stream_large_bodies or ""
+            self._stream_limit = human.parse_size(self._stream_limit_text) if self._stream_limit_text else None
 
     def _configure_metrics(self, spec: str) -> None:
         if self._running:
@@ -206,6 +239,7 @@ class ApimMi:
                 # the upstream TLS connection must open after the request hook chose the certificate
                 log.info("apim-mi: authentication-certificate: connection_strategy set to lazy")
                 ctx.options.update(connection_strategy="lazy")
+            self._body_needs = {}
             self._watched = {f: _mtime(f) for f in config.files}
         finally:
             gc.collect()
@@ -422,6 +456,7 @@ class ApimMi:
             await self.emulator.stop()
         if self._emulator_files is not None:
             self._emulator_files.cleanup()
+        await self.sink.stop()
 
     def done(self) -> asyncio.Task[None] | None:
         """Sync on purpose: a script reload calls ``done`` synchronously. At shutdown mitmproxy awaits what a hook
@@ -453,16 +488,63 @@ class ApimMi:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.allowed_networks)
 
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Only for a body mitmproxy streams: its headers leave right after this hook, so the policy runs now (see
+        uploads.py). Sync on purpose: any other flow costs one check, and mitmproxy awaits what is returned."""
+        if self._stream_limit is None and not flow.request.stream:
+            return None
+        if flow.response or flow.error or not flow.live or self._startup_error or self.inspector.is_endpoint(flow):
+            return None
+        mode = uploads.streaming(flow.request, self._stream_limit)
+        if mode is uploads.Streaming.NO:
+            return None
+        return self._requestheaders(flow, mode)
+
+    async def _requestheaders(self, flow: http.HTTPFlow, mode: uploads.Streaming) -> None:
+        await self.sink.start()  # once per process, on the first streamed request
+        self._early.add(flow.id)  # from here on, an answer goes through the sink (see _respond)
+        matched = self._matched_rule(flow)
+        if matched is None:
+            if flow.id not in self._diverted:  # (a refused client or a matcher failure is answered via the sink)
+                self._early.discard(flow.id)
+            return
+        rule, routed = matched
+        need = self._body_need(rule)
+        if mode is uploads.Streaming.MAYBE and need is not None and not uploads.ignores_errors(rule.policy):
+            # The body may stay buffered (then the policy runs in `request`) or be streamed once it passes the limit
+            # (then its headers must not reach the backend): park the request at the sink until `request` tells.
+            self._held[flow.id] = _Held(rule, routed, self.sink.divert(flow.request))
+            return
+        if need is not None and mode is uploads.Streaming.MAYBE:
+            self._early.discard(flow.id)  # ignore_error: a streamed body is forwarded unchanged, checked in `request`
+            return
+        await self._guarded(flow, rule, routed, early=True)
+
     async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.id in self._early:
+            await self._request_after_headers(flow)
+            return
         if flow.response or flow.error or not flow.live or self._startup_error:
             return
         if self.inspector.answer(flow):  # http://apim-mi.trace/...: the trace endpoint, loopback clients only
             return
+        matched = self._matched_rule(flow)
+        if matched is None:
+            return
+        rule, routed = matched
+        if flow.request.stream:  # streamed by an addon after our requestheaders, or ignore_error with a body policy
+            self._unprotected(flow, rule)
+            return
+        await self._guarded(flow, rule, routed, early=False)
+
+    def _matched_rule(self, flow: http.HTTPFlow) -> tuple[Rule, Any] | None:
+        """The flow's rule (and its APIOps route, if an API answered), for a client allowed to use it; a client that
+        is not is answered 403."""
         try:
             rule = self.matcher.match(flowcontext.target_of(flow))
         except Exception as e:  # a matcher bug must not forward a flow that may match: fail closed
             self._fail_closed(flow, None, f"rule matching failed: {e!r}")
-            return
+            return None
         routed = None
         if rule is None and self.config is not None and self.config.gateway is not None:
             from .sources.apiops.flows import route_flow  # an APIM instance answers what no rule matched
@@ -476,22 +558,43 @@ class ApimMi:
                 return
             rule = routed.rule if routed is not None else None
         if rule is None:
-            return
+            return None
         self._count("matched", rule.name)
         if not self._client_allowed(flow):
             self._count("refused", rule.name)
             peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
-            flow.response = _error_response(403, f"apim-mi: client {peer} may not use managed identity rules "
-                                                 "(allow it with mi_allow_clients or use --proxyauth).")
+            message = f"apim-mi: client {peer} may not use managed identity rules (allow it with mi_allow_clients " \
+                      "or use --proxyauth)."
+            self._respond(flow, _error_response(403, message))
             log.warning("apim-mi: refused %s from %s: client not allowed", flowcontext.pretty_url(flow.request), peer)
-            return
+            return None
+        return rule, routed
+
+    async def _guarded(self, flow: http.HTTPFlow, rule: Rule, routed: Any, early: bool) -> None:
         try:
-            await self._run_inbound(flow, rule, routed)
+            await self._run_inbound(flow, rule, routed, early)
         except Exception as e:  # fail closed on any bug, exactly as on a policy error
             log.exception("apim-mi: internal error while running rule '%s'", rule.name)
             self._fail_closed(flow, rule, f"internal error: {e!r}")
 
-    async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule, routed: Any = None) -> None:
+    async def _request_after_headers(self, flow: http.HTTPFlow) -> None:
+        """``request`` for a flow handled in requestheaders: the whole body has been read (buffered) or sent."""
+        held = self._held.pop(flow.id, None)
+        if held is not None:
+            if flow.request.stream:  # mitmproxy streamed it once it passed the limit: its headers went to the sink
+                self._diverted[flow.id] = (held.destination, None)
+                await self._guarded(flow, held.rule, held.routed, early=True)
+            else:  # buffered after all: the policy runs as for any request, on the real destination
+                self._early.discard(flow.id)
+                held.destination.restore(flow.request)
+                await self._guarded(flow, held.rule, held.routed, early=False)
+            return
+        self._early.discard(flow.id)
+        state = self._flows.get(flow.id)
+        if state is not None and flow.request.stream and flow.id not in self._diverted:
+            self._check_sent(flow, state)  # the headers left after requestheaders: what we see is what was sent
+
+    async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule, routed: Any, early: bool) -> None:
         ready = self._ready
         assert ready is not None
         if not ready.done() or ready.cancelled() or ready.exception() is not None:
@@ -505,7 +608,8 @@ class ApimMi:
         url = flowcontext.pretty_url(flow.request)
         received = inspector.request_later(flow, url)
         self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
-        context, as_read = flowcontext.request_context(flow, request_id)
+        body = uploads.StreamedBody(uploads.way_out(self._stream_limit_text)) if early else None
+        context, as_read = flowcontext.request_context(flow, request_id, body)
         if routed is not None:
             from .sources.apiops import flows
 
@@ -513,12 +617,27 @@ class ApimMi:
         trace = Trace.since(request_id.hex, flow.request.timestamp_start)
         services = engine.Services(self.tokens, self._source(rule), settings=self._settings, state=self.gateway)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
-        state = _FlowState(rule, run, time.perf_counter(), str(request_id))
+        state = _FlowState(rule, run, time.perf_counter(), str(request_id), early=early)
         self._flows[flow.id] = state
         trace.add("inbound", "api-inspector", received)
         trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
                   else inspector.configuration_later(flow, rule))
-        await engine.run_inbound(run)
+        if flow.id in self._diverted:  # parked at the sink, then streamed: the policy needs the body it cannot have
+            need = self._body_need(rule)
+            await engine.handle_error(run, uploads.body_error(f"The policy needs the request body ({need}). "
+                                                              + uploads.way_out(self._stream_limit_text)))
+        else:
+            await engine.run_inbound(run)
+        if body is not None and (body.touched or context.request.body is not body):
+            if uploads.ignores_errors(rule.policy):
+                self._forward_unchanged(flow, state, body.cause)
+                return
+            if run.error is not None:  # e.g. an expression's ExpressionValueEvaluationFailure: name the real cause
+                run.error.reason = uploads.BODY_ERROR
+            else:
+                need = self._body_need(rule) or "set-body"
+                await engine.handle_error(run, uploads.body_error(f"The policy replaces the request body ({need}). "
+                                                                  + body.cause))
         if routed is not None and run.response is None and (no_backend := flows.unrouted(routed, context)):
             await engine.handle_error(run, no_backend)
         if run.response is None and run.injections:
@@ -532,13 +651,58 @@ class ApimMi:
         if cert is not None:
             await self._present_upstream(flow, run, cert)
         if run.response is not None:
-            flow.response = flowcontext.make_response(run.response)
+            self._respond(flow, flowcontext.make_response(run.response))
             self._finish(flow, state, url=url)
             return
         if flowcontext.apply_request(context.request, flow, as_read):
             url = flowcontext.pretty_url(flow.request)  # the URL or the Host header changed
         trace.add("backend", "forward-request", inspector.forward_later(flow, run.forward_timeout, trace.secrets, url))
-        self._record(flow, state, url=url)
+        state.url = url  # for the log line, once the request has left (_check_sent)
+
+    def _body_need(self, rule: Rule) -> str | None:
+        key = id(rule.policy)
+        if key not in self._body_needs:
+            self._body_needs[key] = uploads.request_body_need(rule.policy)
+        return self._body_needs[key]
+
+    def _forward_unchanged(self, flow: http.HTTPFlow, state: _FlowState, cause: str) -> None:
+        """ignore_error on a rule whose policy cannot run on a streamed body: the request goes on as the client sent
+        it, and the trace and log say so."""
+        run = state.run
+        run.warn("inbound", "apim-mi", f"{cause} ignore-error is true: the request is forwarded unchanged, without "
+                 "a token.")
+        run.error, run.response = None, None
+        run.injections.clear()
+        state.unchanged = True
+        self._finish(flow, state)
+
+    def _unprotected(self, flow: http.HTTPFlow, rule: Rule) -> None:
+        """A matched request whose headers already left without the policy: nothing can stop it any more, so it is
+        recorded as what it is (an error, or with ignore_error a warning), never as a token added."""
+        quiet = uploads.ignores_errors(rule.policy)
+        cause = ("its body is streamed and the policy needs it (ignore_error: true), so it was forwarded unchanged"
+                 if quiet else "another addon set flow.request.stream after apim-mi's requestheaders hook, so its "
+                 "headers left before the policy could run; load apim-mi after that addon")  # fmt: skip
+        if not quiet:
+            self._count("failed", rule.name)
+            flow.marked = ":x:"
+        flow.comment = f"apim-mi [{rule.name}]: sent without a token: {cause}"
+        flow.metadata[METADATA_KEY] = {"summary": {"rule": rule.name, "outcome": "sent without a token",
+                                                   "error": cause}}
+        (log.warning if quiet else log.error)("apim-mi: %s %s [%s] sent without a token: %s", flow.request.method,
+                                              flowcontext.pretty_url(flow.request), rule.name, cause)
+
+    def _respond(self, flow: http.HTTPFlow, response: http.Response) -> None:
+        """Answers the client. In requestheaders (or for a request already parked there) the request goes to the
+        sink instead, since mitmproxy cannot answer a request whose body is still arriving; ``response`` replaces the
+        sink's answer."""
+        if flow.id not in self._early:
+            flow.response = response
+            return
+        diverted = self._diverted.get(flow.id)
+        if diverted is None:
+            diverted = (self.sink.divert(flow.request), None)
+        self._diverted[flow.id] = (diverted[0], response)
 
     async def _present_upstream(self, flow: http.HTTPFlow, run: engine.PolicyRun, cert: Any) -> None:
         """authentication-certificate on the forwarded request: the upstream TLS connection mitmproxy opens next for
@@ -580,13 +744,15 @@ class ApimMi:
         return ""
 
     def responseheaders(self, flow: http.HTTPFlow) -> Any:
-        """The earliest point after the request went upstream: take the token out of the flow, and start streaming
-        what should stream (``streaming``). Only then is there async work (outbound on the headers): the coroutine
-        is returned for mitmproxy to await, every other flow costs no coroutine."""
+        """The earliest point after the request went upstream: check what it carried, take the token out of the
+        flow, and start streaming what should stream (``streaming``). Only then is there async work (outbound on
+        the headers): the coroutine is returned for mitmproxy to await, every other flow costs no coroutine."""
         state = self._flows.get(flow.id)
         if state is None:
             streaming.stream_unmatched(flow)
             return None
+        if state.sent is None:
+            self._check_sent(flow, state)
         self._redact(flow, state)
         return self._start_stream(flow, state) if self._streams(flow, state) else None
 
@@ -647,6 +813,8 @@ class ApimMi:
         )
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        if self._diverted:
+            self._undivert(flow)
         state = self._flows.get(flow.id)
         if state is None:
             return
@@ -708,9 +876,42 @@ class ApimMi:
             await engine.deliver(run, engine.Delivered(flow.response.status_code, tap.body, True, tap.size, tap.sse))
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if self._diverted:
+            self._undivert(flow)
+        self._early.discard(flow.id)
+        self._held.pop(flow.id, None)
         state = self._flows.get(flow.id)
         if state is not None:
+            if state.sent is None:
+                self._check_sent(flow, state)
             self._finish(flow, state)
+
+    def _undivert(self, flow: http.HTTPFlow) -> None:
+        """A request that went to the sink: back to where it was going (for saved flows and mitmweb), and the
+        client gets the answer meant for it instead of the sink's."""
+        diverted = self._diverted.pop(flow.id, None)
+        self._early.discard(flow.id)
+        if diverted is not None:
+            destination, answer = diverted
+            destination.restore(flow.request)
+            if answer is not None and flow.response is not None:
+                flow.response = answer
+
+    def _check_sent(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """Whether the request that went upstream carried every injected token: nothing claims an injection the
+        backend never saw (another addon may change the request after the policy ran)."""
+        run = state.run
+        secrets = run.trace.secrets
+        headers = flow.request.headers
+        missing = sorted({i.header for i in run.injections
+                          if not any(s in v for v in headers.get_all(i.header) for s in secrets)})  # fmt: skip
+        state.sent = not missing
+        if missing and run.error is None:
+            run.error = PolicyError("apim-mi", f"The request went upstream without the token in "
+                                    f"{', '.join(missing)}: the request was changed after the policy ran (another "
+                                    "addon, or a streamed body).", NOT_SENT)  # fmt: skip
+            run.trace.add("backend", "apim-mi", {"message": run.error.message, **engine.UNVERIFIED})
+        self._record(flow, state, url=state.url)
 
     def _finish(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None) -> None:
         engine.finish(state.run)
@@ -760,8 +961,13 @@ class ApimMi:
         if run.error is not None:
             outcome = f"failed ({run.error.reason or run.error.source})"
             flow.marked = ":x:"
+        elif state.unchanged:
+            outcome = "forwarded unchanged (ignore-error): the policy cannot run on a streamed body"
+        elif run.response is not None:
+            outcome = "answered by the policy"
         elif run.injections:
-            outcome = "token added to " + ", ".join(sorted({i.header for i in run.injections}))
+            verb = "token added to " if state.sent else "token not sent upstream, meant for "
+            outcome = verb + ", ".join(sorted({i.header for i in run.injections}))
         elif run.token_failures:
             outcome = "no token (ignore-error), forwarded unchanged"
         else:
@@ -789,14 +995,17 @@ class ApimMi:
         if first:
             if url is None:
                 url = flowcontext.pretty_url(flow.request)
-            if run.error is not None:
+            if run.error is not None and run.error.reason == NOT_SENT:
+                self._count("failed", run.rule_name)
+                log.error("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, run.error.message)
+            elif run.error is not None:
                 self._count("failed", run.rule_name)
                 if self.metrics is not None:
                     self.metrics.policy_error(run.error.source)
                 cause = run.token_failures[-1] if run.token_failures else run.error.message
                 log.warning("apim-mi: %s %s [%s] failed closed: %s", flow.request.method, url,
                             run.rule_name, scrub(cause, secrets))
-            elif run.injections:
+            elif run.injections and state.sent:
                 self._count("injected", run.rule_name)
                 log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, url, run.rule_name, identity or "-",
                          aud, outcome)
@@ -812,7 +1021,7 @@ class ApimMi:
     def _fail_closed(self, flow: http.HTTPFlow, rule: Rule | None, reason: str) -> None:
         self._count("failed", rule.name if rule else "")
         request_id = str(uuid.uuid4())
-        flow.response = _apim_500(request_id)
+        self._respond(flow, _apim_500(request_id))
         flow.marked = ":x:"
         flow.comment = f"apim-mi [{rule.name if rule else '?'}]: failed closed: {reason}"
         flow.metadata[METADATA_KEY] = {"summary": {"rule": rule.name if rule else "", "outcome": "failed closed",

@@ -117,8 +117,9 @@ def _url_of(req: http.Request) -> tuple[Url, str | None]:
     return Url.parse(raw), raw
 
 
-def request_context(flow: http.HTTPFlow, request_id: uuid.UUID) -> tuple[Context, Received]:
-    """The policy's ``context`` for a flow, and what was read (for ``apply_request``)."""
+def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | None = None) -> tuple[Context, Received]:
+    """The policy's ``context`` for a flow, and what was read (for ``apply_request``). ``body``: instead of the
+    flow's (a streamed body, not there yet)."""
     req = flow.request
     parsed, raw_url = _url_of(req)
     peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"
@@ -127,7 +128,7 @@ def request_context(flow: http.HTTPFlow, request_id: uuid.UUID) -> tuple[Context
         method=req.method,
         url=parsed,
         headers=Headers.of(list(pairs)),
-        body=Body(req.raw_content or b""),
+        body=Body(req.raw_content or b"") if body is None else body,
         ip_address=peer,
         original_url=parsed.copy(),
     )
@@ -169,7 +170,7 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
             (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs
         )
         changed = changed or received is None or _hosts(pairs) != _hosts(received.headers)
-    if request.body is not None and request.body.content != (req.raw_content or b""):
+    if request.body is not None and not request.body.streamed and request.body.content != (req.raw_content or b""):
         req.content = request.body.content
     return changed
 

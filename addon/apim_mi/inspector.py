@@ -190,6 +190,11 @@ class Inspector:
             return path[len(REVERSE_PREFIX) :] or "/"
         return None
 
+    @classmethod
+    def is_endpoint(cls, flow: http.HTTPFlow) -> bool:
+        """A request for the trace endpoint (answered in ``request``, never matched against rules)."""
+        return cls._endpoint_path(flow) is not None
+
     def answer(self, flow: http.HTTPFlow) -> bool:
         """Answers a request for the trace endpoint (and returns True); anything else is left alone."""
         path = self._endpoint_path(flow)

@@ -176,6 +176,9 @@ class Url:
 class Body:
     """A message body (``IMessageBody``). Reading it without ``preserveContent`` consumes it, as in APIM."""
 
+    #: True for a request body mitmproxy streams, which is not there when the policy runs (apim_mi.streaming).
+    streamed = False
+
     def __init__(self, content: bytes = b"", content_type: str | None = None) -> None:
         self.content = bytes(content)
         self.content_type = content_type

@@ -2189,7 +2189,10 @@ def _table_for(obj: Any) -> list[dict[str, Method]]:
         return [JARRAY_METHODS, JTOKEN_METHODS]
     if isinstance(obj, JToken):
         return [JTOKEN_METHODS]
-    return [OTHER_METHODS.get(type(obj), {})]
+    methods = OTHER_METHODS.get(type(obj))
+    if methods is None:  # a subclass (apim_mi.streaming's StreamedBody is a Body)
+        methods = next((OTHER_METHODS[c] for c in type(obj).__mro__[1:] if c in OTHER_METHODS), {})
+    return [methods]
 
 
 def _number_to_string(n: Any, a: Args, _t: TArgs) -> str:
