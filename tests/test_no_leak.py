@@ -204,6 +204,7 @@ async def _check_requests(
                 # fails closed: APIM's 500, nothing forwarded, nothing added
                 assert flow.response.status_code == 500, flow.comment
                 assert sent == before
+                assert "token added" not in flow.comment  # nothing claims a token the backend never got
                 continue
             value = sent[header]
             token = value if expected.header else value.removeprefix("Bearer ")
@@ -211,6 +212,7 @@ async def _check_requests(
             assert jwt.decode(token, options={"verify_signature": False})["aud"] == expected.resource
             assert {k: v for k, v in sent.items() if k != header} == {k: v for k, v in before.items() if k != header}
             assert token not in flow.request.headers.get(header, "")  # redacted once the flow completed
+            assert f"token added to {expected.header or 'Authorization'}" in flow.comment  # checked as it was sent
             seen_tokens.add(token)
     return flows, seen_tokens
 
