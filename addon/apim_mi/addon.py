@@ -503,7 +503,7 @@ class ApimMi:
     async def _requestheaders(self, flow: http.HTTPFlow, mode: uploads.Streaming) -> None:
         await self.sink.start()  # once per process, on the first streamed request
         self._early.add(flow.id)  # from here on, an answer goes through the sink (see _respond)
-        matched = self._matched_rule(flow)
+        matched = await self._matched_rule(flow)
         if matched is None:
             if flow.id not in self._diverted:  # (a refused client or a matcher failure is answered via the sink)
                 self._early.discard(flow.id)
@@ -528,7 +528,7 @@ class ApimMi:
             return
         if self.inspector.answer(flow):  # http://apim-mi.trace/...: the trace endpoint, loopback clients only
             return
-        matched = self._matched_rule(flow)
+        matched = await self._matched_rule(flow)
         if matched is None:
             return
         rule, routed = matched
@@ -537,7 +537,7 @@ class ApimMi:
             return
         await self._guarded(flow, rule, routed, early=False)
 
-    def _matched_rule(self, flow: http.HTTPFlow) -> tuple[Rule, Any] | None:
+    async def _matched_rule(self, flow: http.HTTPFlow) -> tuple[Rule, Any] | None:
         """The flow's rule (and its APIOps route, if an API answered), for a client allowed to use it; a client that
         is not is answered 403."""
         try:
