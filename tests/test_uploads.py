@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import DEMO_AUDIENCE
 from proxy import Mitmdump, curl, proxy_for, write_rules
+from test_metrics import samples, value
 
 SMALL, LARGE = 500, 5000  # under and over the 1k limit
 
@@ -69,7 +71,7 @@ def proxy(
     flows = d / "flows.mitm"
     md = proxy_for(
         d, emulator, rules, "--set", "stream_large_bodies=1k", "--set", f"ssl_verify_upstream_trusted_ca={certs['ca']}",
-        "-w", str(flows), "-s", str(d / "meddler.py"),
+        "--set", "mi_metrics=127.0.0.1:0", "-w", str(flows), "-s", str(d / "meddler.py"),
     )  # fmt: skip
     yield md, flows
     md.stop()
@@ -175,6 +177,31 @@ def test_streaming_started_by_a_later_addon_is_recorded_as_an_error(
     assert not re.search(r"/late-stream/1 .*token added", md.text())
 
 
+def test_counters_follow_what_went_upstream(proxy: tuple[Mitmdump, Path], backend: Any) -> None:
+    """The per-rule counters (scraped from /metrics with prometheus-client's parser) count an injection only when
+    the request that left carried the token."""
+    md, _ = proxy
+    port = int(md.wait_for(r"metrics and health at http://127\.0\.0\.1:(\d+)").group(1))
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return samples(httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text)
+
+    before = scrape()
+    assert curl("-x", md.url, f"{backend.url}/stripped/counted")[0] == 401
+    assert _post(md, f"{backend.url}/late-stream/counted", SMALL)[0] == 401
+    assert _post(md, f"{backend.url}/upload/counted", LARGE)[0] == 200
+    assert _post(md, f"{backend.url}/inspect/counted", LARGE)[0] == 500
+    md.wait_for(r"/inspect/counted \[reads body\] failed closed")
+    after = scrape()
+
+    def moved(name: str, rule: str) -> float:
+        return value(after, name, rule=rule) - value(before, name, rule=rule)
+
+    injected, failed = "apim_mi_requests_injected_total", "apim_mi_requests_failed_closed_total"
+    assert [moved(injected, r) for r in ("upload", "stripped", "late", "reads body")] == [1, 0, 0, 0]
+    assert [moved(failed, r) for r in ("upload", "stripped", "late", "reads body")] == [0, 1, 1, 1]
+
+
 def test_saved_flows_tell_the_same_story(proxy: tuple[Mitmdump, Path], backend: Any) -> None:
     """The comments written into the -w file: failed where the backend got no token, never "token added"."""
     md, flows = proxy
@@ -207,8 +234,8 @@ def _request(headers: dict[str, str], http_version: str = "HTTP/1.1", stream: bo
 
     req = http.Request.make("POST", "http://example.test/upload", b"", headers)
     req.headers.pop("content-length", None)
-    for name, value in headers.items():
-        req.headers[name] = value
+    for name, text in headers.items():
+        req.headers[name] = text
     req.http_version = http_version
     req.stream = stream
     return req
