@@ -579,17 +579,20 @@ def policies_doc(report: Report | None) -> str:
         "",
         "Every APIM policy apim-mi knows. **Runs** policies execute as APIM does (defaults from the policy reference);",
         "the others load (their sections are checked) and fail loudly with `Policy 'x' is not supported` if a request",
-        "reaches them. Unknown elements load the same way. Trace entries whose wording Azure's documentation does not",
-        "show carry `\"emulator\": \"wording not verified against Azure\"`; conversions whose output APIM does not",
-        "document carry `\"emulator\": \"conversion rules inferred: APIM does not document them\"`, and their limits",
-        "say what was inferred (from the reference pages' examples and gateway output quoted in public write-ups).",
+        "reaches them: those that cannot mean something on one machine (Dapr, GraphQL resolvers) say why, in the",
+        "error and in their limits below. Unknown elements load the same way. Trace entries whose wording Azure's",
+        "documentation does not show carry `\"emulator\": \"wording not verified against Azure\"`; conversions",
+        "whose output APIM does not document carry `\"emulator\": \"conversion rules inferred: APIM does not",
+        "document them\"`, and their limits say what was inferred (from the reference pages' examples and gateway",
+        "output quoted in public write-ups).",
         "",
         "| policy | apim-mi | sections | attribute defaults | limits |",
         "|---|---|---|---|---|",
     ]
     for name in sorted(CATALOG):
         spec = CATALOG[name]
-        runs = "runs" if name in HANDLERS else "expanded at load" if name == "include-fragment" else "loads only"
+        runs = ("runs" if name in HANDLERS else "expanded at load" if name == "include-fragment"
+                else "fails loudly (see limits)" if spec.limits else "loads only")  # fmt: skip
         sections = ", ".join(s for s in SECTIONS if s in spec.sections)
         defaults = ", ".join(f"`{a.name}={a.default}`" for a in spec.attributes.values() if a.default is not None)
         lines.append(f"| `{name}` | {runs} | {sections} | {defaults or '–'} | {LIMITS.get(name, spec.limits)} |")

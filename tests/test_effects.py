@@ -103,3 +103,11 @@ async def test_deployed_shape_token_in_outbound_for_a_side_call() -> None:
     (sent,) = sender.sent
     assert sent["url"] == "https://audit.test/log" and sent["headers"]["Authorization"].startswith("Bearer ey")
     assert run.injections == []  # the token went to the side call only
+
+
+async def test_what_cannot_run_on_one_machine_loads_and_fails_loudly_with_the_reason() -> None:
+    run = make_run(policies('<invoke-dapr-binding name="orders" operation="create" />'))
+    await engine.run_inbound(run)
+    assert run.response is not None and run.response.status_code == 500
+    error = run.context.last_error
+    assert error.reason == "PolicyNotSupported" and "Dapr sidecar" in error.message

@@ -757,12 +757,29 @@ _RUNTIME: tuple[ElementSpec, ...] = (
 )
 
 
-def _unsupported(name: str, sections: frozenset[str], body: Body = Body.ANY) -> ElementSpec:
-    return ElementSpec(name, sections=sections, body=body, closed=False, supported=False)
+def _unsupported(name: str, sections: frozenset[str], why: str, body: Body = Body.ANY) -> ElementSpec:
+    return ElementSpec(name, sections=sections, body=body, closed=False, supported=False, limits=why)
 
 
-#: Policies the engine does not run, listed for section checks (their reference pages' "Policy sections").
-_KNOWN: tuple[ElementSpec, ...] = ()
+_DAPR = "Needs the Dapr sidecar of a self-hosted gateway; there is no Dapr runtime on the proxy's machine."
+_RESOLVER = ("A GraphQL resolver of a synthetic GraphQL API: apim-mi runs an API's REST pipeline, it does not execute "
+             "GraphQL.")  # fmt: skip
+_GRAPHQL_SCHEMA = "Validates against the API's GraphQL schema; apim-mi loads OpenAPI documents, not GraphQL schemas."
+_INBOUND_OUTBOUND_ON_ERROR = frozenset({"inbound", "outbound", "on-error"})
+
+#: Policies that cannot mean something on one machine: they load (sections checked) and fail loudly, with the reason
+#: (``Policy 'x' is not supported by apim-mi …: <reason>``), when a request reaches them.
+_KNOWN: tuple[ElementSpec, ...] = (
+    _unsupported("invoke-dapr-binding", _INBOUND_OUTBOUND_ON_ERROR, _DAPR),
+    _unsupported("publish-to-dapr", _INBOUND_OUTBOUND_ON_ERROR, _DAPR),
+    _unsupported("set-graphql-resolver", INBOUND, _RESOLVER),
+    # resolver policies live in a resolver's own document, never in a policy section: anywhere else they warn
+    _unsupported("http-data-source", frozenset(), _RESOLVER),
+    _unsupported("cosmosdb-data-source", frozenset(), _RESOLVER),
+    _unsupported("sql-data-source", frozenset(), _RESOLVER),
+    _unsupported("publish-event", frozenset(), _RESOLVER),
+    _unsupported("validate-graphql-request", INBOUND, _GRAPHQL_SCHEMA),
+)
 
 
 def _required(*names: str) -> tuple[AttributeSpec, ...]:

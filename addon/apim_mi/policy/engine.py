@@ -212,9 +212,13 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
         handler = handlers.get(stmt.name)
         inner = Scope(scope.section, path, scope.request)
         if handler is None:
+            from .catalog import CATALOG
+
+            spec = CATALOG.get(stmt.name)
+            why = f" {spec.limits}" if spec is not None and spec.limits else ""
             raise PolicyError(
                 stmt.name,
-                f"Policy '{stmt.name}' is not supported by apim-mi (declared at {stmt.location}).",
+                f"Policy '{stmt.name}' is not supported by apim-mi (declared at {stmt.location}).{why}",
                 "PolicyNotSupported",
                 section=scope.section,
                 path=path,
