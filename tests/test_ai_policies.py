@@ -240,6 +240,29 @@ def test_content_safety_blocks_as_apim(prompt: str, blocked: str | None) -> None
     assert run.context.last_error.reason == "ContentSafetyViolation"
 
 
+def _reply(content: str) -> bytes:
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 4}}).encode()  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["inbound enforce-on-completions", "outbound"])
+def test_content_safety_screens_completions(where: str) -> None:
+    """enforce-on-completions="true" in inbound, or the policy in outbound: the model's answer is screened before
+    the client gets it, and a harmful one becomes the 403."""
+    cs = ('<llm-content-safety backend-id="cs" {extra}><categories output-type="EightSeverityLevels">'
+          '<category name="Hate" threshold="4" /></categories></llm-content-safety>')  # fmt: skip
+    xml = (policies(cs.format(extra='enforce-on-completions="true"')) if where.startswith("inbound")
+           else policies("", cs.format(extra="")))  # fmt: skip
+    settings = {"backends": {"cs": "https://cs.test"}}
+    sender = StandIn()
+    fine = asyncio.run(exchange(xml, AiState(Clock()), reply=_reply("sunny"), sender=sender, settings=settings))
+    assert fine.response is None and sender.sent[-1]["body"]["text"] == "sunny"
+    run = asyncio.run(exchange(xml, AiState(Clock()), reply=_reply("I hate it"), sender=StandIn(), settings=settings))
+    assert run.response is not None and run.response.status_code == 403
+    assert json.loads(run.response.body.content)["message"] == "Response failed content safety check."
+    assert "Content safety check of the completion failed: Hate severity 6 >= 4" in json.dumps(run.trace.to_json())
+
+
 def test_content_safety_failure_is_a_500() -> None:
     run = asyncio.run(exchange(SAFETY, AiState(Clock()), body=chat("x" * 10_001), sender=StandIn(),
                                settings={"backends": {"cs": "https://cs.test"}}))  # fmt: skip

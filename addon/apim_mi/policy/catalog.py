@@ -430,8 +430,11 @@ def _semantic_store(name: str) -> ElementSpec:
 
 CONTENT_SAFETY = ElementSpec(
     "llm-content-safety",
-    sections=INBOUND,
-    attributes=_attrs(AttributeSpec("backend-id", required=True), _bool("shield-prompt", "false", expressions=True)),
+    sections=frozenset({"inbound", "outbound"}),
+    attributes=_attrs(
+        AttributeSpec("backend-id", required=True), _bool("shield-prompt", "false", expressions=True),
+        _bool("enforce-on-completions", "false", expressions=True), _int("window-size"), _int("window-overlap-size"),
+    ),
     body=Body.ELEMENTS,
     children=(
         ChildSpec(

@@ -161,6 +161,26 @@ def prompt_text(data: dict[str, Any] | None, *, ignore_system: bool = False) -> 
     return []
 
 
+def completion_text(data: dict[str, Any] | None) -> str:
+    """The generated text of a buffered answer: chat ``choices[].message.content``, completions ``choices[].text``,
+    Responses ``output[].content[].text``, Anthropic ``content[].text``."""
+    if not data:
+        return ""
+    out: list[str] = []
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            out.append(_content_text(message.get("content")) if isinstance(message, dict) else "")
+            if isinstance(choice.get("text"), str):
+                out.append(choice["text"])
+    for item in data.get("output") or ():
+        if isinstance(item, dict):
+            out.append(_content_text(item.get("content")))
+    if isinstance(data.get("content"), list):
+        out.append(_content_text(data["content"]))
+    return "\n".join(t for t in out if t)
+
+
 def count(enc: Any, text: str) -> int:
     return len(enc.encode(text)) if text else 0
 

@@ -12,6 +12,7 @@ credentials does. Wording marked ``UNVERIFIED`` in the trace is apim-mi's, not A
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from ...errors import PolicyError
@@ -21,6 +22,7 @@ from ..ai.semcache import CachedAnswer
 from ..ai.usage import (
     SseUsage,
     Usage,
+    completion_text,
     estimate_prompt_tokens,
     is_stream_request,
     load_encoding,
@@ -29,7 +31,7 @@ from ..ai.usage import (
     usage_from_body,
 )
 from ..context import Body, Headers, Response
-from ..engine import UNVERIFIED, Delivered, PolicyRun, Scope, evaluate_string
+from ..engine import UNVERIFIED, Delivered, PolicyRun, Scope, evaluate_string, handle_error
 from ..model import Statement
 from ._common import ResponseError, bool_attr, int_attr, json_response, str_attr
 
@@ -377,15 +379,61 @@ async def _call(run: PolicyRun, source: str, url: str, resource: str, payload: d
 # -- content safety -----------------------------------------------------------------------------------------------
 
 
-async def content_safety(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    """Sends the prompt's text to Azure AI Content Safety (text:analyze, and text:shieldPrompt with
-    ``shield-prompt``); a category at or over its threshold, a blocklist hit or a detected attack answers 403."""
+@dataclass
+class _Screen:
+    """What one llm-content-safety statement checks, its values evaluated."""
+
+    backend_id: str
+    base: str
+    resource: str
+    shield: bool
+    output_type: str
+    thresholds: dict[str, int]
+    blocklists: list[str]
+
+    async def verdict(self, run: PolicyRun, source: str, text: str, user_text: str | None) -> list[str]:
+        """Why ``text`` is blocked (empty: it passes); ``user_text`` also goes to Prompt Shields when shielding."""
+        reasons: list[str] = []
+        if text and (self.thresholds or self.blocklists):
+            payload: dict[str, Any] = {"text": text, "outputType": self.output_type, "haltOnBlocklistHit": False}
+            if self.thresholds:
+                payload["categories"] = list(self.thresholds)
+            if self.blocklists:
+                payload["blocklistNames"] = self.blocklists
+            answer = await _call(run, source, f"{self.base}/contentsafety/text:analyze?api-version="
+                                 f"{CONTENT_SAFETY_API}", self.resource, payload)  # fmt: skip
+            for item in answer.get("categoriesAnalysis") or []:
+                name, severity = item.get("category"), item.get("severity") or 0
+                if name in self.thresholds and severity >= self.thresholds[name]:
+                    reasons.append(f"{name} severity {severity} >= {self.thresholds[name]}")
+            for hit in answer.get("blocklistsMatch") or []:
+                reasons.append(f"blocklist '{hit.get('blocklistName')}' matched")
+        if self.shield and user_text:
+            answer = await _call(run, source, f"{self.base}/contentsafety/text:shieldPrompt?api-version="
+                                 f"{CONTENT_SAFETY_API}", self.resource, {"userPrompt": user_text, "documents": []})
+            if (answer.get("userPromptAnalysis") or {}).get("attackDetected"):
+                reasons.append("prompt attack detected")
+        return reasons
+
+    def record(self, run: PolicyRun, section: str, source: str, what: str, reasons: list[str]) -> None:
+        verdict = f"Content safety check of the {what} failed: " + "; ".join(reasons) if reasons else \
+            f"Content safety check of the {what} passed."  # fmt: skip
+        run.trace.add(section, source, {
+            "message": verdict, "backendId": self.backend_id, "categories": self.thresholds,
+            "blocklists": self.blocklists, "shieldPrompt": self.shield, **UNVERIFIED,
+        })  # fmt: skip
+
+
+def _blocked(source: str, what: str) -> ResponseError:
+    message = f"{what} failed content safety check."
+    return ResponseError(source, message, "ContentSafetyViolation", json_response(403, message))
+
+
+async def _screen_of(run: PolicyRun, stmt: Statement, scope: Scope) -> _Screen:
     source = stmt.name
     backend_id = await str_attr(run, stmt, "backend-id", scope) or ""
     shield = await bool_attr(run, stmt, "shield-prompt", scope)
     base, resource = _backend(run, backend_id, source)
-    messages = prompt_text(_request_data(run))
-    text = "\n".join(t for _, t in messages if t)
     thresholds: dict[str, int] = {}
     output_type = "FourSeverityLevels"
     categories = stmt.child("categories")
@@ -402,35 +450,49 @@ async def content_safety(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
             value = await evaluate_string(run, item.text, source, scope)
             if value:
                 blocklists.append(value)
-    reasons: list[str] = []
-    if text and (thresholds or blocklists):
-        payload: dict[str, Any] = {"text": text, "outputType": output_type, "haltOnBlocklistHit": False}
-        if thresholds:
-            payload["categories"] = list(thresholds)
-        if blocklists:
-            payload["blocklistNames"] = blocklists
-        answer = await _call(run, source, f"{base}/contentsafety/text:analyze?api-version={CONTENT_SAFETY_API}",
-                             resource, payload)  # fmt: skip
-        for item in answer.get("categoriesAnalysis") or []:
-            name, severity = item.get("category"), item.get("severity") or 0
-            if name in thresholds and severity >= thresholds[name]:
-                reasons.append(f"{name} severity {severity} >= {thresholds[name]}")
-        for hit in answer.get("blocklistsMatch") or []:
-            reasons.append(f"blocklist '{hit.get('blocklistName')}' matched")
-    if shield and text:
-        user = "\n".join(t for role, t in messages if role == "user" and t) or text
-        answer = await _call(run, source, f"{base}/contentsafety/text:shieldPrompt?api-version={CONTENT_SAFETY_API}",
-                             resource, {"userPrompt": user, "documents": []})  # fmt: skip
-        if (answer.get("userPromptAnalysis") or {}).get("attackDetected"):
-            reasons.append("prompt attack detected")
-    run.trace.add(scope.section, source, {
-        "message": "Content safety check failed: " + "; ".join(reasons) if reasons else "Content safety check passed.",
-        "backendId": backend_id, "categories": thresholds, "blocklists": blocklists, "shieldPrompt": shield,
-        **UNVERIFIED,
-    })  # fmt: skip
+    return _Screen(backend_id, base, resource, shield, output_type, thresholds, blocklists)
+
+
+async def content_safety(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """Sends the prompt's text to Azure AI Content Safety (text:analyze, and text:shieldPrompt with
+    ``shield-prompt``); a category at or over its threshold, a blocklist hit or a detected attack answers 403.
+    With ``enforce-on-completions`` (or in outbound) the model's answer is screened the same way before the client
+    gets it: buffered answers only, a streamed one has left already (the trace says so)."""
+    source = stmt.name
+    screen = await _screen_of(run, stmt, scope)
+    if scope.section == "outbound":
+        await _screen_completion(run, source, screen, run.context.response, "outbound")
+        return
+    messages = prompt_text(_request_data(run))
+    text = "\n".join(t for _, t in messages if t)
+    user = "\n".join(t for role, t in messages if role == "user" and t) or text
+    reasons = await screen.verdict(run, source, text, user)
+    screen.record(run, scope.section, source, "prompt", reasons)
     if reasons:
-        message = "Request failed content safety check."
-        raise ResponseError(source, message, "ContentSafetyViolation", json_response(403, message))
+        raise _blocked(source, "Request")
+    if await bool_attr(run, stmt, "enforce-on-completions", scope):
+
+        async def on_completion(run: PolicyRun, delivered: Delivered) -> None:
+            try:
+                await _screen_completion(run, source, screen, delivered.response, "outbound")
+            except PolicyError as e:
+                await handle_error(run, e)  # the answer becomes the 403 (or on-error's), before outbound runs
+
+        run.on_response.append(on_completion)
+
+
+async def _screen_completion(
+    run: PolicyRun, source: str, screen: _Screen, response: Response | None, section: str
+) -> None:
+    if response is None or run.streaming:
+        run.trace.add(section, source, {"message": "The completion is not screened: the answer streams to the "
+                      "client as it comes.", **UNVERIFIED})  # fmt: skip
+        return
+    text = completion_text(request_json(response.body.content if response.body is not None else None))
+    reasons = await screen.verdict(run, source, text, None)
+    screen.record(run, section, source, "completion", reasons)
+    if reasons:
+        raise _blocked(source, "Response")
 
 
 # -- semantic cache -----------------------------------------------------------------------------------------------
