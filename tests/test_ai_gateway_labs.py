@@ -21,7 +21,9 @@ DATA = Path(__file__).resolve().parent / "data" / "ai-gateway" / "apiops"
 LABS = sorted(p.stem for p in DATA.glob("*.xml"))
 KEY = "lab-subscription-key"
 QUERY = "api-version=2024-10-21"
-BACKENDS = ("openai-backend", "gemini-backend", "inference-backend", "content-safety-backend")
+BACKENDS = ("openai-backend", "gemini-backend", "inference-backend", "content-safety-backend", "embeddings-backend")
+#: What the labs' deployment fills in (zero-to-production.ipynb: tokens_per_minute = 500, three backends → 2 retries).
+PLACEHOLDERS = {"{backend-id}": "openai-backend", "{retry-count}": "2", "{tpm}": "500"}
 GLOBAL = """<policies>
     <inbound><authentication-managed-identity resource="https://cognitiveservices.azure.com" /></inbound>
     <backend><forward-request /></backend>
@@ -61,7 +63,10 @@ def extraction(root: Path) -> Path:
             "subscriptionKeyParameterNames": {"header": "api-key", "query": "api-key"},
         })  # fmt: skip
         (api / "specification.yaml").write_text(SPEC)
-        (api / "policy.xml").write_text((DATA / f"{lab}.xml").read_text().replace("{backend-id}", "openai-backend"))
+        text = (DATA / f"{lab}.xml").read_text()
+        for placeholder, value in PLACEHOLDERS.items():
+            text = text.replace(placeholder, value)
+        (api / "policy.xml").write_text(text)
     for name in BACKENDS:
         _json(art / "backends" / name / "backendInformation.json", {"url": "https://x.invalid", "protocol": "http"})
     _json(art / "subscriptions" / "master" / "subscriptionInformation.json", {
@@ -75,7 +80,9 @@ def extraction(root: Path) -> Path:
 def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: Any) -> Iterator[Mitmdump]:
     tmp = tmp_path_factory.mktemp("labs")
     art = extraction(tmp)
-    backends = ", ".join(f"{name}: {{url: '{standin.url}'}}" for name in BACKENDS)
+    urls = {name: standin.url for name in BACKENDS}
+    urls["embeddings-backend"] = f"{standin.url}/openai/deployments/text-embedding-3-small/embeddings?{QUERY}"
+    backends = ", ".join(f"{name}: {{url: '{url}'}}" for name, url in urls.items())
     apis = ", ".join(f"{lab}: {{serviceUrl: '{standin.url}/openai'}}" for lab in LABS)
     rules = write_rules(tmp, f"""
         apim:
@@ -132,7 +139,9 @@ def test_lab_runs_end_to_end(gateway: Mitmdump, standin: Any, lab: str) -> None:
               for d in entries(trace, name) if "usage" in d]  # fmt: skip
     for d in limits:
         assert d["usage"]["totalTokens"] == usage["total_tokens"]
-    assert emitted or limits or lab == "ai-agent-service-inference" or entries(trace, "llm-content-safety")
+    policy = (DATA / f"{lab}.xml").read_text()
+    assert bool(emitted) == ("emit-token-metric" in policy) and bool(limits) == ("token-limit" in policy)
+    assert bool(entries(trace, "llm-content-safety")) == ("<llm-content-safety" in policy)
 
 
 def test_wrong_subscription_key_is_apims_401(gateway: Mitmdump) -> None:

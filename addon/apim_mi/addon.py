@@ -800,7 +800,7 @@ class ApimMi:
                      "unchanged (buffer the answer: drop buffer-response=\"false\" or raise stream_large_bodies).")
             answer.body = None
         flowcontext.apply_response(answer, flow)
-        for name, value in run.on_headers:
+        for name, value in run.response_headers:  # what policies add to any answer (cors, remaining tokens)
             resp.headers[name] = value
         if not already or resp.stream is True:  # another addon's stream callable stays, untapped
             resp.stream = state.tap = streaming.Tap(sse=streaming.is_event_stream(resp) and bool(run.on_response),
@@ -849,11 +849,9 @@ class ApimMi:
             assert run.response is not None
             flow.response = flowcontext.make_response(run.response)
             return
-        if not (run.policy.sections.get("outbound") or run.on_response or run.on_headers):
+        if not (run.policy.sections.get("outbound") or run.on_response):
             return
         run.context.response = response = flowcontext.response_from_flow(flow.response)
-        for name, value in run.on_headers:
-            response.headers.set(name, [value])
         if run.on_response:
             body = flow.response.get_content(strict=False)
             await engine.deliver(run, engine.Delivered(

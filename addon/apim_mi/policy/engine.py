@@ -95,7 +95,6 @@ class PolicyRun:
     buffer_response: bool = True
     streaming: bool = False
     on_response: list[OnResponse] = field(default_factory=list)
-    on_headers: list[tuple[str, str]] = field(default_factory=list)  # added to the answer the client gets
     scratch: dict[str, Any] = field(default_factory=dict)  # what policies keep for their on_response actions
     injections: list[Injection] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -312,6 +311,10 @@ async def run_inbound(run: PolicyRun) -> None:
     except ExecutionLimitError as e:
         await handle_error(run, PolicyError("apim-mi", str(e), "ExecutionLimit"))
     if run.response is None and run.backend_called:
+        answer = run.context.response
+        if run.on_response and answer is not None:  # the engine's own backend call: a buffered answer
+            body = answer.body.content if answer.body is not None else b""
+            await deliver(run, Delivered(answer.status_code, body, False, len(body), response=answer))
         await run_outbound(run)
         if run.response is None:
             run.response = run.context.response

@@ -163,7 +163,7 @@ async def token_limit(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
         _publish_remaining(run, stmt, tpm, now_used, quota, now_quota, delivered)
         consumed_header = stmt.attr("tokens-consumed-header-name")
         if consumed_header and delivered.response is not None:
-            delivered.response.headers.set(consumed_header, [str(usage.total_tokens)])
+            _answer_header(run, consumed_header, str(usage.total_tokens))
         run.trace.add("outbound", source, {
             "message": f"Counter key '{key}' charged {usage.total_tokens} tokens.", "usage": usage.to_json(),
             **({"note": f"{consumed_header} is not added: the streamed response's headers were already sent."}
@@ -189,10 +189,14 @@ def _publish_remaining(
         header = stmt.attr(f"{name}-header-name")
         if not header:
             continue
-        if delivered is None:
-            run.on_headers.append((header, str(value)))
-        elif delivered.response is not None:
-            delivered.response.headers.set(header, [str(value)])
+        if delivered is None or delivered.response is not None:  # a streamed answer's headers have left
+            _answer_header(run, header, str(value))
+
+
+def _answer_header(run: PolicyRun, name: str, value: str) -> None:
+    """A header the client's answer gets whatever produced it (``run.response_headers``), replacing an earlier one."""
+    run.response_headers[:] = [(n, v) for n, v in run.response_headers if n.lower() != name.lower()]
+    run.response_headers.append((name, value))
 
 
 def _set(variables: dict[str, Any], name: str | None, value: Any) -> None:
