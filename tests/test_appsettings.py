@@ -33,6 +33,7 @@ SYSTEM_CLIENT_ID = "5ca1ab1e-0000-4000-8000-00000000000a"
 USER_1, USER_2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
 PARTNER_AUDIENCE = "api://6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"
 LOCAL_SECRET = "local-dev-secret-not-real"
+UNKNOWN_APP = "99999999-0000-4000-8000-0000000000a9"
 
 
 def write(tmp_path: Path, body: str, name: str = "appsettings.json") -> Path:
@@ -271,6 +272,9 @@ def test_appsettings_end_to_end(tmp_path: Path, entra: tuple[Any, dict[str, str]
             scope: api://own-api/.default
             credential: {{type: client-secret, tenant_id: {HOME_TENANT}, client_id: {DEFAULT_APP_CLIENT_ID},
                           client_secret: "{{{{secret}}}}"}}
+          - match: {{host: unknown-app.contoso.com}}
+            scope: api://own-api/.default
+            credential: {{type: managed-identity-fic, tenant_id: {HOME_TENANT}, client_id: {UNKNOWN_APP}}}
         named_values: {{secret: {LOCAL_SECRET}}}
         import: {{appsettings: {EXAMPLE}, sections: [TodoListApi]}}
     """, "rules.yaml")  # fmt: skip
@@ -298,6 +302,10 @@ def test_appsettings_end_to_end(tmp_path: Path, entra: tuple[Any, dict[str, str]
         # HttpMethod: GET maps to the rule's method, so a POST is not the rule's and goes on without a token.
         status, _ = through(direct, "https://orders.fabrikam.com/api/orders", "-X", "POST")
         assert status == 401
+        # An app Entra does not know: the managed identity's step succeeds, the app's fails, the request fails closed.
+        status, body = through(imported, "https://unknown-app.contoso.com/x")
+        assert status == 500 and body["message"] == "Internal server error", body  # type: ignore[index]
+        imported.wait_for(r"unknown-app\.contoso\.com.*AADSTS700016")
         # The managed identity's exchange token was fetched once, by identity 2222…, for the FIC step.
         assert emu.token_requests("api://AzureADTokenExchange", USER_2) == 1
         assert emu.token_requests(PARTNER_AUDIENCE, DEFAULT_APP_CLIENT_ID) == 1

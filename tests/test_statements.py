@@ -359,7 +359,7 @@ KEY = base64.b64encode(b"s" * 32).decode()
 
 
 def hs_token(**claims: Any) -> str:
-    payload = {"aud": "api://a", "iss": "https://iss.test/", "exp": int(time.time()) + 600, "scp": "read write",
+    payload = {"aud": "api://a", "iss": "https://iss.test/", "exp": int(time.time()) + 86_400, "scp": "read write",
                **claims}
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, b"s" * 32, algorithm="HS256")
 
