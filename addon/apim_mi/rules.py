@@ -777,7 +777,8 @@ def _import_rules(config: RulesConfig, value: Any, path: tuple[Any, ...], pos: _
         file = (config.path.parent / str(entry["appsettings"])).resolve()
         if not file.is_file():
             raise LoadError(pos.at((*at, "appsettings")), f"appsettings file '{entry['appsettings']}' not found")
-        imported = load_appsettings(file, entry.get("sections"), client_credential=entry.get("client_credential"))
+        imported = load_appsettings(file, entry.get("sections"), client_credential=entry.get("client_credential"),
+                                    selected_at=pos.at((*at, "sections")))  # fmt: skip
         for rule in imported.rules:
             rule.index = len(config.rules)
             config.rules.append(rule)

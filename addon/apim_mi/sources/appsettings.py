@@ -181,14 +181,14 @@ def downstream_sections(data: Mapping[str, Any]) -> list[Section]:
     return out
 
 
-def _selected(sections: list[Section], wanted: Sequence[str] | None, file: str) -> list[Section]:
+def _selected(sections: list[Section], wanted: Sequence[str] | None, where: Location) -> list[Section]:
     if wanted is None:
         return sections
     by_name = {s.name.lower(): s for s in sections} | {s.path[-1].lower(): s for s in sections}
     missing = [w for w in wanted if w.lower() not in by_name]
     if missing:
         known = ", ".join(s.name for s in sections) or "none"
-        raise LoadError(Location(file, 1, 1), f"no downstream-API section '{missing[0]}' (sections: {known})")
+        raise LoadError(where, f"no downstream-API section '{missing[0]}' (sections: {known})")
     return [by_name[w.lower()] for w in wanted]
 
 
@@ -225,25 +225,11 @@ class _Converter:
             )
         match = self._match(section)
         warnings += _spaced_keys(o, section.name)
-        scopes_key, scopes = _get(o, "Scopes")
-        if scopes_key is None and match.host in GRAPH_HOSTS:
-            scopes = [f"https://{match.host}/.default"]
-            notes.append("no Scopes: Microsoft Graph's app token scope https://graph.microsoft.com/.default, as "
-                         "Microsoft.Identity.Web's Graph integration uses")  # fmt: skip
-        elif scopes_key is None:
-            raise LoadError(
-                self.at(section), f"section '{section.name}': no Scopes (the API's '<app id URI>/.default')"
-            )
-        shorthand: dict[str, Any] = {"scope": scopes if isinstance(scopes, list) else str(scopes)}
-        scheme_key, scheme = _get(o, "ProtocolScheme")
-        if scheme_key is not None and str(scheme).strip().lower() != "bearer":
-            if str(scheme).strip().lower() in ("pop", "mtls_pop"):
-                raise LoadError(
-                    self.at(section, scheme_key),
-                    f"section '{section.name}': ProtocolScheme {scheme} binds the token to the app's own key "
-                    "(proof-of-possession); a proxy cannot present that key, so only Bearer sections can be rules",
-                )
-            shorthand["template"] = f"{str(scheme).strip()} {{token}}"
+        scopes_key, scopes = self._scopes(section, match, notes)
+        shorthand: dict[str, Any] = {"scope": scopes}
+        template = self._template(section)
+        if template:
+            shorthand["template"] = template
         credential = self._identity(section, shorthand, notes, warnings)
         loc = self.at(section, scopes_key) if scopes_key else self.at(section)
         inner = shorthand_policy(scope_as_resource(shorthand, loc, {}), loc, {})
@@ -257,6 +243,33 @@ class _Converter:
             shorthand=True,
             scope=" ".join(map(str, scopes)) if isinstance(scopes, list) else str(scopes),
         )
+
+    def _scopes(self, section: Section, match: MatchSpec, notes: list[str]) -> tuple[str | None, list[Any] | str]:
+        """``(key as written, Scopes)``; Microsoft Graph without Scopes gets its ``.default`` scope."""
+        key, scopes = _get(section.options, "Scopes")
+        if key is None and match.host in GRAPH_HOSTS:
+            notes.append("no Scopes: Microsoft Graph's app token scope https://graph.microsoft.com/.default, as "
+                         "Microsoft.Identity.Web's Graph integration uses")  # fmt: skip
+            return None, [f"https://{match.host}/.default"]
+        if key is None:
+            raise LoadError(
+                self.at(section), f"section '{section.name}': no Scopes (the API's '<app id URI>/.default')"
+            )
+        return key, scopes if isinstance(scopes, list) else str(scopes)
+
+    def _template(self, section: Section) -> str | None:
+        """The header template ``ProtocolScheme`` stands for (None: Bearer, the default); PoP is an error."""
+        key, scheme = _get(section.options, "ProtocolScheme")
+        name = str(scheme).strip()
+        if key is None or name.lower() == "bearer":
+            return None
+        if name.lower() in ("pop", "mtls_pop"):
+            raise LoadError(
+                self.at(section, key),
+                f"section '{section.name}': ProtocolScheme {name} binds the token to the app's own key "
+                "(proof-of-possession); a proxy cannot present that key, so only Bearer sections can be rules",
+            )
+        return f"{name} {{token}}"
 
     def _match(self, section: Section) -> MatchSpec:
         o = section.options
@@ -397,13 +410,18 @@ class _Converter:
 
 
 def load_appsettings(
-    path: str | Path, sections: Sequence[str] | None = None, *, client_credential: str | None = None
+    path: str | Path,
+    sections: Sequence[str] | None = None,
+    *,
+    client_credential: str | None = None,
+    selected_at: Location | None = None,
 ) -> RulesConfig:
-    """The rules an appsettings file stands for (``sections``: only these, by name); the first error raises."""
+    """The rules an appsettings file stands for (``sections``: only these, by name, as written at ``selected_at``);
+    the first error raises."""
     path = Path(path)
     data, pos = read_appsettings(path)
     converter = _Converter(path, data, pos, client_credential)
-    chosen = _selected(downstream_sections(data), sections, str(path))
+    chosen = _selected(downstream_sections(data), sections, selected_at or Location(str(path), 1, 1))
     rules = [converter.rule(section, i) for i, section in enumerate(chosen)]
     return RulesConfig(path=path, rules=rules, files=[path.resolve()])
 
