@@ -206,6 +206,28 @@ def test_workload_identity_sync_and_aio(emu: Any, tmp_path: Path, monkeypatch: p
     assert (service_account["iss"], service_account["sub"]) == (WORKLOAD_ISSUER, WORKLOAD_SUBJECT)
 
 
+async def test_workload_token_file_is_rotated(tmp_path: Path) -> None:
+    """--print-env keeps the service-account token fresh (rewritten at half its 24 h life), as AKS rotates it."""
+    import asyncio
+
+    from apim_mi.emulator import Emulator
+
+    emulator = Emulator(EmulatorConfig())
+    token_file = tmp_path / "federated-token"
+    emulator.write_workload_token(token_file)
+    first = token_file.read_text()
+    rotation = asyncio.create_task(emulator.rotate_workload_token(token_file, 0.05))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if token_file.read_text() != first:
+                break
+    finally:
+        rotation.cancel()
+    assert token_file.read_text() != first
+    assert jwt.decode(token_file.read_text(), options={"verify_signature": False})["sub"] == WORKLOAD_SUBJECT
+
+
 # -- errors, sent by hand --------------------------------------------------------------------------------------------
 
 

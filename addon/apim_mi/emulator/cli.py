@@ -28,6 +28,7 @@ from .config import (
     EmulatorConfig,
 )
 from .config import parse_identity as _parse_identity
+from .entra import WORKLOAD_TOKEN_LIFETIME
 from .faults import Fault
 from .server import Emulator
 from .serving import serve_until_stopped
@@ -204,7 +205,13 @@ async def serve(config: EmulatorConfig, args: argparse.Namespace, out: TextIO = 
             await emulator.stop()
             print(f"apim-mi emulator: cannot write the environment files: {exc}", file=sys.stderr)
             return 1
-        return await serve_until_stopped(emulator, lines, out)
+        rotation = asyncio.create_task(
+            emulator.rotate_workload_token(Path(directory) / "federated-token", WORKLOAD_TOKEN_LIFETIME / 2)
+        )
+        try:
+            return await serve_until_stopped(emulator, lines, out)
+        finally:
+            rotation.cancel()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -307,7 +307,7 @@ class Emulator(LoopbackServer):
         assert self._ca is not None
         _ca_file, bundle = self._ca.write(directory)
         token_file = Path(directory) / "federated-token"
-        token_file.write_text(entra.workload_identity_token(self._minter), "ascii")
+        self.write_workload_token(token_file)
         return {
             "AZURE_AUTHORITY_HOST": self.authority_url,
             "AZURE_TENANT_ID": self.tenant_id,
@@ -316,6 +316,16 @@ class Emulator(LoopbackServer):
             "SSL_CERT_FILE": str(bundle),
             "REQUESTS_CA_BUNDLE": str(bundle),
         }
+
+    def write_workload_token(self, path: str | os.PathLike[str]) -> None:
+        """(Re)write the workload-identity service-account token (a fresh one, valid 24 h), as AKS rotates it."""
+        Path(path).write_text(entra.workload_identity_token(self._minter), "ascii")
+
+    async def rotate_workload_token(self, path: str | os.PathLike[str], every: float) -> None:
+        """Rewrite the token file every ``every`` seconds until cancelled (azure-identity re-reads it)."""
+        while True:
+            await asyncio.sleep(every)
+            self.write_workload_token(path)
 
     def env(self, protocol: Protocol = "imds") -> dict[str, str]:
         """The environment azure-identity needs to use this emulator (after deleting MANAGED_IDENTITY_ENV_VARS).
