@@ -1,9 +1,9 @@
 """Azure-Samples/AI-Gateway lab policies (tests/data/ai-gateway/apiops, each naming its source in its first line) run
 as the labs deploy them: each is the API policy of an Azure OpenAI API in an APIOps extraction built here, with the
 API's subscription key in ``api-key`` (as the labs' Bicep configures it), so ``context.Subscription`` is the real
-one; the labs' backends point at the OpenAI / Content Safety stand-in, which accepts only the managed identity's
-token. The labs give their backends managed-identity credentials in Bicep; here the extraction's global policy adds
-that token. One mitmdump (reverse mode, acting as the gateway) serves the module."""
+one; the labs' backends have managed-identity credentials (``credentials.managedIdentity``, as their Bicep creates
+them) and point at the OpenAI / Content Safety stand-in, which accepts only the managed identity's token. One mitmdump
+(reverse mode, acting as the gateway) serves the module."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ BACKENDS = ("openai-backend", "gemini-backend", "inference-backend", "content-sa
 #: What the labs' deployment fills in (zero-to-production.ipynb: tokens_per_minute = 500, three backends → 2 retries).
 PLACEHOLDERS = {"{backend-id}": "openai-backend", "{retry-count}": "2", "{tpm}": "500"}
 GLOBAL = """<policies>
-    <inbound><authentication-managed-identity resource="https://cognitiveservices.azure.com" /></inbound>
+    <inbound />
     <backend><forward-request /></backend>
     <outbound />
     <on-error />
@@ -68,7 +68,10 @@ def extraction(root: Path) -> Path:
             text = text.replace(placeholder, value)
         (api / "policy.xml").write_text(text)
     for name in BACKENDS:
-        _json(art / "backends" / name / "backendInformation.json", {"url": "https://x.invalid", "protocol": "http"})
+        _json(art / "backends" / name / "backendInformation.json", {  # as the labs' Bicep creates them
+            "url": "https://x.invalid", "protocol": "http",
+            "credentials": {"managedIdentity": {"resource": "https://cognitiveservices.azure.com"}},
+        })  # fmt: skip
     _json(art / "subscriptions" / "master" / "subscriptionInformation.json", {
         "displayName": "Built-in all-access subscription", "state": "active",
         "scope": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.ApiManagement/service/ai-gateway/apis",

@@ -352,3 +352,29 @@ def test_standin_cli_rejects_bad_arguments() -> None:
 
     assert main(["--emulator", "http://127.0.0.1:1", "--port", "not-a-port"]) == 2
     assert main(["--port", "0"]) == 2  # --emulator or --jwks-uri is required
+
+
+def test_backend_managed_identity_credentials() -> None:
+    """A backend entity's credentials.managedIdentity (how the AI-gateway labs authenticate to Azure OpenAI): the
+    forwarded request gets the token, and Content Safety / embeddings calls to that backend use its identity."""
+    from apim_mi.backends import BackendError, parse_backend
+
+    aoai = parse_backend("aoai", {"url": "https://aoai.test/openai", "credentials": {
+        "managedIdentity": {"resource": "https://cognitiveservices.azure.com", "clientId": "c1"}}})  # fmt: skip
+    assert aoai.credentials.managed_identity is not None and aoai.credentials
+    assert (aoai.credentials.managed_identity.resource, aoai.credentials.managed_identity.client_id) == (
+        "https://cognitiveservices.azure.com", "c1")  # fmt: skip
+    with pytest.raises(BackendError, match=r"managedIdentity\.resource"):
+        parse_backend("x", {"url": "https://x.test", "credentials": {"managedIdentity": {"clientId": "c"}}})
+    tokens = FakeTokens()
+    run = make_run(policies('<set-backend-service backend-id="aoai" />'), tokens=tokens,
+                   settings={"backends": {"aoai": aoai}})  # fmt: skip
+    asyncio.run(engine.run_inbound(run))
+    assert run.response is None and tokens.asked == ["https://cognitiveservices.azure.com"]
+    assert run.context.request.headers.get("Authorization", "").startswith("Bearer ")
+    assert [i.resource for i in run.injections] == ["https://cognitiveservices.azure.com"]  # redacted afterwards
+    sender = StandIn()
+    safety = policies('<llm-content-safety backend-id="aoai"><categories><category name="Hate" threshold="2" />'
+                      "</categories></llm-content-safety>")  # fmt: skip
+    asyncio.run(exchange(safety, AiState(Clock()), sender=sender, settings={"backends": {"aoai": aoai}}))
+    assert sender.sent[0]["url"].startswith("https://aoai.test/openai/contentsafety/text:analyze")

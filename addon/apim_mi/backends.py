@@ -83,15 +83,25 @@ class Authorization:
 
 
 @dataclass(frozen=True)
+class ManagedIdentity:
+    """``credentials.managedIdentity``: a managed-identity token for ``resource`` in Authorization (how the AI
+    gateway labs' Bicep authenticates APIM to Azure OpenAI and Content Safety)."""
+
+    resource: str
+    client_id: str = ""
+
+
+@dataclass(frozen=True)
 class Credentials:
     """What APIM adds to every request it forwards to the backend."""
 
     header: tuple[tuple[str, tuple[str, ...]], ...] = ()
     query: tuple[tuple[str, tuple[str, ...]], ...] = ()
     authorization: Authorization | None = None
+    managed_identity: ManagedIdentity | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.header or self.query or self.authorization)
+        return bool(self.header or self.query or self.authorization or self.managed_identity)
 
 
 @dataclass(frozen=True)
@@ -173,8 +183,15 @@ def _credentials(raw: Any, path: str) -> Credentials:
         if not scheme:
             raise BackendError(f"{path}.authorization.scheme", "is required")
         authorization = Authorization(scheme, str(auth.get("parameter") or ""))
+    identity = _mapping(data.get("managedIdentity"), f"{path}.managedIdentity")
+    managed = None
+    if identity:
+        resource = str(identity.get("resource") or "").strip()
+        if not resource:
+            raise BackendError(f"{path}.managedIdentity.resource", "is required")
+        managed = ManagedIdentity(resource, str(identity.get("clientId") or "").strip())
     return Credentials(_values(data.get("header"), f"{path}.header"), _values(data.get("query"), f"{path}.query"),
-                       authorization)  # fmt: skip
+                       authorization, managed)  # fmt: skip
 
 
 def _rule(raw: Any, path: str) -> CircuitBreakerRule:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import PolicyError
-from ...tokens import TokenError, TokenKey
+from ...tokens import TokenError, token_key
 from ..ai import AiState
 from ..ai.semcache import CachedAnswer
 from ..ai.usage import (
@@ -330,8 +330,10 @@ async def emit_metric(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
 # -- side calls (Content Safety, embeddings) -----------------------------------------------------------------------
 
 
-def _backend(run: PolicyRun, backend_id: str, source: str) -> tuple[str, str]:
-    """(URL, managed-identity resource) of a configured backend."""
+def _backend(run: PolicyRun, backend_id: str, source: str) -> tuple[str, str, str]:
+    """(URL, managed-identity resource, client id) of a configured backend: its ``credentials.managedIdentity``,
+    else ``https://cognitiveservices.azure.com`` with the system-assigned identity (what APIM requires of a Content
+    Safety backend)."""
     backends = run.services.settings.get("backends") or {}
     entry = backends.get(backend_id)
     url = _entry_url(entry) if entry is not None else ""
@@ -339,8 +341,13 @@ def _backend(run: PolicyRun, backend_id: str, source: str) -> tuple[str, str]:
         known = ", ".join(sorted(backends)) or "none configured"
         raise PolicyError(source, f"Backend with id '{backend_id}' could not be found (backends: {known}).",
                           "BackendNotFound")
-    resource = entry.get("resource") if isinstance(entry, dict) else None
-    return url.rstrip("/"), str(resource or COGNITIVE_SERVICES)
+    if isinstance(entry, dict):
+        return url.rstrip("/"), str(entry.get("resource") or COGNITIVE_SERVICES), ""
+    credentials = getattr(entry, "credentials", None)
+    identity = getattr(credentials, "managed_identity", None)
+    if identity is not None:
+        return url.rstrip("/"), identity.resource, identity.client_id
+    return url.rstrip("/"), COGNITIVE_SERVICES, ""
 
 
 def _entry_url(entry: Any) -> str:
@@ -350,12 +357,13 @@ def _entry_url(entry: Any) -> str:
     return str(entry if isinstance(entry, str) else getattr(entry, "url", "") or "")
 
 
-async def _call(run: PolicyRun, source: str, url: str, resource: str, payload: dict[str, Any]) -> Any:
+async def _call(run: PolicyRun, source: str, url: str, identity: tuple[str, str], payload: dict[str, Any]) -> Any:
     """POST JSON with a managed-identity token; the parsed answer, or a PolicyError (the gateway's 500)."""
     from .http import default_send
 
     try:
-        result = await run.services.tokens.get(TokenKey(run.services.credential_source, "", resource))
+        resource, client_id = identity
+        result = await run.services.tokens.get(token_key(run.services.credential_source, client_id, resource))
     except TokenError as e:
         raise PolicyError(
             source, f"Obtaining managed identity token for {resource} audience failed: {e.message}", e.reason
@@ -389,7 +397,7 @@ class _Screen:
 
     backend_id: str
     base: str
-    resource: str
+    identity: tuple[str, str]  # (resource, client id) of the backend's managed-identity token
     shield: bool
     output_type: str
     thresholds: dict[str, int]
@@ -405,7 +413,7 @@ class _Screen:
             if self.blocklists:
                 payload["blocklistNames"] = self.blocklists
             answer = await _call(run, source, f"{self.base}/contentsafety/text:analyze?api-version="
-                                 f"{CONTENT_SAFETY_API}", self.resource, payload)  # fmt: skip
+                                 f"{CONTENT_SAFETY_API}", self.identity, payload)  # fmt: skip
             for item in answer.get("categoriesAnalysis") or []:
                 name, severity = item.get("category"), item.get("severity") or 0
                 if name in self.thresholds and severity >= self.thresholds[name]:
@@ -414,7 +422,7 @@ class _Screen:
                 reasons.append(f"blocklist '{hit.get('blocklistName')}' matched")
         if self.shield and user_text:
             answer = await _call(run, source, f"{self.base}/contentsafety/text:shieldPrompt?api-version="
-                                 f"{CONTENT_SAFETY_API}", self.resource, {"userPrompt": user_text, "documents": []})
+                                 f"{CONTENT_SAFETY_API}", self.identity, {"userPrompt": user_text, "documents": []})
             if (answer.get("userPromptAnalysis") or {}).get("attackDetected"):
                 reasons.append("prompt attack detected")
         return reasons
@@ -437,7 +445,7 @@ async def _screen_of(run: PolicyRun, stmt: Statement, scope: Scope) -> _Screen:
     source = stmt.name
     backend_id = await str_attr(run, stmt, "backend-id", scope) or ""
     shield = await bool_attr(run, stmt, "shield-prompt", scope)
-    base, resource = _backend(run, backend_id, source)
+    base, resource, client_id = _backend(run, backend_id, source)
     thresholds: dict[str, int] = {}
     output_type = "FourSeverityLevels"
     categories = stmt.child("categories")
@@ -454,7 +462,7 @@ async def _screen_of(run: PolicyRun, stmt: Statement, scope: Scope) -> _Screen:
             value = await evaluate_string(run, item.text, source, scope)
             if value:
                 blocklists.append(value)
-    return _Screen(backend_id, base, resource, shield, output_type, thresholds, blocklists)
+    return _Screen(backend_id, base, (resource, client_id), shield, output_type, thresholds, blocklists)
 
 
 async def content_safety(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
@@ -533,8 +541,8 @@ async def semantic_cache_lookup(run: PolicyRun, stmt: Statement, scope: Scope) -
         return
     partition = "\x1f".join([await evaluate_string(run, v.text, source, scope) or ""
                              for v in stmt.children_named("vary-by")])  # fmt: skip
-    url, resource = _backend(run, backend_id, source)
-    answer = await _call(run, source, url, resource, {"input": "\n".join(t for _, t in messages)})
+    url, resource, client_id = _backend(run, backend_id, source)
+    answer = await _call(run, source, url, (resource, client_id), {"input": "\n".join(t for _, t in messages)})
     try:
         vector = [float(x) for x in answer["data"][0]["embedding"]]
     except (KeyError, IndexError, TypeError, ValueError):

@@ -24,11 +24,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ...backends import Backend, PoolMember
-from ...errors import PolicyError
+from ...errors import Location, PolicyError
 from ..context import Body, Headers, Request, Response, Url
 from ..engine import UNVERIFIED, PolicyRun, Scope, backend_error_status, evaluate, run_statements
-from ..model import Statement
+from ..model import Statement, Value
 from ._common import ResponseError, bool_attr, int_attr, json_response, str_attr
+from .core import MI, authentication_managed_identity
 
 #: run.extras keys
 ENTITY = "backend-entity"  # the Backend set-backend-service chose, and the base URL it put into the request
@@ -124,6 +125,25 @@ def _apply_credentials(request: Request, backend: Backend) -> None:
         request.headers.set("Authorization", [f"{creds.authorization.scheme} {creds.authorization.parameter}".strip()])
 
 
+async def apply_identity(run: PolicyRun, scope: Scope, request: Request, backend: Backend, *, keep: bool) -> None:
+    """``credentials.managedIdentity``: the token, exactly as authentication-managed-identity gets and sets it (same
+    cache, failures, trace). ``keep``: record the injection (a request mitmproxy forwards, redacted afterwards)."""
+    identity = backend.credentials.managed_identity
+    if identity is None:
+        return
+    where = Location(f"backend '{backend.id}' credentials")
+    attrs = {"resource": Value(identity.resource, where)}
+    if identity.client_id:
+        attrs["client-id"] = Value(identity.client_id, where)
+    run.trace.add(scope.section, "forward-request", {
+        "message": f"Backend '{backend.id}' credentials: managed identity token for {identity.resource}.", **UNVERIFIED,
+    })  # fmt: skip
+    injections = len(run.injections)
+    await authentication_managed_identity(run, Statement(MI, where, attrs), Scope(scope.section, scope.path, request))
+    if not keep:
+        del run.injections[injections:]  # the engine's own call: the flow's request never carries this token
+
+
 def needs_engine_call(run: PolicyRun, scope: Scope) -> bool:
     """Whether forward-request must be made here rather than by mitmproxy (see the module docstring)."""
     entity = run.extras.get(ENTITY)
@@ -137,11 +157,12 @@ def needs_engine_call(run: PolicyRun, scope: Scope) -> bool:
     )
 
 
-def apply_entity(run: PolicyRun) -> None:
+async def apply_entity(run: PolicyRun, scope: Scope) -> None:
     """A single backend's credentials on the request mitmproxy forwards."""
     entity = run.extras.get(ENTITY)
     if entity and not entity[0].is_pool:
         _apply_credentials(run.context.request, entity[0])
+        await apply_identity(run, scope, run.context.request, entity[0], keep=True)
 
 
 async def side_send(run: PolicyRun, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
@@ -182,6 +203,7 @@ async def call_backend(run: PolicyRun, scope: Scope, timeout: float) -> None:
         elif tripped(run, chosen.id):
             return _unavailable(run, scope, f"Backend {chosen.id} is temporarily unavailable")
         _apply_credentials(request, backend)
+        await apply_identity(run, scope, request, backend, keep=False)
     url = str(request.url)
     headers = [(n, v) for n, v in request.headers.pairs() if n.lower() not in ("content-length", "host")]
     run.trace.add(scope.section, "forward-request", {

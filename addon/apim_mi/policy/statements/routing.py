@@ -193,7 +193,7 @@ async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None
         return
     run.forward = True
     run.forward_timeout = forward_timeout
-    apply_entity(run)
+    await apply_entity(run, scope)
 
 
 HANDLERS = {
