@@ -376,7 +376,7 @@ def report(res: dict[str, Any] | None, smoke: bool) -> str:
         w(f"{size:.0f} MiB down (`GET`, Content-Length) and up (`POST`, Content-Length) through the streaming "
           "variants; the proxy's RSS sampled every 20 ms during each transfer (peak, and before the transfer). "
           "Without `stream_large_bodies` mitmproxy holds a whole body in memory. *token up*: whether the upload "
-          "reached the backend with the token (a streamed request's headers leave before the `request` hook).")
+          "reached the backend with the token (apim-mi injects it in `requestheaders` for a streamed body).")
         w("")
         w("| variant | down: s, peak RSS MiB (before) | token down | up: s, peak RSS MiB (before) | token up |")
         w("| --- | --- | --- | --- | --- |")
