@@ -134,6 +134,7 @@ async def test_rate_limit_429_body_retry_after_and_renewal() -> None:
     assert third.response.headers.get("Retry-After") == "40" and third.context.variables["wait"] == 40
     assert third.response.body.content == b'{ "statusCode": 429, "message": "Rate limit is exceeded. Try again in 40 seconds." }'  # noqa: E501
     assert third.context.last_error.source == "rate-limit" and third.context.last_error.reason == "RateLimitExceeded"
+    assert third.context.last_error.message == "Rate limit is exceeded"  # APIM's error table
     other = await run_once(xml, state, url="https://api.test/x?subscription-key=k2")
     assert other.response is not None and other.response.status_code == 200  # its own counter
     clock.now += 41

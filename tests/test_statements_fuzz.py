@@ -11,6 +11,7 @@ import pytest
 from apim_mi.errors import LoadError
 from apim_mi.policy import engine
 from apim_mi.policy.context import Body, Context, Headers, Request, Response, Url
+from apim_mi.policy.gateway import GatewayState
 from apim_mi.policy.loader import DEFAULT_GLOBAL, compose, load_policy_text
 from apim_mi.trace import Trace
 from hypothesis import HealthCheck, assume, given, settings
@@ -38,14 +39,17 @@ def text(v: str) -> str:
 
 @st.composite
 def statement(draw: Any, section: str, depth: int = 0) -> str:
-    common = ["set-header", "set-variable", "set-status", "return-response", "send-request", "trace", "choose"]
+    common = ["set-header", "set-variable", "set-status", "return-response", "send-request", "trace", "choose",
+              "cache-lookup-value", "cache-store-value", "cache-remove-value", "retry", "limit-concurrency",
+              "send-one-way-request", "log-to-eventhub"]  # fmt: skip
     if section == "inbound":
         common += ["set-body", "set-method", "check-header", "set-query-parameter", "rewrite-uri",
                    "set-backend-service", "authentication-basic", "validate-jwt", "authentication-managed-identity",
-                   "mock-response"]  # fmt: skip
+                   "mock-response", "rate-limit-by-key", "quota-by-key", "cache-lookup", "wait", "proxy"]  # fmt: skip
     elif section == "outbound":
-        common += ["set-body"]
-    kind = draw(st.sampled_from(common if depth < 2 else [c for c in common if c != "choose"]))
+        common += ["set-body", "cache-store"]
+    nesting = ("choose", "retry", "limit-concurrency", "wait")
+    kind = draw(st.sampled_from(common if depth < 2 else [c for c in common if c not in nesting]))
     v, n = draw(value), draw(name)
     match kind:
         case "set-header":
@@ -78,6 +82,37 @@ def statement(draw: Any, section: str, depth: int = 0) -> str:
             other = draw(st.lists(statement(section, depth + 1), max_size=2))
             return (f'<choose><when condition="{attr(draw(value))}">{"".join(inner)}</when>'
                     f"<otherwise>{''.join(other)}</otherwise></choose>")  # fmt: skip
+        case "cache-lookup-value":
+            default = f' default-value="{attr(draw(value))}"' if draw(st.booleans()) else ""
+            return f'<cache-lookup-value key="{attr(v)}" variable-name="{n}"{default} />'
+        case "cache-store-value":
+            return f'<cache-store-value key="{attr(v)}" value="{attr(draw(value))}" duration="{attr(draw(value))}" />'
+        case "cache-remove-value":
+            return f'<cache-remove-value key="{attr(v)}" />'
+        case "cache-lookup":
+            return ('<cache-lookup vary-by-developer="false" vary-by-developer-groups="false">'
+                    f"<vary-by-header>{text(n)}</vary-by-header></cache-lookup>")  # fmt: skip
+        case "cache-store":
+            return f'<cache-store duration="{draw(st.integers(0, 5))}" />'
+        case "rate-limit-by-key" | "quota-by-key":
+            cond = f' increment-condition="{attr(draw(value))}"' if draw(st.booleans()) else ""
+            return (f'<{kind} calls="{draw(st.integers(0, 3))}" renewal-period="{attr(draw(value))}" '
+                    f'counter-key="{attr(v)}"{cond} />')  # fmt: skip
+        case "retry" | "limit-concurrency" | "wait":
+            inner = "".join(draw(st.lists(statement(section, depth + 1), max_size=2)))
+            count, fast = draw(st.integers(0, 2)), draw(st.sampled_from(["true", "false"]))
+            opening = {"retry": f'<retry condition="{attr(v)}" count="{count}" interval="1" delta="{count}" '
+                                f'first-fast-retry="{fast}">',
+                       "limit-concurrency": f'<limit-concurrency key="{attr(v)}" max-count="{count}">',
+                       "wait": f'<wait for="{"all" if fast == "true" else "any"}">'}[kind]  # fmt: skip
+            return f"{opening}{inner}</{kind}>"
+        case "send-one-way-request":
+            return (f'<send-one-way-request mode="{draw(st.sampled_from(["new", "copy"]))}">'
+                    f"<set-url>{text(v)}</set-url></send-one-way-request>")  # fmt: skip
+        case "log-to-eventhub":
+            return f'<log-to-eventhub logger-id="fuzz">{text(v)}</log-to-eventhub>'
+        case "proxy":
+            return f'<proxy url="{attr(v)}" />'
         case "check-header":
             return (f'<check-header name="{n}" failed-check-httpcode="{draw(st.integers(100, 599))}" '
                     f'failed-check-error-message="{attr(v)}" ignore-case="true"><value>{text(draw(value))}</value>'
@@ -108,8 +143,14 @@ def policy_xml(draw: Any) -> str:
     inbound = "".join(draw(st.lists(statement("inbound"), max_size=4)))
     outbound = "".join(draw(st.lists(statement("outbound"), max_size=3)))
     on_error = "".join(draw(st.lists(statement("on-error"), max_size=3)))
-    return (f"<policies><inbound>{inbound}</inbound><backend><forward-request /></backend>"
+    backend = draw(st.sampled_from(["<forward-request />", '<retry condition="@(context.Response.StatusCode >= 400)" '
+                                    'count="1" interval="0"><forward-request /></retry>']))  # fmt: skip
+    return (f"<policies><inbound>{inbound}</inbound><backend>{backend}</backend>"
             f"<outbound>{outbound}</outbound><on-error>{on_error}</on-error></policies>")  # fmt: skip
+
+
+async def _no_sleep(seconds: float) -> None:
+    """retry intervals pass at once."""
 
 
 def sender(mode: str) -> FakeSender:
@@ -129,7 +170,8 @@ def test_engine_never_raises(xml: str, side: str, token_fails: bool) -> None:
         return
     request = Request("POST", Url.parse("https://api.test/p/1?id=3"),
                       Headers([("Host", "api.test"), ("X-A", "1")]), Body(b'{"a": 1}'))  # fmt: skip
-    services = engine.Services(FakeTokens(fail=token_fails), "emulator", send=sender(side))  # type: ignore[arg-type]
+    services = engine.Services(FakeTokens(fail=token_fails), "emulator", send=sender(side),  # type: ignore[arg-type]
+                               state=GatewayState(sleep=_no_sleep))  # fmt: skip
     run = engine.PolicyRun(policy, Context(request=request), Trace("t"), services)
 
     async def go() -> None:
@@ -137,6 +179,8 @@ def test_engine_never_raises(xml: str, side: str, token_fails: bool) -> None:
         if run.response is None:
             run.context.response = Response(200, "OK", Headers([("Content-Type", "text/plain")]), Body(b"backend"))
             await engine.run_outbound(run)
+        engine.finish(run)
+        await asyncio.gather(*run.services.state.tasks, return_exceptions=True)
 
     asyncio.run(go())
     final = run.response or run.context.response

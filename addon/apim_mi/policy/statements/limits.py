@@ -180,7 +180,8 @@ def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, window: Window, cal
         if stmt.attr("remaining-calls-variable-name"):
             run.context.variables[stmt.attr("remaining-calls-variable-name") or ""] = 0
     run.trace.add(scope.section, stmt.name, {"message": message, "renewsInSeconds": seconds})
-    raise ResponseError(stmt.name, message, reason, response)
+    # context.LastError.Message as APIM's error table gives it: "Rate limit is exceeded" (the body has the wait)
+    raise ResponseError(stmt.name, message if quota else "Rate limit is exceeded", reason, response)
 
 
 async def rate_limit(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
