@@ -682,9 +682,9 @@ _RUNTIME: tuple[ElementSpec, ...] = (
         "rate-limit", *_RATE_HEADERS, expressions=False, children=_scoped_limits(),
         summary="Limits calls per subscription in a renewal period (429 + Retry-After).",
         limits="Fixed windows from the first call, counted per subscription (Ocp-Apim-Subscription-Key or "
-        "subscription-key; declared under subscriptions:, else named after the key); api/operation children count "
-        "separately. 429 `Rate limit is exceeded. Try again in N seconds.` with Retry-After, LastError "
-        "RateLimitExceeded.",
+        "subscription-key; declared under subscriptions:, else named after the key; requests without a key share "
+        "one counter); api/operation children count separately. 429 `Rate limit is exceeded. Try again in N "
+        "seconds.` with Retry-After, LastError RateLimitExceeded.",
     ),
     _limit(
         "rate-limit-by-key", *_RATE_HEADERS, *_BY_KEY,
