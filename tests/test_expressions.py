@@ -688,6 +688,9 @@ def test_jwt_and_basic() -> None:
     assert ev(f"{jwt}.ExpirationTime", ctx) == datetime(2100, 1, 1, tzinfo=UTC)
     assert ev(f'{jwt}.Claims.GetValueOrDefault("roles", "")', ctx) == "reader,writer"
     assert ev(f'{jwt}.Claims["roles"].Contains("writer")', ctx) is True
+    # a string[] default selects the generic overload: the claim's values, not their comma-joined text
+    assert ev(f'{jwt}.Claims.GetValueOrDefault("roles", new string[]{{""}})[1]', ctx) == "writer"
+    assert ev(f'{jwt}.Claims.GetValueOrDefault("absent", new string[]{{"-"}})[0]', ctx) == "-"
     assert ev(f"{jwt}.Algorithm + {jwt}.Type", ctx) == "RS256JWT"
     assert ev('"not a jwt".AsJwt() == null') is True
     assert ev('@{ Jwt t; return "x.y".TryParseJwt(out t) || t != null; }') is False

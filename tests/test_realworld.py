@@ -153,6 +153,21 @@ CASES = [
     Case("apims-authx-hr-all-operations.xml", 200, hmac_roles=["hr-member"],
          fill={"{jwt_signing_key}": HMAC_KEY, "{hr_member_role_id}": "hr-member"}),
     Case("apims-all-apis.xml", 200),
+    Case("aig-secure-responses-api.xml", 200, method="POST", path="/responses", token="https://management.azure.com/",
+         headers={"userId": "ann", "Content-Type": "application/json"}, body=b'{"input": "hello"}',
+         fill={"{backend-id}": "openai-backend"}, named={"entraid-tenant": "TENANT"},
+         check=_header("x-debug-user-id", "ann")),
+    Case("aig-secure-responses-api.xml", 400, method="POST", path="/responses", token="https://management.azure.com/",
+         body=b"{}", fill={"{backend-id}": "openai-backend"}, named={"entraid-tenant": "TENANT"}),
+    Case("aig-ghcp-byok-entra.xml", 200, method="POST", path="/openai/v1/chat/completions",
+         token="https://cognitiveservices.azure.com", body=b'{"model": "gpt-4o", "messages": []}',
+         fill={"{tenant-id}": "TENANT", "{backend-id}": "openai-backend", "{group-id}": "g-approved"},
+         check=_forwarded_to("https://openai.contoso.test/openai/")),
+    Case("aig-ghcp-byok-entra.xml", 401, method="POST", path="/openai/v1/chat/completions",
+         fill={"{tenant-id}": "TENANT", "{backend-id}": "openai-backend", "{group-id}": "g-approved"},
+         check=_header("WWW-Authenticate", 'Bearer error="invalid_token", error_description="A valid Entra token is '
+                                           'required", resource_metadata="https://apim.contoso.test/.well-known/'
+                                           'oauth-protected-resource"')),
     Case("apims-costing-mock-ai-response.xml", 200,
          check=_usage_adds_up),
     Case("apims-dynamic-cors-get.xml", 200,
@@ -190,13 +205,26 @@ async def env(emu: Any) -> dict[str, Any]:
 
     security._CACHE.clear()
     tokens = {}
-    for audience in ("api://ai-gateway", "api://mcp-client", "https://azure-api.net/authorization-manager"):
+    for audience in ("api://ai-gateway", "api://mcp-client", "https://azure-api.net/authorization-manager",
+                     "https://management.azure.com/", "https://cognitiveservices.azure.com"):
         status, _, body = await raw_token(emu.emulator, audience)
         assert status == 200
         tokens[audience] = body["access_token"]
     appid = jwt.decode(tokens["api://ai-gateway"], options={"verify_signature": False})["appid"]
     return {"tenant": emu.tenant_id, "appid": appid, "tokens": tokens, "authority": emu.url,
             "openid_url": emu.openid_configuration_url}  # fmt: skip
+
+
+async def graph_or_loopback(method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,
+                            timeout: float, **kw: Any) -> Response:  # fmt: skip
+    """Side requests: Microsoft Graph's group-membership answer (the caller is a member) stands in for Graph;
+    everything else (OpenID discovery on the emulator) goes out for real, to loopback."""
+    from apim_mi.policy.statements.http import default_send
+
+    if url.startswith("https://graph.microsoft.com/"):
+        data = json.dumps({"@odata.count": 1, "value": [{"id": "member"}]}).encode()
+        return Response(200, "OK", Headers([("Content-Type", "application/json")]), Body(data))
+    return await default_send(method, url, headers, body, timeout, **kw)
 
 
 def request_for(case: Case, env: dict[str, Any]) -> Request:
@@ -216,8 +244,7 @@ async def test_real_world_policy_runs(case: Case, env: dict[str, Any]) -> None:
     settings = {"entra_authority": env["authority"], "authorizations": GITHUB,
                 "backends": {"openai-backend": "https://openai.contoso.test/openai",
                              "servicenow-backend": "https://contoso.service-now.test/api"}}  # fmt: skip
-    # send=None: the engine's own HTTP client serves OpenID discovery, against the emulator
-    services = engine.Services(FakeTokens(), "emulator", send=None, settings=settings)  # type: ignore[arg-type]
+    services = engine.Services(FakeTokens(), "emulator", send=graph_or_loopback, settings=settings)  # type: ignore[arg-type]
     context = Context(request=request_for(case, env), api=Api(id="products", name="Products", path="api"))
     run = engine.PolicyRun(policy, context, Trace("t"), services)
     await engine.run_inbound(run)

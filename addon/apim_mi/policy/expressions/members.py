@@ -1830,7 +1830,8 @@ def _dict_get_or_default(d: Any, a: Args, t: TArgs) -> Any:
     if key in d:
         v = d[key]
         if isinstance(d, ClaimsDict) and isinstance(v, list):
-            return ",".join(v)
+            # a string[] default picks the generic overload (the string[] itself); a string one joins with commas
+            return list(v) if len(a) > 1 and isinstance(a[1], list) else ",".join(v)
         return check_type_for_get(v, t[0], f"variable '{key}'") if t else v
     if len(a) > 1:
         return a[1]
