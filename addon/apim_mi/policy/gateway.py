@@ -64,7 +64,10 @@ class GatewayState:
     def subscription_of(self, request: Request) -> Subscription | None:
         """The subscription of APIM's key header (``Ocp-Apim-Subscription-Key``) or query parameter
         (``subscription-key``); None without a key."""
-        key = request.headers.get("Ocp-Apim-Subscription-Key") or request.url.query.get("subscription-key")
+        key = request.headers.get("Ocp-Apim-Subscription-Key")
+        raw_query = request.url._raw_query
+        if not key and (raw_query is None or "subscription-key" in raw_query.lower()):  # skip a query without one
+            key = request.url.query.get("subscription-key")
         return self.subscription(key.strip()) if key and key.strip() else None
 
     def subscription(self, key: str) -> Subscription:
