@@ -1,5 +1,5 @@
-"""Caching, limits, retry with a backend pool and side effects through one real mitmdump, the emulator's managed
-identity and the validating backend, driven by curl."""
+"""Caching, limits, retry with a backend pool, side effects and the cross-domain policies through one real mitmdump,
+the emulator's managed identity and the validating backend, driven by curl."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ ROUTES = {
     "read": """<policies><inbound><cache-lookup-value key="greeting" variable-name="g" default-value="unset" />
         <return-response><set-status code="200" reason="OK" />
           <set-body>@((string)context.Variables["g"])</set-body></return-response></inbound></policies>""",
+    "jsonp": f"""<policies><inbound>{MI}<cross-domain><cross-domain-policy><allow-access-from domain="*" />
+        </cross-domain-policy></cross-domain></inbound><backend><forward-request /></backend>
+      <outbound><jsonp callback-parameter-name="cb" /></outbound></policies>""",
     "pool": f"""<policies><inbound>{MI}<set-backend-service backend-id="pool" /></inbound>
       <backend><retry count="1" interval="0" first-fast-retry="true"
           condition="@(context.Response.StatusCode == 401)"><forward-request /></retry></backend>
@@ -76,6 +79,13 @@ def test_runtime_families_end_to_end(tmp_path: Path, emu: Any, backend: Any, md_
     assert curl("-x", proxy.url, f"{base}/read/2") == (200, "hello")  # another rule, the same store
     (event,) = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert event["loggerId"] == "audit" and event["message"] == "stored /store/1"
+
+    status, body = curl("-x", proxy.url, f"{base}/jsonp/1?cb=show")
+    assert status == 200 and isinstance(body, str) and body.startswith("show({") and body.endswith("});")
+    backend.reset()
+    status, body = curl("-x", proxy.url, f"{base}/jsonp/crossdomain.xml")
+    assert status == 200 and isinstance(body, str) and body.startswith("<cross-domain-policy>")
+    assert backend.stats()["requests"] == []  # the gateway answered
 
     backend.reset()
     status, body = curl("-x", proxy.url, f"{base}/pool/1")

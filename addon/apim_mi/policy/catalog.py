@@ -747,6 +747,24 @@ _RUNTIME: tuple[ElementSpec, ...] = (
         limits="aiohttp in the background; the answer or failure goes to the event log only.",
     ),
     ElementSpec(
+        "jsonp",
+        sections=frozenset({"outbound"}),
+        attributes=_attrs(AttributeSpec("callback-parameter-name", required=True)),
+        summary="Wraps a JSON response in the callback the request's query names (JSONP).",
+        limits="`callback(body);` with Content-Type application/javascript (inferred); a callback that is not a "
+        "(dotted) JavaScript identifier answers 400 with LastError CallbackParameterInvalid (APIM's message).",
+    ),
+    ElementSpec(
+        "cross-domain",
+        sections=INBOUND,
+        body=Body.TEXT,
+        text_expressions=False,
+        markup_text=True,
+        summary="Serves the Flash (crossdomain.xml) / Silverlight (clientaccesspolicy.xml) policy document.",
+        limits="A GET for a path ending in /crossdomain.xml (with a <cross-domain-policy>) or /clientaccesspolicy.xml "
+        "(with an <access-policy>) is answered with the document as text/xml (inferred); other requests go on.",
+    ),
+    ElementSpec(
         "log-to-eventhub",
         attributes=_attrs(AttributeSpec("logger-id", required=True, expressions=False),
                           AttributeSpec("partition-id", expressions=False), AttributeSpec("partition-key")),
