@@ -208,3 +208,29 @@ async def test_limit_concurrency_rejects_while_full_and_frees_the_slot() -> None
     gate.set()
     await task
     assert state.in_flight == {}
+
+
+async def test_rate_limit_window_slides_and_a_custom_retry_after_header_replaces_the_default() -> None:
+    clock = Clock()
+    state = shared(clock)
+    xml = policies('<rate-limit-by-key calls="2" renewal-period="60" counter-key="k" '
+                   'retry-after-header-name="X-Wait" />')  # fmt: skip
+    assert (await run_once(xml, state)).response.status_code == 200  # t=1000
+    clock.now += 30
+    assert (await run_once(xml, state)).response.status_code == 200  # t=1030
+    clock.now += 31
+    assert (await run_once(xml, state)).response.status_code == 200  # t=1061: the first call left the window
+    clock.now += 1
+    blocked = await run_once(xml, state)  # t=1062: 1030 and 1061 are in the window
+    assert blocked.response.status_code == 429
+    assert blocked.response.headers.get("X-Wait") == "28" and "Retry-After" not in blocked.response.headers
+
+
+async def test_an_increment_count_expression_is_counted_at_the_end() -> None:
+    state = shared()
+    xml = policies('<rate-limit-by-key calls="3" renewal-period="60" counter-key="k" '
+                   'increment-count="@(context.Response.StatusCode == 200 ? 2 : 0)" />')  # fmt: skip
+    await run_once(xml, state, backend=Response(500, "Err", Headers(), Body(b"")))  # counts 0
+    assert (await run_once(xml, state)).response.status_code == 200  # counts 2
+    assert (await run_once(xml, state)).response.status_code == 200  # 2 used < 3: allowed, counts 2
+    assert (await run_once(xml, state)).response.status_code == 429  # 4 used

@@ -681,7 +681,7 @@ _RUNTIME: tuple[ElementSpec, ...] = (
     _limit(
         "rate-limit", *_RATE_HEADERS, expressions=False, children=_scoped_limits(),
         summary="Limits calls per subscription in a renewal period (429 + Retry-After).",
-        limits="Fixed windows from the first call, counted per subscription (Ocp-Apim-Subscription-Key or "
+        limits="A sliding window of renewal-period seconds, counted per subscription (Ocp-Apim-Subscription-Key or "
         "subscription-key; declared under subscriptions:, else named after the key; requests without a key share "
         "one counter); api/operation children count separately. 429 `Rate limit is exceeded. Try again in N "
         "seconds.` with Retry-After, LastError RateLimitExceeded.",
@@ -689,8 +689,9 @@ _RUNTIME: tuple[ElementSpec, ...] = (
     _limit(
         "rate-limit-by-key", *_RATE_HEADERS, *_BY_KEY,
         summary="Limits calls per counter key (429 + Retry-After).",
-        limits="As rate-limit, per counter-key; increment-condition is evaluated on the final response when the "
-        "request is over.",
+        limits="As rate-limit, per counter-key; increment-condition and an increment-count expression are "
+        "evaluated, and the counter incremented, when the request is over (on the final response), as APIM "
+        "documents; retry-after-header-name replaces Retry-After.",
     ),
     _limit(
         "quota", _int("bandwidth", expressions=False), expressions=False, children=_scoped_limits(),

@@ -1,16 +1,18 @@
-"""Limits: rate-limit, rate-limit-by-key, quota, quota-by-key (fixed windows per subscription or counter key in the
-gateway's state) and limit-concurrency (requests in flight per key).
+"""Limits: rate-limit, rate-limit-by-key (sliding windows), quota, quota-by-key (fixed renewal periods) per
+subscription or counter key in the gateway's state, and limit-concurrency (requests in flight per key).
 
-Exceeded limits answer as APIM does: 429 ``Rate limit is exceeded. Try again in N seconds.`` with ``Retry-After``,
-403 ``Out of call volume quota. Quota will be replenished in hh:mm:ss.``, and go through on-error with
-``context.LastError.Reason`` RateLimitExceeded / QuotaExceeded. ``increment-condition`` is evaluated when the request
-is over (it usually reads ``context.Response.StatusCode``), so a request is counted by its final response.
+Exceeded limits answer as APIM does: 429 ``Rate limit is exceeded. Try again in N seconds.`` with ``Retry-After``
+(or the ``retry-after-header-name`` that replaces it), 403 ``Out of call volume quota. Quota will be replenished in
+hh:mm:ss.``, and go through on-error with ``context.LastError.Reason`` RateLimitExceeded / QuotaExceeded. An
+``increment-condition``, or an ``increment-count`` written as an expression, defers its evaluation and the counter's
+increment to the end of the request (APIM: "to the end of the outbound pipeline"), so a request is counted by its
+final response.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import PolicyError
 from ..engine import UNVERIFIED, PolicyRun, Scope, run_statements
@@ -20,23 +22,67 @@ from ._common import ResponseError, int_attr, json_response, str_attr
 
 @dataclass
 class Window:
-    """One counter's renewal period: when it started, calls and kilobytes counted in it."""
+    """A quota's renewal period: when it started, the calls and kilobytes counted in it."""
 
     start: float
     period: float
     calls: int = 0
     kilobytes: float = 0.0
 
-    def remaining(self, now: float) -> float:
+    def used(self, now: float) -> int:
+        return self.calls
+
+    def add(self, now: float, count: int) -> None:
+        self.calls += count
+
+    def wait(self, now: float) -> float:
+        """Seconds until the counter has room again (the period renews)."""
         return self.start + self.period - now
 
+    def expired(self, now: float) -> bool:
+        return self.wait(now) <= 0
 
-def _window(run: PolicyRun, key: str, period: int) -> Window:
+
+@dataclass
+class Sliding:
+    """A rate limit's sliding window (APIM: "the length in seconds of the sliding window"): the calls of the last
+    ``period`` seconds, as (time, count)."""
+
+    period: float
+    events: list[tuple[float, int]] = field(default_factory=list)
+    kilobytes: float = 0.0
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.period
+        while self.events and self.events[0][0] <= horizon:
+            self.events.pop(0)
+
+    def used(self, now: float) -> int:
+        self._prune(now)
+        return sum(n for _, n in self.events)
+
+    def add(self, now: float, count: int) -> None:
+        self.events.append((now, count))
+
+    def wait(self, now: float) -> float:
+        """Seconds until the oldest counted call leaves the window."""
+        self._prune(now)
+        return self.events[0][0] + self.period - now if self.events else 0.0
+
+    def expired(self, now: float) -> bool:
+        return False
+
+
+Counter = Window | Sliding
+
+
+def _window(run: PolicyRun, key: str, period: int, sliding: bool) -> Counter:
     state = run.services.state
     now = state.clock()
     window = state.windows.get(key)
-    if not isinstance(window, Window) or window.remaining(now) <= 0 or window.period != period:
-        window = Window(now, float(period))
+    kind = Sliding if sliding else Window
+    if not isinstance(window, kind) or window.expired(now) or window.period != period:
+        window = Sliding(float(period)) if sliding else Window(now, float(period))
         state.windows[key] = window
     return window
 
@@ -78,24 +124,30 @@ def _scoped(run: PolicyRun, stmt: Statement) -> list[tuple[str, Statement]]:
     return out
 
 
-def _count_later(run: PolicyRun, stmt: Statement, windows: list[Window], count: int, quota: bool) -> None:
-    """``increment-condition`` (and a quota's bandwidth) on the final response, once the request is over."""
+def _count_later(run: PolicyRun, stmt: Statement, windows: list[Counter], count: int, deferred: bool,
+                 quota: bool) -> None:  # fmt: skip
+    """At the end of the request: a deferred increment (increment-condition / an increment-count expression, on
+    the final response) and a quota's bandwidth."""
     condition = stmt.attrs.get("increment-condition")
+    count_value = stmt.attrs.get("increment-count")
     request_bytes = len(run.context.request.body.content) if run.context.request.body else 0
 
     def finish() -> None:
-        counted = True
-        if condition is not None:
-            try:
+        counted, n = True, count
+        try:
+            if condition is not None:
                 counted = condition.evaluate(run.context) is True
-            except Exception as e:  # the request is over: nothing can answer differently any more
-                run.trace.add("outbound", stmt.name, {"message": f"increment-condition failed: {e}", **UNVERIFIED})
-                counted = False
+            if count_value is not None and count_value.is_expression:
+                n = int(str(count_value.evaluate(run.context)).strip())
+        except Exception as e:  # the request is over: nothing can answer differently any more
+            run.trace.add("outbound", stmt.name, {"message": f"Counting this request failed: {e}", **UNVERIFIED})
+            counted = False
+        now = run.services.state.clock()
         response = run.context.response
         size = request_bytes + (len(response.body.content) if response is not None and response.body else 0)
         for w in windows:
-            if counted and condition is not None:
-                w.calls += count
+            if deferred and counted:
+                w.add(now, n)
             if quota:
                 w.kilobytes += size / 1024
 
@@ -104,12 +156,15 @@ def _count_later(run: PolicyRun, stmt: Statement, windows: list[Window], count: 
 
 async def _limit(run: PolicyRun, stmt: Statement, scope: Scope, *, quota: bool) -> None:
     counter = await _counter(run, stmt, scope)
-    count = await int_attr(run, stmt, "increment-count", scope) if stmt.name.endswith("-by-key") else 1
-    count = 1 if count is None else count
+    count_value = stmt.attrs.get("increment-count")
+    deferred = "increment-condition" in stmt.attrs or (count_value is not None and count_value.is_expression)
+    count = 1
+    if count_value is not None and not count_value.is_expression:
+        count = await int_attr(run, stmt, "increment-count", scope) or 0
     checks: list[tuple[str, Statement]] = [(counter, stmt)] + [
         (f"{counter}\x1f{suffix}", child) for suffix, child in _scoped(run, stmt)
     ]
-    windows: list[tuple[Window, int | None, int | None, Statement]] = []
+    windows: list[tuple[Counter, int | None, int | None, Statement]] = []
     for key, spec in checks:
         calls = await int_attr(run, spec, "calls", scope, source=stmt.name)
         period = await int_attr(run, spec, "renewal-period", scope, source=stmt.name)
@@ -119,27 +174,28 @@ async def _limit(run: PolicyRun, stmt: Statement, scope: Scope, *, quota: bool) 
         if not period or period <= 0:
             raise PolicyError(stmt.name, "renewal-period must be a positive number of seconds.",
                               "ExpressionValueEvaluationFailure")  # fmt: skip
-        windows.append((_window(run, key, period), calls, bandwidth, spec))
+        windows.append((_window(run, key, period, sliding=not quota), calls, bandwidth, spec))
     now = run.services.state.clock()
     for window, calls, bandwidth, _ in windows:
-        wait = window.remaining(now)
-        if calls is not None and window.calls + count > calls:
-            _exceeded(run, stmt, scope, window, calls, wait, quota, "call volume")
+        if calls is not None and window.used(now) + (0 if deferred else count) > calls - (1 if deferred else 0):
+            _exceeded(run, stmt, scope, window.wait(now), calls, quota, "call volume")
         if bandwidth is not None and window.kilobytes >= bandwidth:
-            _exceeded(run, stmt, scope, window, calls, wait, quota, "bandwidth")
-    deferred = "increment-condition" in stmt.attrs
-    for window, _, _, _ in windows:
-        if not deferred:
-            window.calls += count
-    _count_later(run, stmt, [w for w, *_ in windows], count, quota)
+            _exceeded(run, stmt, scope, window.wait(now), calls, quota, "bandwidth")
+    if not deferred:
+        for window, _, _, _ in windows:
+            window.add(now, count)
+    _count_later(run, stmt, [w for w, *_ in windows], count, deferred, quota)
     window, calls, _, _ = windows[0]
-    remaining = None if calls is None else max(0, calls - window.calls)
+    used = window.used(now)
+    remaining = None if calls is None else max(0, calls - used)
     if not quota:
         _report(run, stmt, remaining, calls)
     run.trace.add(scope.section, stmt.name, {
         "message": f"{'Quota' if quota else 'Rate limit'} counter '{counter.split(chr(31), 1)[1]}': "
-                   f"{window.calls} of {calls} calls used, period renews in {math.ceil(window.remaining(now))} s"
-                   + (" (counted when the request is over, if increment-condition holds)." if deferred else "."),
+                   f"{used} of {calls} calls used"
+                   + (f", period renews in {math.ceil(window.wait(now))} s" if quota else
+                      f" in the last {window.period:g} s")
+                   + (" (this request is counted when it is over)." if deferred else "."),
         **UNVERIFIED,
     })  # fmt: skip
 
@@ -158,8 +214,8 @@ def _report(run: PolicyRun, stmt: Statement, remaining: int | None, total: int |
         headers.append((stmt.attr("total-calls-header-name") or "", str(total)))
 
 
-def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, window: Window, calls: int | None, wait: float,
-              quota: bool, what: str) -> None:  # fmt: skip
+def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, wait: float, calls: int | None, quota: bool,
+              what: str) -> None:  # fmt: skip
     seconds = max(1, math.ceil(wait))
     if quota:
         message = f"Out of {what} quota. Quota will be replenished in {timespan(wait)}."
@@ -167,10 +223,10 @@ def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, window: Window, cal
         reason = "QuotaExceeded"
     else:
         message = f"Rate limit is exceeded. Try again in {seconds} seconds."
-        response = json_response(429, message, [("Retry-After", str(seconds))], one_line=True)
+        # retry-after-header-name: "custom header name, replaces default 'Retry-After'"
+        response = json_response(429, message, [(stmt.attr("retry-after-header-name") or "Retry-After", str(seconds))],
+                                 one_line=True)  # fmt: skip
         reason = "RateLimitExceeded"
-        if stmt.attr("retry-after-header-name"):
-            response.headers.set(stmt.attr("retry-after-header-name") or "", [str(seconds)])
         if stmt.attr("retry-after-variable-name"):
             run.context.variables[stmt.attr("retry-after-variable-name") or ""] = seconds
         if stmt.attr("remaining-calls-header-name"):
