@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -91,6 +92,14 @@ class Proc:
 
     def rss_mib(self) -> float:
         return _status_kib(self.proc.pid, "VmRSS") / 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used (user + system): what a request costs it, whatever else the machine runs."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return math.nan
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def alive(self) -> bool:
         return self.proc.poll() is None

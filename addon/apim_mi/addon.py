@@ -926,10 +926,12 @@ class ApimMi:
         a response body that echoes the token (which redaction cannot remove)."""
         assert flow.response is not None
         run = state.run
-        audiences = [str(i.claims.get("aud") or i.resource) for i in run.injections if i.claims or i.resource]
-        found = diagnostics.diagnose_rejection(
-            flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
-        )
+        found: list[str] = []
+        if flow.response.status_code in (401, 403):
+            audiences = [str(i.claims.get("aud") or i.resource) for i in run.injections if i.claims or i.resource]
+            found = diagnostics.diagnose_rejection(
+                flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
+            )
         if run.injections and diagnostics.reflects_secret(flow.response.get_content(strict=False), run.trace.secrets):
             found.append(diagnostics.REFLECTED)
         for message in found:

@@ -58,6 +58,11 @@ def decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
     return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
 
 
+def encoded(pairs: list[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
+    """Header pairs as mitmproxy's ``headers.add`` encodes them: one ``fields`` tuple for all of them."""
+    return tuple((n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs)
+
+
 def _unparse(scheme: str, host: str, port: int, path: str) -> str:
     """A URL with an IPv6 host in brackets (mitmproxy writes ``http://::1:8080/``, which no URL parser reads)."""
     return url.unparse(scheme, f"[{host}]" if ":" in host else host, port, path if path != "*" else "")
@@ -166,9 +171,7 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
         req.data.method = method
     pairs = request.headers.pairs()
     if received is None or pairs != received.headers:
-        req.headers.fields = tuple(
-            (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs
-        )
+        req.headers.fields = encoded(pairs)
         changed = changed or received is None or _hosts(pairs) != _hosts(received.headers)
     if request.body is not None and not request.body.streamed and request.body.content != (req.raw_content or b""):
         req.content = request.body.content
@@ -179,7 +182,7 @@ def response_from_flow(resp: http.Response) -> Response:
     return Response(
         status_code=resp.status_code,
         status_reason=resp.reason,
-        headers=Headers(resp.headers.items(multi=True)),
+        headers=Headers.of(decoded(resp.headers.fields)),
         body=Body(resp.raw_content or b""),
     )
 
@@ -189,9 +192,7 @@ def make_response(response: Response) -> http.Response:
 
     body = response.body.content if response.body is not None else b""
     resp = http.Response.make(response.status_code, body)
-    resp.headers.clear()
-    for name, value in response.headers.pairs():
-        resp.headers.add(name, value)
+    resp.headers.fields = encoded(response.headers.pairs())
     resp.headers["content-length"] = str(len(body))
     if response.status_reason:
         resp.reason = response.status_reason
@@ -205,8 +206,6 @@ def apply_response(response: Response, flow: http.HTTPFlow) -> None:
     resp.status_code = response.status_code
     if response.status_reason:
         resp.reason = response.status_reason
-    resp.headers.clear()
-    for name, value in response.headers.pairs():
-        resp.headers.add(name, value)
+    resp.headers.fields = encoded(response.headers.pairs())
     if response.body is not None and response.body.content != (resp.raw_content or b""):
         resp.content = response.body.content

@@ -43,10 +43,18 @@ class MultiMap:
     def set(self, name: str, values: list[str]) -> None:
         """Replace every value of ``name`` (keeping the position of its first occurrence)."""
         key = name.lower()
-        idx = next((i for i, (n, _) in enumerate(self._pairs) if n.lower() == key), len(self._pairs))
-        rest = [(n, v) for n, v in self._pairs if n.lower() != key]
-        before = sum(1 for n, _ in self._pairs[:idx] if n.lower() != key)
-        self._pairs = rest[:before] + [(name, str(v)) for v in values] + rest[before:]
+        new = [(name, str(v)) for v in values]
+        out: list[tuple[str, str]] = []
+        placed = False
+        for pair in self._pairs:
+            if pair[0].lower() != key:
+                out.append(pair)
+            elif not placed:
+                out.extend(new)
+                placed = True
+        if not placed:
+            out.extend(new)
+        self._pairs = out
 
     def append(self, name: str, value: str) -> None:
         self._pairs.append((name, str(value)))
@@ -69,7 +77,10 @@ class MultiMap:
         return type(self)(self._pairs)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n.lower() == name.lower() for n, _ in self._pairs)
+        if not isinstance(name, str):
+            return False
+        key = name.lower()
+        return any(n.lower() == key for n, _ in self._pairs)
 
     def __len__(self) -> int:
         return len(self.names())

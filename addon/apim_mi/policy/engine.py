@@ -9,8 +9,9 @@ evaluated." trace entries), turning any failure into a ``PolicyError`` (``contex
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ApimMiError, PolicyError
@@ -139,7 +140,12 @@ def _handlers() -> Mapping[str, Handler]:
 
 def expression_text(value: Value) -> str:
     """The expression as APIM's trace shows it: the code inside ``@( )``."""
-    src = value.text.strip()
+    return _expression_text(value.text)
+
+
+@lru_cache(maxsize=4096)
+def _expression_text(text: str) -> str:
+    src = text.strip()
     if src.startswith("@(") and src.endswith(")"):
         return src[2:-1]
     return src[1:] if src.startswith("@") else src
@@ -197,19 +203,75 @@ async def evaluate_string(run: PolicyRun, value: Value | None, source: str, scop
     return to_policy_string(result)
 
 
-async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
-    """Statements in document order; stops as soon as one answers the request (return-response)."""
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A statement resolved for running: its handler (None: not supported) and its path (``choose[1]/when[2]``)."""
+
+    stmt: Statement
+    handler: Handler | None
+    path: str
+    too_deep: bool
+
+
+#: Statement lists whose steps a policy keeps (beyond it, lists made per flow are resolved each time).
+MAX_CACHED_LISTS = 512
+
+
+def steps(policy: Policy, statements: list[Statement], parent: str) -> tuple[Step, ...]:
+    """``statements`` resolved once per (list, parent path) and kept by ``policy``: handler lookup, per-name
+    counters and path strings are not redone per flow."""
+    key = (id(statements), parent)
+    cached = policy.compiled.get(key)
+    if cached is not None and cached[0] is statements and len(cached[1]) == len(statements):
+        return cached[1]
     handlers = _handlers()
     counts: dict[str, int] = {}
+    out = []
     for stmt in statements:
+        counts[stmt.name] = counts.get(stmt.name, 0) + 1
+        path = f"{parent}/{stmt.name}[{counts[stmt.name]}]" if parent else f"{stmt.name}[{counts[stmt.name]}]"
+        out.append(Step(stmt, handlers.get(stmt.name), path, path.count("/") > 64))
+    resolved = tuple(out)
+    if len(policy.compiled) < MAX_CACHED_LISTS:
+        policy.compiled[key] = (statements, resolved)  # holds the list, so its id is not reused meanwhile
+    return resolved
+
+
+def prepared[T](stmt: Statement, build: Callable[[Statement], T]) -> T:
+    """What ``build`` derives from the statement alone (literal attributes parsed, documented defaults looked up),
+    computed on first use and kept with the statement: a handler's per-flow work is then only what depends on the
+    request. ``build`` must not look at anything but ``stmt``."""
+    cache = stmt.compiled
+    if cache is None:
+        cache = stmt.compiled = {}
+    try:
+        return cache[build]  # type: ignore[no-any-return]
+    except KeyError:
+        value = cache[build] = build(stmt)
+        return value
+
+
+def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:
+    """Like ``prepared``, for a value that ``key`` names (e.g. one attribute's parsed literal); a ``compute`` that
+    raises is not kept, so the error is raised again on the next flow."""
+    cache = stmt.compiled
+    if cache is None:
+        cache = stmt.compiled = {}
+    try:
+        return cache[key]  # type: ignore[no-any-return]
+    except KeyError:
+        value = cache[key] = compute()
+        return value
+
+
+async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
+    """Statements in document order; stops as soon as one answers the request (return-response)."""
+    for step in steps(run.policy, statements, scope.path):
         if run.response is not None:
             return
-        counts[stmt.name] = counts.get(stmt.name, 0) + 1
-        path = f"{scope.path}/{stmt.name}[{counts[stmt.name]}]" if scope.path else f"{stmt.name}[{counts[stmt.name]}]"
-        if path.count("/") > 64:
+        stmt, handler, path = step.stmt, step.handler, step.path
+        if step.too_deep:
             raise ExecutionLimitError(f"policy nesting deeper than 64 levels at {stmt.location}")
-        handler = handlers.get(stmt.name)
-        inner = Scope(scope.section, path, scope.request)
         if handler is None:
             from .catalog import CATALOG
 
@@ -224,7 +286,7 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
                 policy_id=stmt.policy_id,
             )
         try:
-            await handler(run, stmt, inner)
+            await handler(run, stmt, Scope(scope.section, path, scope.request))
         except PolicyError as e:
             e.section = e.section or scope.section
             e.path = e.path or path

@@ -58,6 +58,8 @@ class Statement:
     #: The scope whose document the statement was written in ("global" … "operation"; "" when unknown). Survives
     #: composition, so the engine can fill ``context.LastError.Scope`` and the effective-policy dump its markers.
     scope: str = ""
+    #: What handlers derived from this statement alone (``engine.prepared``); never copied by ``replace``.
+    compiled: dict[Any, Any] | None = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def policy_id(self) -> str:
@@ -101,6 +103,8 @@ class Policy:
     #: Load-time warnings (``file:line:column: …``) that ``apim-mi validate`` prints: what loads although APIM's
     #: reference does not list it (a policy outside its documented sections).
     warnings: tuple[str, ...] = ()
+    #: Statement lists resolved for running (``engine.steps``), by (list id, parent path).
+    compiled: dict[tuple[int, str], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def statements(self) -> list[Statement]:
         """Every statement of every section, nested ones included."""

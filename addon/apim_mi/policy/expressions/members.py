@@ -2069,6 +2069,9 @@ def _jwt_prop(j: Jwt, name: str) -> Any:
 
 def get_property(obj: Any, name: str) -> Any:
     """Read ``obj.Name`` (never called with None: the interpreter raises NullReferenceException first)."""
+    attr = _CONTEXT_ATTRS.get((type(obj), name))
+    if attr is not None:  # a member of the context model, resolved before (below, at the end)
+        return getattr(obj, attr)
     if name == "HasValue":  # Nullable<T>.HasValue of a non-null value
         return True
     if name == "Value" and isinstance(
@@ -2159,8 +2162,16 @@ def get_property(obj: Any, name: str) -> Any:
     elif is_dataclass(obj) and not isinstance(obj, type):
         if isinstance(obj, ctx.Url) and name == "Port":
             return obj.port
-        return _dataclass_prop(obj, name)
+        value = _dataclass_prop(obj, name)
+        cls = type(obj)
+        if cls.__module__ == ctx.__name__ and name not in ("Value", "HasValue") and len(_CONTEXT_ATTRS) < 4096:
+            _CONTEXT_ATTRS[(cls, name)] = _dataclass_attr(cls, name)  # what every branch above would not take
+        return value
     raise MemberNotFound(name)
+
+
+#: (context model class, .NET member name) → attribute: a context member resolves once, not down the chain above.
+_CONTEXT_ATTRS: dict[tuple[type, str], str | None] = {}
 
 
 def _table_for(obj: Any) -> list[dict[str, Method]]:

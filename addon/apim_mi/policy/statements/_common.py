@@ -4,13 +4,14 @@ statement acts on, APIM's JSON error bodies, and a ``PolicyError`` that carries 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from ...errors import PolicyError
 from ..catalog import default_of
 from ..context import Body, Headers, Response
-from ..engine import PolicyRun, Scope, evaluate, evaluate_string
+from ..engine import PolicyRun, Scope, evaluate, evaluate_string, memo
 from ..model import Statement
 
 
@@ -68,39 +69,56 @@ async def str_attr(
     """An attribute as a string (expression evaluated), or the catalog's documented default."""
     value = stmt.attrs.get(name)
     if value is None:
-        return _default(stmt, name, parent)
+        return memo(stmt, ("default", name, parent), lambda: _default(stmt, name, parent))
     return await evaluate_string(run, value, source or stmt.name, scope)
+
+
+def _to_int(raw: Any, name: str, source: str) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        raise PolicyError(source, f"The '{name}' attribute must be an integer (got {raw!r}).",
+                          "ExpressionValueEvaluationFailure")  # fmt: skip
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise PolicyError(source, f"The '{name}' attribute must be an integer (got {raw!r}).",
+                          "ExpressionValueEvaluationFailure") from None  # fmt: skip
+
+
+def _to_bool(raw: Any, name: str, source: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw if raw is not None else "false").strip().lower()
+    if text not in ("true", "false"):
+        raise PolicyError(source, f"The '{name}' attribute must be true or false (got {raw!r}).",
+                          "ExpressionValueEvaluationFailure")  # fmt: skip
+    return text == "true"
+
+
+async def _typed_attr[T](
+    run: PolicyRun, stmt: Statement, name: str, scope: Scope, source: str | None, parent: str | None,
+    convert: Callable[[Any, str, str], T],
+) -> T:  # fmt: skip
+    """A literal or defaulted attribute is converted once per statement; an expression on every evaluation."""
+    value = stmt.attrs.get(name)
+    src = source or stmt.name
+    if value is not None and value.expression is not None:
+        return convert(await evaluate(run, value, src, scope), name, src)
+    raw = _default(stmt, name, parent) if value is None else value.text
+    return memo(stmt, (convert, name, parent, src), lambda: convert(raw, name, src))
 
 
 async def int_attr(
     run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
 ) -> int | None:
-    value = stmt.attrs.get(name)
-    raw: Any = _default(stmt, name, parent) if value is None else await evaluate(run, value, source or stmt.name, scope)
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, bool):
-        raise PolicyError(source or stmt.name, f"The '{name}' attribute must be an integer (got {raw!r}).",
-                          "ExpressionValueEvaluationFailure")
-    try:
-        return int(str(raw).strip())
-    except ValueError:
-        raise PolicyError(source or stmt.name, f"The '{name}' attribute must be an integer (got {raw!r}).",
-                          "ExpressionValueEvaluationFailure") from None
+    return await _typed_attr(run, stmt, name, scope, source, parent, _to_int)
 
 
 async def bool_attr(
     run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
 ) -> bool:
-    value = stmt.attrs.get(name)
-    raw: Any = _default(stmt, name, parent) if value is None else await evaluate(run, value, source or stmt.name, scope)
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw if raw is not None else "false").strip().lower()
-    if text not in ("true", "false"):
-        raise PolicyError(source or stmt.name, f"The '{name}' attribute must be true or false (got {raw!r}).",
-                          "ExpressionValueEvaluationFailure")
-    return text == "true"
+    return await _typed_attr(run, stmt, name, scope, source, parent, _to_bool)
 
 
 def current_response(run: PolicyRun) -> Response:

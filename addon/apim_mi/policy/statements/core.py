@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...credentials import CredentialSpec
 from ...errors import PolicyError
 from ...tokens import TokenError, TokenKey, TokenResult, token_key
-from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, run_statements
-from ..model import Statement
+from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, prepared, run_statements
+from ..model import Statement, Value
 from ._common import apply_exists_action, value_children
 
 if TYPE_CHECKING:
@@ -27,12 +28,26 @@ def _true(text: str | None) -> bool:
     return (text or "false").strip().lower() == "true"
 
 
+@dataclass(frozen=True, slots=True)
+class _Mi:
+    """An authentication-managed-identity element's attributes, parsed once (``engine.prepared``)."""
+
+    resource: Value | None
+    client_id: str
+    out_var: str | None
+    ignore_error: bool
+
+
+def _mi(stmt: Statement) -> _Mi:
+    return _Mi(stmt.attrs.get("resource"), (stmt.attr("client-id") or "").strip(),
+               stmt.attr("output-token-variable-name"), _true(stmt.attr("ignore-error")))  # fmt: skip
+
+
 async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """APIM's algorithm (research/apim.md §2.3): token for ``resource``, into Authorization or a variable."""
-    resource = await evaluate_string(run, stmt.attrs.get("resource"), MI, scope) or ""
-    client_id = (stmt.attr("client-id") or "").strip()
-    out_var = stmt.attr("output-token-variable-name")
-    ignore_error = _true(stmt.attr("ignore-error"))
+    mi = prepared(stmt, _mi)
+    resource = await evaluate_string(run, mi.resource, MI, scope) or ""
+    client_id, out_var, ignore_error = mi.client_id, mi.out_var, mi.ignore_error
     if client_id.startswith("@"):
         run.warn(scope.section, MI, "client-id holds an expression, which APIM does not evaluate: it is looked up "
                  "literally and fails. Use a named value ({{name}}) instead.")
