@@ -77,11 +77,19 @@ def pretty_url(req: http.Request) -> str:
     """``req.pretty_url`` (the Host header's authority, as the client addressed it), IPv6 hosts in brackets."""
     if req.first_line_format == "authority":
         return req.authority
-    host_header = req.host_header
+    host_header = _host_header(req)
     if not host_header:
         return request_url(req)
     host, port = _authority(host_header)
     return _unparse(req.scheme, host, port or url.default_port(req.scheme) or 443, req.path)
+
+
+def _host_header(req: http.Request) -> str | None:
+    """``req.host_header``, reading HTTP/1's Host header(s) straight from the fields."""
+    if req.is_http2 or req.is_http3:
+        return req.host_header
+    values = [v for n, v in req.headers.fields if n.lower() == b"host"]
+    return b", ".join(values).decode("utf-8", "surrogateescape") if values else None
 
 
 @lru_cache(maxsize=1024)

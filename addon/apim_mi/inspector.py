@@ -178,15 +178,17 @@ class Inspector:
 
     @staticmethod
     def _endpoint_path(flow: http.HTTPFlow) -> str | None:
+        req = flow.request
+        if req.host.lower().rstrip(".") == TRACE_HOST:
+            return req.path.split("?", 1)[0]
+        if not req.path.startswith(REVERSE_PREFIX):
+            return None
         from mitmproxy.proxy.mode_specs import ReverseMode
 
-        req = flow.request
+        if not isinstance(flow.client_conn.proxy_mode, ReverseMode):
+            return None
         path = req.path.split("?", 1)[0]
-        if req.host.lower().rstrip(".") == TRACE_HOST:
-            return path
-        if isinstance(flow.client_conn.proxy_mode, ReverseMode) and (
-            path == REVERSE_PREFIX or path.startswith(REVERSE_PREFIX + "/")
-        ):
+        if path == REVERSE_PREFIX or path.startswith(REVERSE_PREFIX + "/"):
             return path[len(REVERSE_PREFIX) :] or "/"
         return None
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ApimMiError, PolicyError
 from ..trace import Trace
+from .expressions import ExpressionRuntimeError, to_policy_string
 from .gateway import GatewayState
 from .model import Policy, Statement, Value
 
@@ -170,8 +171,6 @@ async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scop
         return None
     if value.expression is None:
         return value.text
-    from .expressions import ExpressionRuntimeError, to_policy_string
-
     try:
         result = value.expression.evaluate(run.context)
     except ExpressionRuntimeError as e:
@@ -198,8 +197,6 @@ async def evaluate_string(run: PolicyRun, value: Value | None, source: str, scop
     result = await evaluate(run, value, source, scope)
     if result is None or isinstance(result, str):
         return result
-    from .expressions import to_policy_string
-
     return to_policy_string(result)
 
 

@@ -2174,6 +2174,10 @@ def get_property(obj: Any, name: str) -> Any:
 _CONTEXT_ATTRS: dict[tuple[type, str], str | None] = {}
 
 
+#: (type, method name) → the instance method ``call_method`` found for it: a call resolves once per type.
+_METHODS: dict[tuple[type, str], Method] = {}
+
+
 def _table_for(obj: Any) -> list[dict[str, Method]]:
     if isinstance(obj, str):
         return [STRING_METHODS]
@@ -2279,6 +2283,9 @@ for _bt in (bytes, bytearray):
 
 def call_method(obj: Any, name: str, args: Args, targs: TArgs) -> Any:
     """Call ``obj.Name(args)``: instance methods, then universal ones, then extensions (LINQ) on sequences."""
+    method = _METHODS.get((type(obj), name))
+    if method is not None:  # resolved before (below) for this type and name
+        return method(obj, args, targs)
     if isinstance(obj, Char):
         if name == "ToString":
             return str(obj)
@@ -2291,6 +2298,8 @@ def call_method(obj: Any, name: str, args: Args, targs: TArgs) -> Any:
         if fn is not None:
             if isinstance(obj, ClaimsDict) and name == "GetValueOrDefault":
                 return _dict_get_or_default(obj, args, ())
+            if not isinstance(obj, Char | ClaimsDict) and len(_METHODS) < 4096:
+                _METHODS[(type(obj), name)] = fn  # the table depends on the type alone (_table_for)
             return fn(obj, args, targs)
     if isinstance(obj, Jwt) and name == "ToString":
         return obj.raw

@@ -145,9 +145,13 @@ def _target_headers(run: PolicyRun, scope: Scope, source: str) -> Headers:
     return response.headers
 
 
+def _exists_action(stmt: Statement) -> str:
+    return (stmt.attr("exists-action") or "override").lower()
+
+
 async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = await evaluate_string(run, stmt.attrs.get("name"), "set-header", scope) or ""
-    action = (stmt.attr("exists-action") or "override").lower()
+    action = prepared(stmt, _exists_action)
     values = await value_children(run, stmt, "set-header", scope)
     if any(c in name + "".join(values) for c in "\r\n"):
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
@@ -172,9 +176,14 @@ async def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     run.context.variables[name] = value
 
 
+def _branches(stmt: Statement) -> tuple[list[Statement], Statement | None]:
+    return stmt.children_named("when"), stmt.child("otherwise")
+
+
 async def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """First ``when`` whose condition is true, else ``otherwise``."""
-    for i, branch in enumerate(stmt.children_named("when"), start=1):
+    whens, otherwise = prepared(stmt, _branches)
+    for i, branch in enumerate(whens, start=1):
         cond = await evaluate(run, branch.attrs.get("condition"), "choose", scope)
         if not isinstance(cond, bool):
             raise PolicyError("choose", f"The condition of when[{i}] did not evaluate to a boolean (got {cond!r}).",
@@ -182,7 +191,6 @@ async def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
         if cond:
             await run_statements(run, branch.children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
             return
-    otherwise = stmt.child("otherwise")
     if otherwise is not None:
         await run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request))
 
