@@ -23,7 +23,7 @@ from typing import Any
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.utils import human
 
-from . import clientcerts, diagnostics, flowcontext, inspector, streaming, uploads
+from . import clientcerts, diagnostics, flowcontext, inspector, logs, streaming, uploads
 from .credentials import CredentialSpec
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
@@ -137,6 +137,7 @@ class ApimMi:
         # azure-identity logs every token request (INFO) and every failure with a full traceback (WARNING) into
         # mitmproxy's event log; the flow's own apim-mi line (and its trace) already carries the cause.
         logging.getLogger("azure").setLevel(logging.ERROR)
+        logs.route(log)  # past mitmproxy's deprecated add_log bridge: one flow's log line is no extra hook event
         loader.add_option("mi_rules", str, "rules.yaml", "Rules file (.yaml, or .xml rules / a bare APIM <policies>).")
         loader.add_option(
             "mi_credential", str, "",
@@ -461,6 +462,7 @@ class ApimMi:
     def done(self) -> asyncio.Task[None] | None:
         """Sync on purpose: a script reload calls ``done`` synchronously. At shutdown mitmproxy awaits what a hook
         returns, so returning the cleanup task closes the credentials before the loop ends."""
+        logs.unroute(log)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
