@@ -209,3 +209,46 @@ def test_record_serialises_like_a_dict(harness: dict[str, Any]) -> None:
     buf = io.BytesIO()
     mitmio.FlowWriter(buf).add(flow)
     assert b"traceEntries" in buf.getvalue()
+
+
+def test_log_records_skip_the_add_log_bridge_and_are_not_built_when_nobody_listens() -> None:
+    import logging
+
+    from apim_mi import logs
+
+    class LegacyLogEvents(logging.Handler):  # mitmproxy's bridge is recognised by its class name
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(("legacy", record.getMessage()))
+
+    class Shown(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(("shown", record.getMessage()))
+
+    seen: list[tuple[str, str]] = []
+    root, logger = logging.getLogger(), logging.getLogger("test_fastpath_routing")
+    level, legacy, shown = root.level, LegacyLogEvents(), Shown(logging.WARNING)
+    root.setLevel(logging.DEBUG)
+    root.addHandler(legacy)
+    root.addHandler(shown)
+    others = [h for h in root.handlers if h not in (legacy, shown)]
+    for h in others:  # pytest's own capture handlers would want every record
+        root.removeHandler(h)
+    try:
+        logs.route(logger)
+        logs.route(logger)  # idempotent (script reloads)
+        assert not logs.wanted(logger, logging.INFO) and logs.wanted(logger, logging.WARNING)
+        logger.warning("w")
+        shown.setLevel(logging.INFO)
+        assert logs.wanted(logger, logging.INFO)
+        logger.info("i")
+        assert seen == [("shown", "w"), ("shown", "i")]
+        logs.unroute(logger)
+        logger.info("after")
+        assert ("legacy", "after") in seen and logs.wanted(logger, logging.INFO)
+    finally:
+        logs.unroute(logger)
+        root.removeHandler(legacy)
+        root.removeHandler(shown)
+        for h in others:
+            root.addHandler(h)
+        root.setLevel(level)

@@ -1009,9 +1009,10 @@ class ApimMi:
                             run.rule_name, scrub(cause, secrets))
             elif run.injections and state.sent:
                 self._count("injected", run.rule_name)
-                log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, url, run.rule_name, identity or "-",
-                         aud, outcome)
-            else:
+                if logs.wanted(log, logging.INFO):  # not built when nothing would show it (termlog_verbosity=warn)
+                    log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, url, run.rule_name,
+                             identity or "-", aud, outcome)  # fmt: skip
+            elif logs.wanted(log, logging.INFO):
                 log.info("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, outcome)
 
     def _count(self, event: str, rule_name: str) -> None:

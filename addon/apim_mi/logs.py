@@ -3,7 +3,8 @@
 mitmproxy's ``LegacyLogEvents`` handler turns every log record into a deprecated ``add_log`` hook dispatched to
 every addon: for the one line each flow logs, that costs about as much as one more hook event of the whole proxy.
 apim-mi's records skip that handler and reach all the others (the terminal, mitmweb's event log, mitmdump's startup
-error check, ``logging`` handlers that tests or scripts add) exactly as propagation would.
+error check, ``logging`` handlers that tests or scripts add) exactly as propagation would. And a per-flow line that
+no handler would show (``termlog_verbosity=warn`` in mitmdump, nothing else listening) is not built at all.
 """
 
 from __future__ import annotations
@@ -39,3 +40,12 @@ def unroute(logger: logging.Logger) -> None:
     for handler in [h for h in logger.handlers if isinstance(h, RootHandlers)]:
         logger.removeHandler(handler)
     logger.propagate = True
+
+
+def wanted(logger: logging.Logger, level: int) -> bool:
+    """Whether a record at ``level`` would reach any handler: when none would show it, the caller need not build it."""
+    if not logger.isEnabledFor(level):
+        return False
+    if logger.propagate:
+        return True
+    return any(level >= h.level and type(h).__name__ != _LEGACY for h in logging.getLogger().handlers)
