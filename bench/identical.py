@@ -6,7 +6,7 @@ bytes), comments, response headers, rendered traces, the trace endpoint's store 
 Run it against two versions of the code to show a hot-path change leaves the output byte-identical:
 
     PYTHONPATH=/path/to/other/worktree/addon .venv/bin/python bench/identical.py
-    .venv/bin/python bench/identical.py
+    .venv/bin/python bench/identical.py [DIR]     # DIR: also each hashed piece as a file, to diff two runs
 """
 
 from __future__ import annotations
@@ -55,6 +55,26 @@ REQUESTS = (
 )
 
 
+class _Digest:
+    """sha256 of everything fed to it; with a directory, also each piece as a numbered file (to diff two runs)."""
+
+    def __init__(self, dump: Path | None) -> None:
+        self.sha = hashlib.sha256()
+        self.dump = dump
+        self.n = 0
+        if dump is not None:
+            dump.mkdir(parents=True, exist_ok=True)
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
+        if self.dump is not None:
+            self.n += 1
+            (self.dump / f"{self.n:03d}").write_bytes(data)
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
+
+
 class _Collect(logging.Handler):
     def __init__(self, lines: list[str]) -> None:
         super().__init__()
@@ -87,7 +107,7 @@ def main() -> None:
         "failing": f'credential: managed-identity\nrules:\n  - name: f\n    match: {{host: "{micro.TARGET_HOST}", '
         "path: /api}\n    policy: failing.xml\n",
     }
-    digest = hashlib.sha256()
+    digest = _Digest(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     for i, (name, text) in enumerate(files.items()):

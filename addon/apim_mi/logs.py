@@ -46,6 +46,6 @@ def wanted(logger: logging.Logger, level: int) -> bool:
     """Whether a record at ``level`` would reach any handler: when none would show it, the caller need not build it."""
     if not logger.isEnabledFor(level):
         return False
-    if logger.propagate:
+    if logger.propagate or any(level >= h.level for h in logger.handlers if not isinstance(h, RootHandlers)):
         return True
     return any(level >= h.level and type(h).__name__ != _LEGACY for h in logging.getLogger().handlers)
