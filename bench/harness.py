@@ -142,6 +142,7 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
         "addon, 1 rule": ["-s", ADDON, "--set", f"mi_rules={files['one']}"],
         f"addon, {big}": ["-s", ADDON, "--set", f"mi_rules={files['many']}"],
         "addon, APIM policy": ["-s", ADDON, "--set", f"mi_rules={files['policy']}"],
+        "addon, APIM instance (APIOps)": ["-s", ADDON, "--set", f"mi_rules={files['apiops']}"],
     }
     procs: dict[str, Proc] = {}
     errors: dict[str, str] = {}
@@ -617,7 +618,9 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
     w(
         f"- Throughput: `wrk -t1 -c<N> -d{int(s.wrk_seconds)}s` keep-alive, {s.rounds} round(s) × c ∈ {list(s.concs)}, "
         "variants rotated every round; the backend counts `Authorization` headers to prove injection on every timed "
-        f"request. The {big} file has the matching rule last, with 1 % of the others on the same host."
+        f"request. The {big} file has the matching rule last, with 1 % of the others on the same host. The APIM "
+        "instance is an APIOps extraction (`bench/rulegen.py`): its gateway routes each request to API `/api`, "
+        "operation `GET /orders/{id}`, whose policy adds the token."
     )
     w(
         f"- Naive addons: `bench/naive_sync.py` (new `ManagedIdentityCredential().get_token` per request, blocking the "

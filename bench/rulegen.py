@@ -1,4 +1,5 @@
-"""Rules files for the benchmarks: 1 shorthand rule, N rules (the matching one last), and the APIM-policy rule."""
+"""Rules files for the benchmarks: 1 shorthand rule, N rules (the matching one last), the APIM-policy rule, and an
+APIOps extraction (an APIM instance with one API whose policy adds the token)."""
 
 from __future__ import annotations
 
@@ -62,4 +63,25 @@ def write_rules(directory: Path, target_host: str, big: int = 10_000) -> dict[st
     files["one"].write_text(rules_text(1, target_host))
     files["many"].write_text(rules_text(big, target_host))
     files["policy"].write_text(policy_rules_text(target_host))
+    files["apiops"] = write_extraction(directory / "apiops", target_host)
     return files
+
+
+def write_extraction(directory: Path, target_host: str) -> Path:
+    """An APIOps extraction: API ``/api`` (serviceUrl the backend's ``/api``, open), operations ``GET /orders/{id}``
+    and ``GET /*``, and an API policy with authentication-managed-identity."""
+    api = directory / "apimartifacts" / "apis" / "bench"
+    api.mkdir(parents=True, exist_ok=True)
+    (api / "apiInformation.json").write_text(
+        '{"properties": {"displayName": "Bench", "path": "api", "serviceUrl": "http://' + target_host + '/api", '
+        '"subscriptionRequired": false, "protocols": ["http", "https"]}}'
+    )
+    (api / "specification.yaml").write_text(
+        "openapi: 3.0.1\ninfo: {title: Bench, version: '1'}\npaths:\n"
+        "  /orders/{id}:\n    get: {operationId: get-order}\n  /*:\n    get: {operationId: anything}\n"
+    )
+    (api / "policy.xml").write_text(
+        f'<policies><inbound><base /><authentication-managed-identity resource="{AUDIENCE}" /></inbound>'
+        "<backend><base /></backend><outbound><base /></outbound><on-error><base /></on-error></policies>"
+    )
+    return directory / "apimartifacts"
