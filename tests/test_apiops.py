@@ -246,11 +246,19 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any,
             items-backend: {{url: "{backend.url}/items"}}
             orders-a: {{url: "{echo_backend.url}/pool-a"}}
             orders-b: {{url: "{echo_backend.url}/pool-b"}}
-          subscriptions:
-            gold-sub: {GOLD}
-            master: {MASTER}
+          overrides: local.yaml
+        rules:  # matched before the instance
+          - name: local stub
+            match: {{host: contoso.azure-api.net, path: /orders/stub}}
+            policy: <policies><inbound><return-response><set-status code="299" /></return-response></inbound></policies>
     """,
     )
+    (tmp / "local.yaml").write_text(f"""
+gateway_hosts: [api.contoso.test]
+subscriptions:
+  gold-sub: {GOLD}
+  master: {MASTER}
+""")
     with socket.socket() as probe:  # a free port for the second (reverse) listener
         probe.bind(("127.0.0.1", 0))
         reverse_port = probe.getsockname()[1]
@@ -452,3 +460,10 @@ def test_backend_pool_and_credentials_from_backend_information(proxy: Any, echo_
     assert status == 503
     status, seen = curl("-x", proxy.url, "-X", "POST", url)
     assert status == 200 and seen["path"] == "/pool-b/" and seen["headers"]["x-member"] == "b", (seen, proxy.text())  # type: ignore[index]
+
+
+def test_rules_first_then_the_instance_for_its_gateway_hosts(proxy: Any, echo_backend: Any) -> None:
+    status, _ = curl("-x", proxy.url, "http://contoso.azure-api.net/orders/stub")
+    assert status == 299  # the rules file's own rule, before the instance (which would ask for a key)
+    status, seen = curl("-x", proxy.url, "http://api.contoso.test/catalog/v2/stock/3")  # gateway_hosts (overrides file)
+    assert status == 200 and seen["path"] == "/catalog-v2/stock/3"  # type: ignore[index]

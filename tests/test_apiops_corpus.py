@@ -40,6 +40,10 @@ def test_extraction_loads_with_a_clear_report(extraction: Path) -> None:
     assert "Traceback" not in out.stderr and "\n0 error(s)" in out.stdout
     first = out.stdout.splitlines()[0]
     assert "APIOps extraction:" in first and "API(s)" in first and "policy document(s) loaded" in first
+    if extraction == GORE:  # a real audience mistake, located: the policy asks for 'https://cognitiveservices…/'
+        assert "apis/retry-2/operations/429/policy.xml:13:4:" in out.stdout and "trailing slash" in out.stdout
+    if extraction == PAGOPA:  # a used secret without a local value, and where it is used
+        assert "named value 'dx-d-itn-playground-be-func-01-key' has no local value" in out.stdout
 
 
 @pytest.fixture(scope="module")

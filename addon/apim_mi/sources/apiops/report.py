@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 from ...policy.loader import effective_policy_xml
 from .instance import Instance, env_name
@@ -63,11 +64,23 @@ def report(gateway: Gateway, *, effective: bool = False, out: Callable[[str], No
             f"  subscriptions without a local key (give them under subscriptions: in the overrides): "
             f"{', '.join(keyless)}"
         )
+    warnings += policy_warnings(inst)
     for e in inst.errors:
         out(f"error: {e}")
     for w in warnings:
         out(f"warning: {w}")
     return len(inst.errors), len(warnings)
+
+
+def policy_warnings(inst: Instance) -> list[str]:
+    """What the policy loader warns about (each document once) and the audience checks of ``apim-mi validate``."""
+    from ...cli import audience_warnings
+
+    found = list(dict.fromkeys(w for p in inst.policies.values() for w in p.warnings))
+    root = inst.extraction.root
+    documents = [SimpleNamespace(name=str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
+                                 policy=policy) for path, policy in inst.policies.items()]  # fmt: skip
+    return found + audience_warnings(SimpleNamespace(rules=documents))
 
 
 def _api_line(api: object) -> str:
