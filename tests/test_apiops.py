@@ -283,7 +283,7 @@ def test_forward_mode_acts_as_the_gateway(proxy: Any, backend: Any) -> None:
     assert "x-trail: global" in headers and headers.index("x-trail: global") < headers.index(
         "x-trail: product"
     ) < headers.index("x-trail: api") < headers.index("x-trail: operation")
-    assert "x-route: orders get-order /{id} id=42 product=gold sub=gold subscription" in headers
+    assert "x-route: orders get-order /{id} id=42 product=gold sub=gold subscription service=contoso" in headers
     request = backend.stats()["requests"][-1]
     assert "x-gateway" in [h.lower() for h in request["headers"]] and "x-secret-seen" in [
         h.lower() for h in request["headers"]

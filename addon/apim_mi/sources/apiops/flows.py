@@ -87,6 +87,9 @@ def apply_route(routed: Routed, context: Context) -> None:
     context.product = routed.context_product()
     context.subscription = routed.context_subscription()
     context.request.matched_parameters = dict(routed.matched)
+    if routed.service_id:
+        context.deployment.service_id = routed.service_id
+        context.deployment.service_name = routed.service_id.rsplit("/", 1)[-1]
     if routed.backend_url is not None:
         context.request.url = routed.backend_url.copy()
         if "Host" in context.request.headers:

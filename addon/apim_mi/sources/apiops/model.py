@@ -141,3 +141,9 @@ class Extraction:
     fragments: dict[str, Path] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: the ARM id of the APIM service, from the first resource id that names it (``context.Deployment.ServiceId``)
+    service_id: str = ""
+
+    @property
+    def service_name(self) -> str:
+        return self.service_id.rsplit("/", 1)[-1]

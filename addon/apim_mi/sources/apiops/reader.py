@@ -21,6 +21,7 @@ product linking an API that is not there) becomes a warning for ``apim-mi valida
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ from .model import (
 )
 
 ARTIFACTS = "apimartifacts"
+_SERVICE_ID = re.compile(r"/subscriptions/[^/\"]+/resourceGroups/[^/\"]+/providers/Microsoft\.ApiManagement/service/"
+                         r"[^/\"]+", re.IGNORECASE)
 
 
 def extraction_root(path: Path) -> Path:
@@ -137,7 +140,11 @@ def _infos(
                 yield path, {}
             continue
         ext.files.append(info_file)
-        yield path, properties(info_file)
+        props = properties(info_file)
+        if not ext.service_id:
+            m = _SERVICE_ID.search(json.dumps(props))
+            ext.service_id = m.group(0) if m else ""
+        yield path, props
 
 
 def read_json(path: Path) -> Any:

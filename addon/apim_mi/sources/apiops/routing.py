@@ -68,6 +68,7 @@ class Routed:
     key: str
     matched: dict[str, str]
     backend_url: Url | None
+    service_id: str = ""
 
     def context_api(self) -> Api:
         a = self.api
@@ -215,7 +216,8 @@ class Gateway:
             backend = Url.parse(api.service_url.rstrip("/") + "/" + "/".join(rest))
             backend.query = url.query.copy()
             backend._raw_query, backend._raw_pairs = url._raw_query, url._raw_pairs
-        return Routed(rule, api, operation, product, subscription, key, matched, backend)
+        return Routed(rule, api, operation, product, subscription, key, matched, backend,
+                      self.instance.extraction.service_id)
 
     # -- steps -------------------------------------------------------------------------------------------------
 
