@@ -175,9 +175,14 @@ def test_token_metrics_equal_usage_with_documented_dimensions() -> None:
     ]
     assert entry[0]["data"]["metrics"] == {"Total Tokens": 3, "Prompt Tokens": 3, "Completion Tokens": 0}
     assert {m["namespace"] for m in ai.status()["metrics"]} == {"openai", "API Management"}
-    too_many = "".join(f'<dimension name="d{i}" value="v" />' for i in range(11))
-    run = asyncio.run(exchange(policies(f"<llm-emit-token-metric>{too_many}</llm-emit-token-metric>"), ai))
+    def dims(n: int) -> str:
+        return "".join(f'<dimension name="d{i}" value="v" />' for i in range(n))
+
+    aoai = f"<azure-openai-emit-token-metric>{dims(11)}</azure-openai-emit-token-metric>"
+    run = asyncio.run(exchange(policies(aoai), ai))
     assert run.response.status_code == 500 and "At most 10 custom dimensions" in run.context.last_error.message
+    run = asyncio.run(exchange(policies(f"<llm-emit-token-metric>{dims(6)}</llm-emit-token-metric>"), ai))
+    assert run.response.status_code == 500 and "At most 5 custom dimensions" in run.context.last_error.message
 
 
 class StandIn(FakeSender):

@@ -41,7 +41,9 @@ TOKEN_METRICS = ("Total Tokens", "Prompt Tokens", "Completion Tokens")
 #: Dimensions a token metric may name without a value; the value comes from the request's context.
 DEFAULT_DIMENSIONS = ("API ID", "Operation ID", "Product ID", "User ID", "Subscription ID", "Location", "Gateway ID",
                       "Backend ID")  # fmt: skip
-MAX_CUSTOM_DIMENSIONS = 10
+#: "You can configure at most N custom dimensions for this policy" (each policy's reference page).
+MAX_CUSTOM_DIMENSIONS = {"llm-emit-token-metric": 5}
+DEFAULT_MAX_CUSTOM_DIMENSIONS = 10
 CACHE_BODY_LIMIT = 1 << 20
 
 
@@ -231,10 +233,11 @@ async def _dimensions(run: PolicyRun, stmt: Statement, scope: Scope, *, defaults
                 "ExpressionValueEvaluationFailure",
             )
     custom = [n for n in dims if n not in DEFAULT_DIMENSIONS]
-    if len(custom) > MAX_CUSTOM_DIMENSIONS:
+    limit = MAX_CUSTOM_DIMENSIONS.get(stmt.name, DEFAULT_MAX_CUSTOM_DIMENSIONS)
+    if len(custom) > limit:
         raise PolicyError(
             stmt.name,
-            f"At most {MAX_CUSTOM_DIMENSIONS} custom dimensions are allowed (got {len(custom)}).",
+            f"At most {limit} custom dimensions are allowed (got {len(custom)}).",
             "ExpressionValueEvaluationFailure",
         )
     return dims
