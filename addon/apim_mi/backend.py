@@ -299,11 +299,15 @@ class DemoBackend(LoopbackServer):
 
     def _build_app(self) -> web.Application:
         app = web.Application()
+        self._add_admin_routes(app)
+        app.router.add_route("*", "/{tail:.*}", self._protected)
+        return app
+
+    def _add_admin_routes(self, app: web.Application) -> None:
+        """The loopback-only admin API (subclasses add their own routes after it)."""
         app.router.add_get("/_backend/stats", self._admin_stats)
         app.router.add_post("/_backend/reset", self._admin_reset)
         app.router.add_get("/_backend/health", self._admin_health)
-        app.router.add_route("*", "/{tail:.*}", self._protected)
-        return app
 
     async def _protected(self, request: web.Request) -> web.Response:
         body = await request.read()

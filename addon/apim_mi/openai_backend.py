@@ -114,9 +114,7 @@ class OpenAIBackend(DemoBackend):
 
     def _build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/_backend/stats", self._admin_stats)
-        app.router.add_post("/_backend/reset", self._admin_reset)
-        app.router.add_get("/_backend/health", self._admin_health)
+        self._add_admin_routes(app)
         app.router.add_get("/_backend/usage", self._admin_usage)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         return app
