@@ -37,6 +37,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: An
         f"  openai-backend: {standin.url}",
         f"  content-safety-backend: {standin.url}",
         f"  embeddings-backend: {standin.url}/openai/deployments/text-embedding-3-small/embeddings?{QUERY}",
+        "  azure-openai-backend:",
+        f"    url: {standin.url}/openai/deployments/text-embedding-3-small/embeddings?{QUERY}",
+        "    credentials: {managedIdentity: {resource: https://cognitiveservices.azure.com}}",
+        "subscriptions:",
+        "  team-a: {primary_key: key-a}",
+        "  team-b: {primary_key: key-b}",
         "rules:", *rules,
     ]))  # fmt: skip
     md = start_mitmdump(
@@ -110,3 +116,22 @@ def test_token_limit_samples(gateway: Mitmdump, sample: str) -> None:
     limit = [d for d in entries(trace_of(gateway, resp), sample.removeprefix("docs-")) if "usage" in d]
     assert limit[0]["usage"]["totalTokens"] == resp.json()["usage"]["total_tokens"]
     assert limit[0]["usage"]["source"] == "response"
+
+
+def test_docs_semantic_cache_varies_by_subscription(gateway: Mitmdump, standin: Any) -> None:
+    """The policy reference's semantic-cache example: answers are cached per subscription (vary-by
+    context.Subscription.Id), so team B's identical prompt is a miss until team B asked it once."""
+
+    def chat(key: str) -> httpx.Response:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Name the largest planet"}]}
+        url = f"{gateway.url}/docs-semantic-cache/openai/deployments/gpt-4o/chat/completions?{QUERY}"
+        return httpx.post(url, json=body, headers={"Ocp-Apim-Subscription-Key": key}, timeout=20, trust_env=False)
+
+    def chats() -> int:
+        return standin.served()["byKind"].get("chat", 0)
+
+    before = chats()
+    assert chat("key-a").status_code == 200 and chats() == before + 1  # miss: the backend answers, stored
+    assert chat("key-a").status_code == 200 and chats() == before + 1  # hit for team A
+    assert chat("key-b").status_code == 200 and chats() == before + 2  # team B's partition is empty: a miss
+    assert chat("key-b").status_code == 200 and chats() == before + 2
