@@ -41,7 +41,8 @@ def answer(prompt: int, completion: int) -> bytes:
 
 async def exchange(xml: str, ai: AiState, body: bytes = b"", reply: bytes | None = None, **kw: Any) -> engine.PolicyRun:
     """inbound; when forwarded, the backend's buffered ``reply`` to on_response; then outbound."""
-    run = make_run(xml, settings={"ai": ai, **kw.pop("settings", {})}, **kw)
+    run = make_run(xml, settings=kw.pop("settings", {}), **kw)
+    run.services.state.ai = ai
     run.context.request.body = Body(body or chat())
     await engine.run_inbound(run)
     if run.response is None and reply is not None:
@@ -86,7 +87,8 @@ def test_estimated_prompt_is_charged_up_front_and_settled_with_the_real_usage() 
                    'tokens-consumed-variable-name="used" />')  # fmt: skip
     body = chat("one two three four five")
     estimate = estimate_prompt_tokens(encoding("o200k_base"), json.loads(body))
-    run = make_run(xml, settings={"ai": ai})
+    run = make_run(xml)
+    run.services.state.ai = ai
     run.context.request.body = Body(body)
     asyncio.run(engine.run_inbound(run))
     assert run.response is None and run.context.variables["used"] == estimate
@@ -123,7 +125,8 @@ def test_streamed_answer_usage_from_the_usage_chunk_or_estimated() -> None:
         + '<llm-emit-token-metric namespace="ns"><dimension name="API ID" /></llm-emit-token-metric>'
     )
     body = chat("count to three", stream=True)
-    run = make_run(xml, settings={"ai": ai})
+    run = make_run(xml)
+    run.services.state.ai = ai
     run.context.request.body = Body(body)
     asyncio.run(engine.run_inbound(run))
     prompt = estimate_prompt_tokens(enc, json.loads(body))  # "stream": true always estimates the prompt
@@ -342,8 +345,8 @@ def test_mi_status_shows_counters_metrics_and_cache() -> None:
     from apim_mi.addon import ApimMi
 
     addon = ApimMi()
-    addon.ai.metrics.emit("openai", "Total Tokens", {"API ID": "chat"}, 5.0)
-    addon.ai.counters.reserve("client-a", 7, per_minute=True, period="Daily")
+    addon.gateway.ai.metrics.emit("openai", "Total Tokens", {"API ID": "chat"}, 5.0)
+    addon.gateway.ai.counters.reserve("client-a", 7, per_minute=True, period="Daily")
     ai = json.loads(addon.status())["ai"]
     assert ai["metrics"] == [{"namespace": "openai", "name": "Total Tokens", "dimensions": {"API ID": "chat"},
                               "count": 1, "sum": 5.0, "min": 5.0, "max": 5.0}]  # fmt: skip

@@ -28,7 +28,7 @@ from .credentials import CredentialSpec
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
 from .policy import engine
-from .policy.ai import AiState, counts_tokens
+from .policy.ai import counts_tokens
 from .policy.ai.usage import load_encoding
 from .policy.gateway import GatewayState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
@@ -122,7 +122,6 @@ class ApimMi:
         self._settings: dict[str, Any] = {}
         self.gateway = GatewayState()  # caches, counters, breakers, metrics: shared by every flow and rule
         self.inspector = inspector.Inspector()
-        self.ai = AiState()  # token counters, metrics, semantic cache: shared by all flows and rule sets
         self.upstream_certs = clientcerts.UpstreamCertificates()
         # Options read on every flow, copied here by configure (ctx.options deep-copies a value on each read).
         self._redact_on = True
@@ -272,7 +271,6 @@ class ApimMi:
             settings: dict[str, Any] = {
                 **(_config_settings(self.config) if self.config else {}),
                 "tenant_id": os.environ.get("AZURE_TENANT_ID", ""),
-                "ai": self.ai,
             }
             entra: dict[str, str] = {}
             if self.credential == "emulator":
@@ -1041,7 +1039,7 @@ class ApimMi:
         """Cached tokens (identity, resource, expiry, source, hits; never the token) and counters, as JSON."""
         tokens = self.tokens.status() if self.tokens is not None else []
         provider = dict(self.tokens.counters) if self.tokens is not None else {}
-        return json.dumps({"tokens": tokens, "counters": {**self.counters, **provider}, "ai": self.ai.status()},
+        return json.dumps({"tokens": tokens, "counters": {**self.counters, **provider}, "ai": self.gateway.ai.status()},
                           indent=2)
 
     @command.command("mi.flush")

@@ -1,5 +1,5 @@
 """What a gateway keeps between requests: caches, rate-limit and quota counters, concurrency slots, circuit
-breakers, subscriptions and log sinks.
+breakers, subscriptions, log sinks and the AI gateway's state (``policy/ai``).
 
 One ``GatewayState`` belongs to the addon and is handed to every ``PolicyRun`` (``Services.state``), so all flows and
 all rules share it, as one APIM instance shares its cache and counters. Time comes from ``clock`` (monotonic
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ai import AiState
 from .context import Request, Subscription
 
 
@@ -55,6 +56,8 @@ class GatewayState:
     loggers: Mapping[str, Path] = field(default_factory=dict)
     #: fire-and-forget side requests still running (kept referenced until done)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: the AI gateway's token counters, metrics and semantic cache (its own wall clock: quotas are calendar windows)
+    ai: AiState = field(default_factory=AiState)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -1,6 +1,6 @@
 """The AI gateway's shared state: token counters, emitted metrics and the semantic cache, one of each per proxy.
 
-The policies in ``policy/statements/ai.py`` reach it as ``run.services.settings["ai"]``; the addon creates it once,
+The policies in ``policy/statements/ai.py`` reach it as ``run.services.state.ai`` (``GatewayState``), one per addon,
 so counters and cached answers live across flows and rule reloads, as APIM's do across requests.
 """
 

@@ -4,9 +4,10 @@ under both their ``azure-openai-`` and ``llm-`` names.
 They act twice: in inbound (check a budget, call Content Safety or the embeddings backend, look up the cache) and once
 the backend's answer is complete (``run.on_response``: settle the tokens really used, emit the metrics, store the
 answer), which for a streamed answer is when the last chunk has reached the client. Shared state (counters, metrics,
-the vector store) is the proxy's ``AiState`` (``policy/ai``). Side calls to Content Safety and the embeddings backend
-carry a managed-identity token for ``https://cognitiveservices.azure.com``, as an APIM backend with managed-identity
-credentials does. Wording marked ``UNVERIFIED`` in the trace is apim-mi's, not Azure's.
+the vector store) is the proxy's ``GatewayState.ai`` (``policy/ai``). Side calls to Content Safety and the
+embeddings backend carry a managed-identity token: the backend's ``credentials.managedIdentity``, else
+``https://cognitiveservices.azure.com``, as APIM requires of those backends. Wording marked ``UNVERIFIED`` in the
+trace is apim-mi's, not Azure's.
 """
 
 from __future__ import annotations
@@ -48,10 +49,7 @@ CACHE_BODY_LIMIT = 1 << 20
 
 
 def _ai(run: PolicyRun) -> AiState:
-    state = run.services.settings.get("ai")
-    if state is None:
-        state = run.services.settings["ai"] = AiState()
-    return state
+    return run.services.state.ai
 
 
 def _request_data(run: PolicyRun) -> dict[str, Any] | None:
