@@ -39,8 +39,11 @@ from .model import (
 )
 
 ARTIFACTS = "apimartifacts"
-_SERVICE_ID = re.compile(r"/subscriptions/[^/\"]+/resourceGroups/[^/\"]+/providers/Microsoft\.ApiManagement/service/"
-                         r"[^/\"]+", re.IGNORECASE)
+_SERVICE_ID = re.compile(
+    r"/subscriptions/[^/\"]+/resourceGroups/[^/\"]+/providers/Microsoft\.ApiManagement/service/"
+    r"[^/\"]+",
+    re.IGNORECASE,
+)
 
 
 def extraction_root(path: Path) -> Path:

@@ -216,8 +216,9 @@ class Gateway:
             backend = Url.parse(api.service_url.rstrip("/") + "/" + "/".join(rest))
             backend.query = url.query.copy()
             backend._raw_query, backend._raw_pairs = url._raw_query, url._raw_pairs
-        return Routed(rule, api, operation, product, subscription, key, matched, backend,
-                      self.instance.extraction.service_id)
+        return Routed(
+            rule, api, operation, product, subscription, key, matched, backend, self.instance.extraction.service_id
+        )
 
     # -- steps -------------------------------------------------------------------------------------------------
 
