@@ -157,6 +157,8 @@ def test_workspace_scope_sits_between_global_and_api(gateway: Gateway) -> None:
     trail = [s.children[0].text.text for s in found.rule.policy.sections["outbound"]  # type: ignore[union-attr]
              if s.attrs["name"].text == "x-trail"]  # fmt: skip
     assert trail == ["global", "workspace", "api"]
+    names = [s.attrs["name"].text for s in found.rule.policy.sections["outbound"] if s.name == "set-header"]
+    assert "x-workspace-fragment" in names  # the workspace's own fragment
     assert "<!-- base: Begin Workspace scope -->" in effective_policy_xml(found.rule.policy)
 
 

@@ -63,9 +63,13 @@ class Instance:
     shadowed: set[str] = field(default_factory=set)
     _rules: dict[tuple[str, str, str], Rule] = field(default_factory=dict)
 
-    @property
-    def fragments_dir(self) -> Path:
-        return self.extraction.root / "policy fragments"
+    def fragments_for(self, policy: Path) -> Path:
+        """A workspace's documents include the workspace's own fragments; the others the service's."""
+        root = self.extraction.root
+        if policy.is_relative_to(root / "workspaces"):
+            workspace = policy.relative_to(root / "workspaces").parts[0]
+            return root / "workspaces" / workspace / "policy fragments"
+        return root / "policy fragments"
 
     def values(self, *, placeholders: bool = False) -> dict[str, str]:
         """Display name → value, for ``{{…}}`` substitution (unfetched Key Vault values as a placeholder; with
@@ -93,7 +97,7 @@ class Instance:
         for path, scope in self.policy_files():
             try:
                 policies[path] = loader.load_policy_file(
-                    path, named_values=values, fragments_dir=self.fragments_dir, scope=scope
+                    path, named_values=values, fragments_dir=self.fragments_for(path), scope=scope
                 )
             except LoadError as e:
                 if not collect:
