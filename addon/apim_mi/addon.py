@@ -754,6 +754,9 @@ class ApimMi:
         if state.sent is None:
             self._check_sent(flow, state)
         self._redact(flow, state)
+        # where the trace will be, now: an answer that streams (now, or once it outgrows stream_large_bodies) has
+        # sent its headers before the flow ends
+        self.inspector.announce(flow, state.run.trace.trace_id)
         return self._start_stream(flow, state) if self._streams(flow, state) else None
 
     def _streams(self, flow: http.HTTPFlow, state: _FlowState) -> bool:
@@ -805,7 +808,6 @@ class ApimMi:
         if not already or resp.stream is True:  # another addon's stream callable stays, untapped
             resp.stream = state.tap = streaming.Tap(sse=streaming.is_event_stream(resp) and bool(run.on_response),
                                                     keep=bool(run.on_response))  # fmt: skip
-        self.inspector.announce(flow, run.trace.trace_id)
         run.trace.add(
             "outbound",
             "transfer-response",
@@ -824,6 +826,8 @@ class ApimMi:
                 flow.response = state.answer
             elif state.tap is not None or state.run.streaming:
                 await self._end_stream(flow, state, state.tap)
+            elif flow.response is not None and flow.response.stream and run.error is None and run.response is None:
+                self._streamed_late(flow, state)
             elif flow.response is not None and run.error is None and run.response is None:
                 await self._outbound(flow, state)
                 run.trace.add(
@@ -835,6 +839,18 @@ class ApimMi:
             state.summary["outcome"] = f"failed: internal error {e!r}"
         finally:
             self._finish(flow, state)
+
+    def _streamed_late(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """mitmproxy began streaming a body of unknown length once it outgrew ``stream_large_bodies``, after
+        ``responseheaders``: the answer has left, so outbound can no longer act on it, and the trace says so."""
+        run = state.run
+        run.trace.add("backend", "forward-request", inspector.response_later(flow))
+        if run.policy.sections.get("outbound") or run.on_response:
+            run.warn("outbound", "apim-mi", "The answer outgrew stream_large_bodies while it arrived and was streamed "
+                     "to the client as it came: outbound and the policies waiting for the complete answer did not run.")
+        run.trace.add("outbound", "transfer-response", {
+            "message": "Response body streaming to the caller is complete.", "note": "streamed by mitmproxy "
+            "(stream_large_bodies) once the body outgrew it", **engine.UNVERIFIED})  # fmt: skip
 
     async def _outbound(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         """A buffered answer: backend error status → on-error; else the complete answer to the policies that wait
