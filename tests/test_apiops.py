@@ -244,6 +244,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, emulator: Any, backend: Any,
             inventory-v2: {{serviceUrl: "{echo_backend.url}/inventory-v2"}}
             billing-2025: {{serviceUrl: "{echo_backend.url}/billing-2025"}}
             catalog-v2: {{serviceUrl: "{echo_backend.url}/catalog-v2"}}
+            catalog: {{serviceUrl: "{echo_backend.url}/catalog"}}
           backends:
             items-backend: {{url: "{backend.url}/items"}}
             orders-a: {{url: "{echo_backend.url}/pool-a"}}
@@ -469,3 +470,15 @@ def test_rules_first_then_the_instance_for_its_gateway_hosts(proxy: Any, echo_ba
     assert status == 299  # the rules file's own rule, before the instance (which would ask for a key)
     status, seen = curl("-x", proxy.url, "http://api.contoso.test/catalog/v2/stock/3")  # gateway_hosts (overrides file)
     assert status == 200 and seen["path"] == "/catalog-v2/stock/3"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("key", "subscription"), [
+    ("", "none"), ("not-a-key", "none"), (MASTER, "Built-in all-access subscription"), (GOLD, "none"),
+])  # fmt: skip
+def test_open_api_subscription_is_the_gateways(proxy: Any, key: str, subscription: str) -> None:
+    """An open API: context.Subscription is the key's subscription when the key is valid for it, else null."""
+    headers = ["-H", f"Ocp-Apim-Subscription-Key: {key}"] if key else []
+    status, body = curl("-x", proxy.url, "-D", "-", *headers, "http://contoso.azure-api.net/catalog/stock/1")
+    seen = [line.split(":", 1)[1].strip() for line in str(body).splitlines()
+            if line.lower().startswith("x-subscription:")]  # fmt: skip
+    assert status == 200 and seen == [subscription], body

@@ -359,7 +359,7 @@ async def run_inbound(run: PolicyRun) -> None:
     A backend section that never reaches forward-request does not call the backend (APIM's "Do not forward requests
     to backend"): outbound runs at once on an empty 200, and that is the answer.
     """
-    if run.context.subscription is None:
+    if run.context.subscription is None and run.context.api is None:  # an APIM instance's gateway already decided
         run.context.subscription = run.services.state.subscription_of(run.context.request)
     try:
         await run_section(run, "inbound")
