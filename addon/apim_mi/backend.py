@@ -309,14 +309,20 @@ class DemoBackend(LoopbackServer):
         app.router.add_post("/_backend/reset", self._admin_reset)
         app.router.add_get("/_backend/health", self._admin_health)
 
-    async def _protected(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        headers = list(request.headers.keys())
+    async def _admit(self, request: web.Request, headers: list[str]) -> dict[str, Any] | web.Response:
+        """The request's verified claims, or the (logged) rejection to answer with."""
         try:
-            claims = await self._authenticate(request)
+            return await self._authenticate(request)
         except Rejected as rejected:
             self._log(request, headers, rejected.status, error=rejected)
             return self._reject(rejected)
+
+    async def _protected(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = list(request.headers.keys())
+        claims = await self._admit(request, headers)
+        if isinstance(claims, web.Response):
+            return claims
         echoed = {name: claims[name] for name in ECHO_CLAIMS if name in claims}
         self._log(request, headers, 200, claims=echoed)
         return web.json_response({

@@ -174,22 +174,25 @@ def _values(table: Any, path: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(out)
 
 
+def _required(data: Mapping[str, Any], key: str, path: str) -> str:
+    value = str(data.get(key) or "").strip()
+    if not value:
+        raise BackendError(f"{path}.{key}", "is required")
+    return value
+
+
 def _credentials(raw: Any, path: str) -> Credentials:
     data = _mapping(raw, path)
     auth = _mapping(data.get("authorization"), f"{path}.authorization")
     authorization = None
     if auth:
-        scheme = str(auth.get("scheme") or "").strip()
-        if not scheme:
-            raise BackendError(f"{path}.authorization.scheme", "is required")
-        authorization = Authorization(scheme, str(auth.get("parameter") or ""))
+        authorization = Authorization(_required(auth, "scheme", f"{path}.authorization"),
+                                      str(auth.get("parameter") or ""))  # fmt: skip
     identity = _mapping(data.get("managedIdentity"), f"{path}.managedIdentity")
     managed = None
     if identity:
-        resource = str(identity.get("resource") or "").strip()
-        if not resource:
-            raise BackendError(f"{path}.managedIdentity.resource", "is required")
-        managed = ManagedIdentity(resource, str(identity.get("clientId") or "").strip())
+        managed = ManagedIdentity(_required(identity, "resource", f"{path}.managedIdentity"),
+                                  str(identity.get("clientId") or "").strip())  # fmt: skip
     return Credentials(_values(data.get("header"), f"{path}.header"), _values(data.get("query"), f"{path}.query"),
                        authorization, managed)  # fmt: skip
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .backend import DemoBackend, Rejected, add_arguments, resolve_source, run_cli
+from .backend import DemoBackend, add_arguments, resolve_source, run_cli
 from .emulator.serving import ServerThread, require_loopback, serve_until_stopped
 from .policy.ai.usage import count, encoding, encoding_name, estimate_prompt_tokens, prompt_text
 
@@ -125,11 +125,9 @@ class OpenAIBackend(DemoBackend):
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         headers = list(request.headers.keys())
-        try:
-            claims = await self._authenticate(request)
-        except Rejected as rejected:
-            self._log(request, headers, rejected.status, error=rejected)
-            return self._reject(rejected)
+        claims = await self._admit(request, headers)
+        if isinstance(claims, web.Response):
+            return claims
         self._log(request, headers, 200, claims={k: claims[k] for k in ("aud", "appid", "oid") if k in claims})
         path = request.path.rstrip("/")
         try:
