@@ -21,7 +21,8 @@ class Clock:
 
 
 def shared(clock: Clock | None = None) -> GatewayState:
-    return GatewayState(clock=clock or Clock())
+    clock = clock or Clock()
+    return GatewayState(clock=clock, wall_clock=clock)  # wall time 1000: 00:16:40 UTC on 1 January 1970
 
 
 async def run_once(xml: str, state: GatewayState, *, backend: Response | None = None, **kw: Any) -> engine.PolicyRun:
@@ -162,7 +163,7 @@ async def test_quota_403_body_with_timespan_and_increment_count() -> None:
     denied = await run_once(xml, state)
     assert denied.response is not None and denied.response.status_code == 403
     assert body_json(denied.response) == {"statusCode": 403, "message": "Out of call volume quota. Quota will be "
-                                          "replenished in 00:59:59."}  # fmt: skip
+                                          "replenished in 00:43:19."}  # fmt: skip
     assert denied.context.last_error.reason == "QuotaExceeded"
     xml = policies('<quota calls="10" renewal-period="86400"><api name="Orders" calls="1" /></quota>')
     from apim_mi.policy.context import Api
@@ -234,3 +235,48 @@ async def test_an_increment_count_expression_is_counted_at_the_end() -> None:
     assert (await run_once(xml, state)).response.status_code == 200  # counts 2
     assert (await run_once(xml, state)).response.status_code == 200  # 2 used < 3: allowed, counts 2
     assert (await run_once(xml, state)).response.status_code == 429  # 4 used
+
+
+async def test_quota_periods_start_at_first_period_start_on_the_wall_clock() -> None:
+    """APIM aligns quota periods on first-period-start (default 0001-01-01T00:00:00Z), not on the first call: a 3600 s
+    period renews on the hour."""
+    clock = Clock()  # 00:16:40 UTC
+    state = shared(clock)
+    hourly = policies('<quota-by-key calls="1" renewal-period="3600" counter-key="a" />')
+    assert (await run_once(hourly, state)).response.status_code == 200
+    denied = await run_once(hourly, state)
+    assert body_json(denied.response) == {"statusCode": 403, "message": "Out of call volume quota. Quota will be "
+                                          "replenished in 00:43:20."}  # fmt: skip
+    clock.now = 3600.0  # 01:00:00: a new period, not an hour after the first call
+    assert (await run_once(hourly, state)).response.status_code == 200
+    shifted = policies('<quota-by-key calls="1" renewal-period="3600" counter-key="b" '
+                       'first-period-start="1970-01-01T00:30:00Z" />')  # fmt: skip
+    clock.now = 1000.0
+    assert (await run_once(shifted, state)).response.status_code == 200
+    denied = await run_once(shifted, state)
+    assert body_json(denied.response)["message"] == "Out of call volume quota. Quota will be replenished in 00:13:20."
+    clock.now = 1799.0
+    assert (await run_once(shifted, state)).response.status_code == 403
+    clock.now = 1800.0
+    assert (await run_once(shifted, state)).response.status_code == 200
+    bad = await run_once(policies('<quota-by-key calls="1" renewal-period="3600" counter-key="c" '
+                                  'first-period-start="next monday" />'), state)  # fmt: skip
+    assert bad.response.status_code == 500
+    assert "first-period-start 'next monday' is not an ISO 8601 date" in bad.context.last_error.message
+
+
+async def test_rate_limit_renewal_period_over_300_seconds_is_refused() -> None:
+    import pytest
+
+    from apim_mi.policy.loader import PolicyLoadError, load_policy_text
+
+    for policy in ('<rate-limit calls="5" renewal-period="301" />',
+                   '<rate-limit-by-key calls="5" renewal-period="600" counter-key="k" />'):  # fmt: skip
+        with pytest.raises(PolicyLoadError, match=r"The MaxInclusive constraint failed \(300\)"):
+            load_policy_text(policies(policy), source="p.xml")
+    load_policy_text(policies('<rate-limit-by-key calls="5" renewal-period="300" counter-key="k" />'), source="p.xml")
+    run = await run_once(policies('<rate-limit-by-key calls="5" renewal-period="@(600)" counter-key="k" />'), shared())
+    assert run.response.status_code == 500
+    assert run.context.last_error.reason == "ExpressionValueEvaluationFailure"
+    assert run.context.last_error.message == ("renewal-period is 600 seconds; a rate limit's sliding window is at most "
+                                              "300 seconds.")  # fmt: skip

@@ -71,17 +71,23 @@ class AttributeSpec:
     datatype: Datatype = Datatype.STRING
     choices: tuple[str, ...] = ()  # for ENUM, compared case-insensitively
     doc: str = ""
+    maximum: int | None = None  # for INT: the largest value the reference allows
 
     def check_literal(self, value: str) -> str | None:
         """APIM's datatype complaint about a literal value, or None when it is fine."""
         v = value.strip()
         if self.datatype is Datatype.INT:
             try:
-                int(v)
+                number = int(v)
             except ValueError:
                 return (
                     f"The '{self.name}' attribute is invalid - The value '{value}' is invalid according to its "
                     f"datatype '{XSD}:int' - The string '{value}' is not a valid Int32 value."
+                )
+            if self.maximum is not None and number > self.maximum:
+                return (
+                    f"The '{self.name}' attribute is invalid - The value '{value}' is invalid according to its "
+                    f"datatype - The MaxInclusive constraint failed ({self.maximum})."
                 )
         elif self.datatype is Datatype.BOOL:
             if v.lower() not in ("true", "false"):
@@ -143,8 +149,10 @@ def _bool(name: str, default: str | None = "false", *, expressions: bool = False
     return AttributeSpec(name, default=default, expressions=expressions, datatype=Datatype.BOOL, doc=doc)
 
 
-def _int(name: str, default: str | None = None, *, expressions: bool = True, required: bool = False) -> AttributeSpec:
-    return AttributeSpec(name, required=required, default=default, expressions=expressions, datatype=Datatype.INT)
+def _int(name: str, default: str | None = None, *, expressions: bool = True, required: bool = False,
+         maximum: int | None = None) -> AttributeSpec:  # fmt: skip
+    return AttributeSpec(name, required=required, default=default, expressions=expressions, datatype=Datatype.INT,
+                         maximum=maximum)  # fmt: skip
 
 
 def _enum(name: str, choices: tuple[str, ...], default: str | None, *, expressions: bool = True) -> AttributeSpec:
@@ -580,15 +588,19 @@ _CACHING_TYPE = _enum("caching-type", CACHING_TYPES, "prefer-external")
 _TEXT_LIST = Body.ELEMENTS
 
 
+RATE_LIMIT_MAX_PERIOD = 300  # rate-limit(-by-key) renewal-period: "Maximum allowed value: 300 seconds."
+FIRST_PERIOD_START = "0001-01-01T00:00:00Z"  # quota-by-key's documented default
+
+
 def _limit(name: str, *extra: AttributeSpec, expressions: bool = True, children: tuple[ChildSpec, ...] = (),
-           summary: str = "", limits: str = "") -> ElementSpec:  # fmt: skip
+           max_period: int | None = None, summary: str = "", limits: str = "") -> ElementSpec:  # fmt: skip
     """rate-limit / quota and their -by-key forms: calls, renewal-period and the headers/variables they report."""
     return ElementSpec(
         name,
         sections=INBOUND,
         attributes=_attrs(
             _int("calls", expressions=expressions),
-            _int("renewal-period", expressions=expressions),
+            _int("renewal-period", expressions=expressions, maximum=max_period),
             *extra,
         ),
         body=Body.ELEMENTS if children else Body.EMPTY,
@@ -679,31 +691,34 @@ _RUNTIME: tuple[ElementSpec, ...] = (
         limits="The in-process store every caching-type shares.",
     ),
     _limit(
-        "rate-limit", *_RATE_HEADERS, expressions=False, children=_scoped_limits(),
+        "rate-limit", *_RATE_HEADERS, expressions=False, children=_scoped_limits(), max_period=RATE_LIMIT_MAX_PERIOD,
         summary="Limits calls per subscription in a renewal period (429 + Retry-After).",
-        limits="A sliding window of renewal-period seconds, counted per subscription (Ocp-Apim-Subscription-Key or "
+        limits="A sliding window of renewal-period seconds (at most 300, as APIM allows), counted per subscription (Ocp-Apim-Subscription-Key or "
         "subscription-key; declared under subscriptions:, else named after the key; requests without a key share "
         "one counter); api/operation children count separately. 429 `Rate limit is exceeded. Try again in N "
         "seconds.` with Retry-After, LastError RateLimitExceeded.",
     ),
     _limit(
-        "rate-limit-by-key", *_RATE_HEADERS, *_BY_KEY,
+        "rate-limit-by-key", *_RATE_HEADERS, *_BY_KEY, max_period=RATE_LIMIT_MAX_PERIOD,
         summary="Limits calls per counter key (429 + Retry-After).",
-        limits="As rate-limit, per counter-key; increment-condition and an increment-count expression are "
+        limits="As rate-limit, per counter-key; a renewal-period over 300 s is refused when loaded (an expression: "
+        "when run, ExpressionValueEvaluationFailure); increment-condition and an increment-count expression are "
         "evaluated, and the counter incremented, when the request is over (on the final response), as APIM "
         "documents; retry-after-header-name replaces Retry-After.",
     ),
     _limit(
         "quota", _int("bandwidth", expressions=False), expressions=False, children=_scoped_limits(),
         summary="Call and bandwidth (KB) volume per subscription in a renewal period (403).",
-        limits="Fixed windows; 403 `Out of call volume quota. Quota will be replenished in hh:mm:ss.` (or bandwidth), "
+        limits="Fixed windows aligned, as APIM's, on 0001-01-01T00:00:00Z (UTC wall clock): a 3600 s period renews "
+        "on the hour, not an hour after the first call; 403 `Out of call volume quota. Quota will be replenished in hh:mm:ss.` (or bandwidth), "
         "LastError QuotaExceeded; bandwidth counts request and response bodies.",
     ),
     _limit(
-        "quota-by-key", _int("bandwidth"), *_BY_KEY, AttributeSpec("first-period-start"),
+        "quota-by-key", _int("bandwidth"), *_BY_KEY,
+        AttributeSpec("first-period-start", default=FIRST_PERIOD_START, expressions=False),
         summary="Call and bandwidth (KB) volume per counter key in a renewal period (403).",
-        limits="As quota, per counter-key; first-period-start is accepted and ignored (windows start at the first "
-        "call).",
+        limits="As quota, per counter-key; periods start at first-period-start (ISO 8601, UTC when it names no "
+        "offset) plus whole renewal periods.",
     ),
     ElementSpec(
         "limit-concurrency",

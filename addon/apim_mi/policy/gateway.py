@@ -38,6 +38,8 @@ class SubscriptionSpec:
 @dataclass
 class GatewayState:
     clock: Callable[[], float] = time.monotonic
+    #: wall time (Unix seconds): quota periods are aligned on first-period-start, a calendar instant
+    wall_clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     random: random.Random = field(default_factory=random.Random)
     #: cache-store-value / cache-lookup-value: key → (value, expires at)

@@ -1,5 +1,6 @@
 """Limits: rate-limit, rate-limit-by-key (sliding windows), quota, quota-by-key (fixed renewal periods) per
-subscription or counter key in the gateway's state, and limit-concurrency (requests in flight per key).
+subscription or counter key in the gateway's state, and limit-concurrency (requests in flight per key). Quota
+periods lie on APIM's wall-clock grid, ``first-period-start`` (default 0001-01-01T00:00:00Z) plus whole periods.
 
 Exceeded limits answer as APIM does: 429 ``Rate limit is exceeded. Try again in N seconds.`` with ``Retry-After``
 (or the ``retry-after-header-name`` that replaces it), 403 ``Out of call volume quota. Quota will be replenished in
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ...errors import PolicyError
+from ..catalog import FIRST_PERIOD_START, RATE_LIMIT_MAX_PERIOD
 from ..engine import UNVERIFIED, PolicyRun, Scope, run_statements
 from ..model import Statement
 from ._common import ResponseError, int_attr, json_response, str_attr
@@ -76,15 +79,33 @@ class Sliding:
 Counter = Window | Sliding
 
 
-def _window(run: PolicyRun, key: str, period: int, sliding: bool) -> Counter:
+def _window(run: PolicyRun, key: str, period: int, anchor: float | None) -> Counter:
+    """The counter of ``key``: a sliding window for a rate limit (``anchor`` None), else the quota period that
+    holds now, on the grid ``anchor + k * period`` of wall-clock time."""
     state = run.services.state
     now = state.clock()
     window = state.windows.get(key)
-    kind = Sliding if sliding else Window
+    kind = Sliding if anchor is None else Window
     if not isinstance(window, kind) or window.expired(now) or window.period != period:
-        window = Sliding(float(period)) if sliding else Window(now, float(period))
+        if anchor is None:
+            window = Sliding(float(period))
+        else:
+            wall = state.wall_clock()
+            window = Window(now - (wall - anchor) % period, float(period))
         state.windows[key] = window
     return window
+
+
+def _anchor(stmt: Statement) -> float:
+    """quota-by-key's first-period-start as Unix seconds (no offset given: UTC); quota's periods start on APIM's
+    default, 0001-01-01T00:00:00Z."""
+    text = (stmt.attr("first-period-start") or FIRST_PERIOD_START).strip()
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError:
+        raise PolicyError(stmt.name, f"first-period-start '{text}' is not an ISO 8601 date and time "
+                          "(yyyy-MM-ddTHH:mm:ssZ).", "ExpressionValueEvaluationFailure") from None  # fmt: skip
+    return (start if start.tzinfo else start.replace(tzinfo=UTC)).timestamp()
 
 
 def timespan(seconds: float) -> str:
@@ -174,7 +195,10 @@ async def _limit(run: PolicyRun, stmt: Statement, scope: Scope, *, quota: bool) 
         if not period or period <= 0:
             raise PolicyError(stmt.name, "renewal-period must be a positive number of seconds.",
                               "ExpressionValueEvaluationFailure")  # fmt: skip
-        windows.append((_window(run, key, period, sliding=not quota), calls, bandwidth, spec))
+        if not quota and period > RATE_LIMIT_MAX_PERIOD:
+            raise PolicyError(stmt.name, f"renewal-period is {period} seconds; a rate limit's sliding window is at "
+                              f"most {RATE_LIMIT_MAX_PERIOD} seconds.", "ExpressionValueEvaluationFailure")  # fmt: skip
+        windows.append((_window(run, key, period, _anchor(stmt) if quota else None), calls, bandwidth, spec))
     now = run.services.state.clock()
     for window, calls, bandwidth, _ in windows:
         if calls is not None and window.used(now) + (0 if deferred else count) > calls - (1 if deferred else 0):
