@@ -267,7 +267,6 @@ async def test_quota_periods_start_at_first_period_start_on_the_wall_clock() -> 
 
 async def test_rate_limit_renewal_period_over_300_seconds_is_refused() -> None:
     import pytest
-
     from apim_mi.policy.loader import PolicyLoadError, load_policy_text
 
     for policy in ('<rate-limit calls="5" renewal-period="301" />',

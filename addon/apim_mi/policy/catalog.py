@@ -693,9 +693,9 @@ _RUNTIME: tuple[ElementSpec, ...] = (
     _limit(
         "rate-limit", *_RATE_HEADERS, expressions=False, children=_scoped_limits(), max_period=RATE_LIMIT_MAX_PERIOD,
         summary="Limits calls per subscription in a renewal period (429 + Retry-After).",
-        limits="A sliding window of renewal-period seconds (at most 300, as APIM allows), counted per subscription (Ocp-Apim-Subscription-Key or "
-        "subscription-key; declared under subscriptions:, else named after the key; requests without a key share "
-        "one counter); api/operation children count separately. 429 `Rate limit is exceeded. Try again in N "
+        limits="A sliding window of renewal-period seconds (at most 300, as APIM allows), counted per subscription "
+        "(Ocp-Apim-Subscription-Key or subscription-key; declared under subscriptions:, else named after the key; "
+        "requests without a key share one counter); api/operation children count separately. 429 `Rate limit is exceeded. Try again in N "
         "seconds.` with Retry-After, LastError RateLimitExceeded.",
     ),
     _limit(
@@ -710,8 +710,8 @@ _RUNTIME: tuple[ElementSpec, ...] = (
         "quota", _int("bandwidth", expressions=False), expressions=False, children=_scoped_limits(),
         summary="Call and bandwidth (KB) volume per subscription in a renewal period (403).",
         limits="Fixed windows aligned, as APIM's, on 0001-01-01T00:00:00Z (UTC wall clock): a 3600 s period renews "
-        "on the hour, not an hour after the first call; 403 `Out of call volume quota. Quota will be replenished in hh:mm:ss.` (or bandwidth), "
-        "LastError QuotaExceeded; bandwidth counts request and response bodies.",
+        "on the hour, not an hour after the first call; 403 `Out of call volume quota. Quota will be replenished in "
+        "hh:mm:ss.` (or bandwidth), LastError QuotaExceeded; bandwidth counts request and response bodies.",
     ),
     _limit(
         "quota-by-key", _int("bandwidth"), *_BY_KEY,
