@@ -695,8 +695,8 @@ _RUNTIME: tuple[ElementSpec, ...] = (
         summary="Limits calls per subscription in a renewal period (429 + Retry-After).",
         limits="A sliding window of renewal-period seconds (at most 300, as APIM allows), counted per subscription "
         "(Ocp-Apim-Subscription-Key or subscription-key; declared under subscriptions:, else named after the key; "
-        "requests without a key share one counter); api/operation children count separately. 429 `Rate limit is exceeded. Try again in N "
-        "seconds.` with Retry-After, LastError RateLimitExceeded.",
+        "requests without a key share one counter); api/operation children count separately. 429 `Rate limit is "
+        "exceeded. Try again in N seconds.` with Retry-After, LastError RateLimitExceeded.",
     ),
     _limit(
         "rate-limit-by-key", *_RATE_HEADERS, *_BY_KEY, max_period=RATE_LIMIT_MAX_PERIOD,
