@@ -1028,8 +1028,31 @@ _CONTENT: tuple[ElementSpec, ...] = (
     ),
 )
 
+#: Request checks of the policy index's "Content validation" and "Authentication" families
+#: (policy/statements/odata.py, clientcert.py).
+_REQUEST_CHECKS: tuple[ElementSpec, ...] = (
+    ElementSpec(
+        "validate-odata-request",
+        sections=INBOUND,
+        attributes=_attrs(
+            AttributeSpec("error-variable-name", expressions=False),
+            AttributeSpec("default-odata-version", default="4.0"),
+            AttributeSpec("min-odata-version"),
+            AttributeSpec("max-odata-version"),
+            _int("max-size"),
+        ),
+        summary="Validates a request to an OData API: OData-Version, payload size, system query options.",
+        limits="OData 4.0/4.01 Part 1-2 rules: OData-Version/OData-MaxVersion syntax and min/max bounds, max-size, "
+        "system query options (known names — 4.01 also case-insensitive and `$`-less —, none twice, `$top`/`$skip` "
+        "integers, `$count` boolean, `$orderby` items, no empty value); `$filter`/`$select` expressions and the "
+        "API's metadata are not checked. APIM documents no error texts: 400 `{\"statusCode\": 400, \"message\": "
+        "…}` with the first error, LastError \"Bad request\", errors as validate-*'s in `error-variable-name` "
+        "(inferred).",
+    ),
+)
+
 CATALOG: Mapping[str, ElementSpec] = MappingProxyType(
-    {s.name: s for s in (*_SUPPORTED, *_CONTENT, *_RUNTIME, *AI_POLICIES, *_KNOWN)}
+    {s.name: s for s in (*_SUPPORTED, *_CONTENT, *_RUNTIME, *AI_POLICIES, *_REQUEST_CHECKS, *_KNOWN)}
 )
 
 

@@ -16,6 +16,7 @@ from . import (
     http,
     limits,
     messages,
+    odata,
     routing,
     security,
     transform,
@@ -39,5 +40,6 @@ HANDLERS: Mapping[str, Handler] = {
     **transform.HANDLERS,
     **access.HANDLERS,
     **validation.HANDLERS,
+    **odata.HANDLERS,
     **ai.HANDLERS,
 }
