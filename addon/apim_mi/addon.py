@@ -239,6 +239,9 @@ class ApimMi:
                 # the upstream TLS connection must open after the request hook chose the certificate
                 log.info("apim-mi: authentication-certificate: connection_strategy set to lazy")
                 ctx.options.update(connection_strategy="lazy")
+            if clientcerts.validated_downstream(config) and not ctx.options.request_client_cert:
+                log.info("apim-mi: validate-client-certificate: request_client_cert turned on")
+                ctx.options.update(request_client_cert=True)
             self._body_needs = {}
             self._watched = {f: _mtime(f) for f in config.files}
         finally:

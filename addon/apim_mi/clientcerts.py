@@ -126,6 +126,16 @@ class UpstreamCertificates:
             del self._pending[key]
 
 
+def validated_downstream(config: Any) -> bool:
+    """Does any rule check the client's own certificate (validate-client-certificate, which needs mitmproxy to ask
+    for one: ``request_client_cert``)?"""
+
+    def walk(statements: list[Any]) -> bool:
+        return any(s.name == "validate-client-certificate" or walk(s.children) for s in statements)
+
+    return any(walk(rule.policy.sections.get(section, [])) for rule in config.rules for section in rule.policy.sections)
+
+
 def presented_upstream(config: Any) -> bool:
     """Does any rule present a client certificate on the forwarded request (authentication-certificate outside a
     send-request)?"""
@@ -135,3 +145,78 @@ def presented_upstream(config: Any) -> bool:
                    for s in statements)  # fmt: skip
 
     return any(walk(rule.policy.sections.get(section, [])) for rule in config.rules for section in rule.policy.sections)
+
+
+# -- certificates clients present (validate-client-certificate, context.Request.Certificate) -------------------------
+
+
+_NET_NAMES = {"ST": "S", "emailAddress": "E", "1.2.840.113549.1.9.1": "E"}
+
+
+def distinguished_name(name: Any) -> str:
+    """.NET's ``X500DistinguishedName.Name``: the most specific RDN first, ``", "`` between them, a value with a
+    special character in double quotes (``O="Contoso, Inc."``)."""
+
+    def value(text: str) -> str:
+        return f'"{text.replace('"', '""')}"' if any(c in text for c in ',+="\n<>;') or text.startswith("#") else text
+
+    return ", ".join(
+        "+".join(f"{_NET_NAMES.get(a.rfc4514_attribute_name, a.rfc4514_attribute_name)}={value(str(a.value))}"
+                 for a in rdn)
+        for rdn in reversed(name.rdns)
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PresentedCertificate:
+    """``context.Request.Certificate``: the X509Certificate2 members APIM's expressions use, from the certificate
+    the client presented on its TLS connection to the proxy (mitmproxy's ``request_client_cert``)."""
+
+    thumbprint: str
+    serial_number: str
+    subject: str
+    issuer: str
+    not_before: Any  # datetime (UTC)
+    not_after: Any
+    raw_data: bytes
+    #: the leaf and the rest of the chain the client sent, as cryptography certificates
+    chain: tuple[Any, ...] = ()
+
+    @classmethod
+    def of(cls, chain: list[Any]) -> PresentedCertificate:
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        leaf = chain[0]
+        return cls(
+            thumbprint=leaf.fingerprint(hashes.SHA1()).hex().upper(),
+            serial_number=f"{leaf.serial_number:X}".rjust(2, "0"),
+            subject=distinguished_name(leaf.subject),
+            issuer=distinguished_name(leaf.issuer),
+            not_before=leaf.not_valid_before_utc.replace(tzinfo=None),
+            not_after=leaf.not_valid_after_utc.replace(tzinfo=None),
+            raw_data=leaf.public_bytes(serialization.Encoding.DER),
+            chain=tuple(chain),
+        )
+
+
+def presented(certificate_list: Any) -> PresentedCertificate | None:
+    """The certificate a client connection presented (mitmproxy's ``Client.certificate_list``), or None."""
+    if not certificate_list:
+        return None
+    return PresentedCertificate.of([c.to_cryptography() for c in certificate_list])
+
+
+def load_ca(path: Path) -> list[Any]:
+    """The certificates of a PEM or DER file without a private key (``certificates:`` entries with ``ca: true``)."""
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CertificateError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        if data.lstrip().startswith(b"-----"):
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as e:
+        raise CertificateError(f"not a PEM or DER certificate ({e})") from None

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mitmproxy.net.http import url
 
+from .clientcerts import presented
 from .matcher import RequestTarget, normalize_path
 from .policy.context import Body, Context, Headers, Query, Request, Response, Url
 
@@ -144,6 +145,7 @@ def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | Non
         body=Body(req.raw_content or b"") if body is None else body,
         ip_address=peer,
         original_url=parsed.copy(),
+        certificate=presented(flow.client_conn.certificate_list),
     )
     received = Received(raw_url, req.data.method, pairs, parsed, _url_key(parsed))
     return Context(request=request, request_id=request_id), received

@@ -738,7 +738,7 @@ def load_rules_text(text: str, path: Path) -> RulesConfig:
 def _certificates(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positions,
                   base_dir: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
     """``certificates:`` (id or thumbprint → file), each file read now so a bad one is a located load error."""
-    from .clientcerts import CertificateError, load_file
+    from .clientcerts import CertificateError, load_ca, load_file
 
     out: dict[str, dict[str, Any]] = {}
     for k, v in raw.items():
@@ -748,10 +748,10 @@ def _certificates(raw: Mapping[str, Any], named: Mapping[str, str], pos: _Positi
         if password is not None:
             password = substitute_named_values(str(password), named, pos.at(("certificates", k, "password")))
         try:
-            load_file(file, password)
+            load_ca(file) if entry.get("ca") else load_file(file, password)
         except CertificateError as e:
             raise LoadError(pos.at(("certificates", k)), f"certificate '{k}': {e}") from None
-        out[str(k)] = {"path": str(file), "password": password}
+        out[str(k)] = {"path": str(file), "password": password, "ca": bool(entry.get("ca"))}
     return out
 
 

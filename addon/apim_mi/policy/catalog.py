@@ -1028,9 +1028,31 @@ _CONTENT: tuple[ElementSpec, ...] = (
     ),
 )
 
+_CLIENT_IDENTITY = ElementSpec("identity", attributes=_attrs(*(AttributeSpec(n, expressions=False) for n in (
+    "thumbprint", "serial-number", "common-name", "subject", "dns-name", "issuer-subject", "issuer-thumbprint",
+    "issuer-certificate-id"))))  # fmt: skip
+
 #: Request checks of the policy index's "Content validation" and "Authentication" families
 #: (policy/statements/odata.py, clientcert.py).
 _REQUEST_CHECKS: tuple[ElementSpec, ...] = (
+    ElementSpec(
+        "validate-client-certificate",
+        sections=INBOUND,
+        attributes=_attrs(*(_bool(n, "true") for n in ("validate-revocation", "validate-trust", "validate-not-before",
+                                                        "validate-not-after")), _bool("ignore-error", "false")),
+        body=Body.ELEMENTS,
+        children=(ChildSpec(ElementSpec("identities", body=Body.ELEMENTS,
+                                        children=(ChildSpec(_CLIENT_IDENTITY, max=10),))),),
+        summary="Checks the client's TLS certificate: validity dates, trust chain and identities.",
+        limits="The certificate the client presented to mitmproxy (`context.Request.Certificate`): needs TLS between "
+        "client and proxy (https:// through the proxy, or a reverse:https:// mode; plain http:// has none) and "
+        "mitmproxy's `request_client_cert`, which apim-mi turns on when a rule uses this policy. Trust: the rules "
+        "file's `certificates:` entries with `ca: true` (APIM's uploaded CA certificates), intermediates from the "
+        "client's chain. `validate-revocation` is not checked (no CRL/OCSP on a loopback-only machine; the trace "
+        "says so). Subjects compare as sets of name attributes. APIM documents no failure response: 401 "
+        "`{\"statusCode\": 401, \"message\": \"Invalid client certificate.\"}`, LastError "
+        "`ClientCertificateInvalid` with the reason (inferred).",
+    ),
     ElementSpec(
         "validate-odata-request",
         sections=INBOUND,

@@ -10,6 +10,7 @@ from . import (
     ai,
     backends,
     caching,
+    clientcert,
     core,
     crossdomain,
     effects,
@@ -41,5 +42,6 @@ HANDLERS: Mapping[str, Handler] = {
     **access.HANDLERS,
     **validation.HANDLERS,
     **odata.HANDLERS,
+    **clientcert.HANDLERS,
     **ai.HANDLERS,
 }
