@@ -160,6 +160,7 @@ def _enum(name: str, choices: tuple[str, ...], default: str | None, *, expressio
 
 
 EXISTS_ACTIONS = ("override", "skip", "append", "delete")
+DAPR_REASON = "Needs the Dapr sidecar of a self-hosted gateway; there is no Dapr runtime on the proxy's machine."
 
 VALUE = ElementSpec("value", body=Body.TEXT)
 
@@ -516,9 +517,11 @@ _SUPPORTED: tuple[ElementSpec, ...] = (
             AttributeSpec("sf-service-instance-name"),
             AttributeSpec("sf-partition-key"),
             AttributeSpec("sf-listener-name"),
+            *(AttributeSpec(n) for n in ("dapr-app-id", "dapr-method", "dapr-namespace")),
         ),
         one_of=(("base-url", "backend-id"),),
         summary="Changes the backend base URL of the request.",
+        limits="The Dapr form (`backend-id=\"dapr\"`, `dapr-app-id`) fails loudly: " + DAPR_REASON,
     ),
     ElementSpec(
         "forward-request",
@@ -798,7 +801,6 @@ def _unsupported(name: str, sections: frozenset[str], why: str, body: Body = Bod
     return ElementSpec(name, sections=sections, body=body, closed=False, supported=False, limits=why)
 
 
-_DAPR = "Needs the Dapr sidecar of a self-hosted gateway; there is no Dapr runtime on the proxy's machine."
 _RESOLVER = ("A GraphQL resolver of a synthetic GraphQL API: apim-mi runs an API's REST pipeline, it does not execute "
              "GraphQL.")  # fmt: skip
 _GRAPHQL_SCHEMA = "Validates against the API's GraphQL schema; apim-mi loads OpenAPI documents, not GraphQL schemas."
@@ -807,8 +809,8 @@ _INBOUND_OUTBOUND_ON_ERROR = frozenset({"inbound", "outbound", "on-error"})
 #: Policies that cannot mean something on one machine: they load (sections checked) and fail loudly, with the reason
 #: (``Policy 'x' is not supported by apim-mi …: <reason>``), when a request reaches them.
 _KNOWN: tuple[ElementSpec, ...] = (
-    _unsupported("invoke-dapr-binding", _INBOUND_OUTBOUND_ON_ERROR, _DAPR),
-    _unsupported("publish-to-dapr", _INBOUND_OUTBOUND_ON_ERROR, _DAPR),
+    _unsupported("invoke-dapr-binding", _INBOUND_OUTBOUND_ON_ERROR, DAPR_REASON),
+    _unsupported("publish-to-dapr", _INBOUND_OUTBOUND_ON_ERROR, DAPR_REASON),
     _unsupported("set-graphql-resolver", INBOUND, _RESOLVER),
     # resolver policies live in a resolver's own document, never in a policy section: anywhere else they warn
     _unsupported("http-data-source", frozenset(), _RESOLVER),
@@ -1035,6 +1037,14 @@ _CLIENT_IDENTITY = ElementSpec("identity", attributes=_attrs(*(AttributeSpec(n, 
 #: Request checks of the policy index's "Content validation" and "Authentication" families
 #: (policy/statements/odata.py, clientcert.py).
 _REQUEST_CHECKS: tuple[ElementSpec, ...] = (
+    ElementSpec(
+        "redirect-content-urls",
+        sections=frozenset({"inbound", "outbound"}),
+        summary="Rewrites links in the body: backend URLs become gateway URLs (outbound), or the reverse (inbound).",
+        limits="The backend root is set-backend-service's base URL, else the API's serviceUrl, else the backend "
+        "URL's origin; the gateway root is the caller's origin plus the API's path. Occurrences in the body are "
+        "replaced case-insensitively (headers such as Location are left alone); APIM documents no more (inferred).",
+    ),
     ElementSpec(
         "validate-client-certificate",
         sections=INBOUND,

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 from ...backends import Backend
 from ...errors import PolicyError
+from ..catalog import DAPR_REASON
 from ..context import Query, Url
 from ..engine import UNVERIFIED, PolicyRun, Scope
 from ..model import Statement
@@ -74,6 +75,12 @@ def _after_previous_base(run: PolicyRun, scope: Scope, url: Url) -> str:
 
 async def set_backend_service(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """New base URL + the operation's path + the query (apim.md §3.5's worked example)."""
+    dapr_id = (stmt.attr("backend-id") or "").strip() == "dapr" and "dapr" not in (run.services.settings.get("backends")
+                                                                                  or {})  # fmt: skip
+    if "dapr-app-id" in stmt.attrs or dapr_id:
+        raise PolicyError("set-backend-service", "Policy 'set-backend-service' with backend-id=\"dapr\" is not "
+                          f"supported by apim-mi (declared at {stmt.location}). {DAPR_REASON}",
+                          "PolicyNotSupported")  # fmt: skip
     base = await str_attr(run, stmt, "base-url", scope)
     backend_id = None
     run.extras.pop(ENTITY, None)

@@ -320,6 +320,32 @@ async def find_and_replace(run: PolicyRun, stmt: Statement, scope: Scope) -> Non
                                              **UNVERIFIED})
 
 
+def _roots(run: PolicyRun) -> tuple[str, str]:
+    """(backend root, gateway root) for redirect-content-urls: the base URL set-backend-service chose, else the API's
+    serviceUrl, else the backend URL's origin; the caller's origin plus the API's path (apim-mi's gateway URL)."""
+    from .routing import BASE
+
+    request, api = run.context.request, run.context.api
+    backend = run.extras.get(BASE) or (str(api.service_url) if api is not None and api.service_url else "") or \
+        f"{request.url.scheme}://{request.url.authority}"  # fmt: skip
+    original = request.original_url or request.url
+    suffix = "/" + api.path.strip("/") if api is not None and api.path.strip("/") else ""
+    return backend.rstrip("/"), f"{original.scheme}://{original.authority}{suffix}"
+
+
+async def redirect_content_urls(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    """Links to the backend in the response body point to the gateway (outbound); inbound, the opposite."""
+    backend, gateway = _roots(run)
+    find, to = (gateway, backend) if scope.section == "inbound" else (backend, gateway)
+    message = message_of(run, scope)
+    text = _body_text(message)
+    count = len(re.findall(re.escape(find), text, re.IGNORECASE)) if find != to else 0
+    if count:
+        _replace_body(message, re.sub(re.escape(find), lambda _: to, text, flags=re.IGNORECASE).encode(), None)
+    run.trace.add(scope.section, stmt.name, {"message": f"Replaced {count} link(s) to '{find}' with '{to}'.",
+                                             **UNVERIFIED})  # fmt: skip
+
+
 # -------------------------------------------------------------------------------------------------- xsl-transform
 
 _PARAMETER = re.compile(r"<parameter\s+parameter-name\s*=\s*([\"'])(.*?)\1\s*(?:/>|>(.*?)</parameter\s*>)", re.S)
@@ -443,5 +469,6 @@ HANDLERS = {
     "json-to-xml": json_to_xml,
     "xml-to-json": xml_to_json,
     "find-and-replace": find_and_replace,
+    "redirect-content-urls": redirect_content_urls,
     "xsl-transform": xsl_transform,
 }
