@@ -20,7 +20,7 @@ from proxy import Mitmdump, start_mitmdump, write_rules
 from test_metrics import samples
 
 EXAMPLE = ROOT / "examples" / "azure-openai-gateway.xml"
-TPM = 200
+TPM = 300
 API_VERSION = "2024-10-21"
 MI = '<authentication-managed-identity resource="https://cognitiveservices.azure.com" />'
 UNBUFFERED = (f"<policies><inbound>{MI}</inbound><backend><forward-request buffer-response=\"false\" /></backend>"
@@ -78,6 +78,33 @@ def test_stream_chunks_arrive_as_sent(gateway: Mitmdump, standin: Any) -> None:
     assert all(gap >= 0.2 for gap in gaps), gaps
 
 
+def _token_totals(md: Mitmdump) -> dict[str, float]:
+    """Total/Prompt/Completion Tokens the policy emitted (namespace openai), from the Prometheus endpoint."""
+    port = int(md.wait_for(r"metrics and health at http://127\.0\.0\.1:(\d+)").group(1))
+    scraped = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text)
+    return {name: sum(v for (n, labels), v in scraped.items() if n == name and ("namespace", "openai") in labels)
+            for name in ("Total_Tokens_total", "Prompt_Tokens_total", "Completion_Tokens_total")}  # fmt: skip
+
+
+def test_responses_api_through_the_gateway(gateway: Mitmdump, standin: Any) -> None:
+    """The Responses API with the openai client, plain and streamed: usage as input/output tokens (in the
+    stream's response.completed event) is what the token metrics emit."""
+    openai = pytest.importorskip("openai")
+    client = openai.AzureOpenAI(azure_endpoint=gateway.url, api_key="legacy-key-123", api_version="2025-04-01-preview",
+                                max_retries=0)  # fmt: skip
+    before = _token_totals(gateway)
+    answer = client.responses.create(model="gpt-4o", input="describe the sea")
+    assert answer.output_text == "Echo: describe the sea"
+    usages = [answer.usage]
+    for event in client.responses.create(model="gpt-4o", input="describe the sky", stream=True):
+        if event.type == "response.completed":
+            usages.append(event.response.usage)
+    assert len(usages) == 2
+    after = _token_totals(gateway)
+    assert after["Total_Tokens_total"] - before["Total_Tokens_total"] == sum(u.total_tokens for u in usages)
+    assert after["Prompt_Tokens_total"] - before["Prompt_Tokens_total"] == sum(u.input_tokens for u in usages)
+
+
 def test_openai_client_through_the_gateway(gateway: Mitmdump, standin: Any, emulator: Any) -> None:
     """The real openai package: api-key in, managed identity out; plain and streamed completions; the token budget
     answers 429 (openai.RateLimitError) exactly when the backend's usage has used it up."""
@@ -120,11 +147,8 @@ def test_openai_client_through_the_gateway(gateway: Mitmdump, standin: Any, emul
     assert standin.served()["requests"] == served_before  # the backend never saw it
 
     # the token metrics the policy emitted equal what the backend reported in usage, on the Prometheus endpoint
-    port = int(gateway.wait_for(r"metrics and health at http://127\.0\.0\.1:(\d+)").group(1))
-    scraped = samples(httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text)
     served = standin.served()
-    total = {name: sum(v for (n, labels), v in scraped.items() if n == name and ("namespace", "openai") in labels)
-             for name in ("Total_Tokens_total", "Prompt_Tokens_total", "Completion_Tokens_total")}  # fmt: skip
+    total = _token_totals(gateway)
     assert total == {"Total_Tokens_total": served["totalTokens"], "Prompt_Tokens_total": served["promptTokens"],
                      "Completion_Tokens_total": served["completionTokens"]}  # fmt: skip
 

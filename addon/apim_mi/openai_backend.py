@@ -10,6 +10,8 @@ gateway counted with what was served:
   tokenizer the gateway estimates with. ``"stream": true`` answers ``text/event-stream``, one word per chunk every
   ``chunk_delay`` seconds (header ``x-standin-chunk-delay-ms`` overrides), ``data: [DONE]`` last, and a usage chunk
   when ``stream_options.include_usage`` is true, as OpenAI does.
+* ``POST …/responses`` (the Responses API): the same echo with ``input_tokens``/``output_tokens``; streamed as
+  ``response.output_text.delta`` events and a ``response.completed`` event with the usage.
 * ``POST …/embeddings``: a 64-dimensional bag-of-words vector (similar prompts are near each other), with ``usage``.
 * ``POST /contentsafety/text:analyze`` and ``/contentsafety/text:shieldPrompt``: severities from a small lexicon,
   the configured blocklists, attack detection for "ignore previous instructions"; 400 over 10 000 characters.
@@ -138,6 +140,8 @@ class OpenAIBackend(DemoBackend):
             return _error(400, "invalid_request_error", "The request body must be a JSON object.")
         if request.method == "POST" and path.endswith("/chat/completions"):
             return await self._chat(request, data)
+        if request.method == "POST" and path.endswith("/responses"):
+            return await self._responses(request, data)
         if request.method == "POST" and path.endswith("/embeddings"):
             return self._embeddings(data)
         if request.method == "POST" and path.endswith("/contentsafety/text:analyze"):
@@ -184,6 +188,36 @@ class OpenAIBackend(DemoBackend):
         if (data.get("stream_options") or {}).get("include_usage"):
             await _event(resp, {**chunk, "choices": [], "usage": usage})
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _responses(self, request: web.Request, data: dict[str, Any]) -> web.StreamResponse:
+        """The Responses API: the same echo, ``usage`` as ``input_tokens``/``output_tokens``; streamed as
+        ``response.output_text.delta`` events and a ``response.completed`` event carrying the usage."""
+        model = str(data.get("model") or "gpt-4o")
+        enc = await asyncio.to_thread(encoding, encoding_name(model))
+        prompt = estimate_prompt_tokens(enc, data)
+        words = reply_words(data)
+        completion = count(enc, "".join(words))
+        self.served.add("responses", prompt, completion)
+        rid, now = f"resp_{int(time.time() * 1000)}", int(time.time())
+        message = {"id": f"msg_{rid}", "type": "message", "role": "assistant", "status": "completed",
+                   "content": [{"type": "output_text", "text": "".join(words), "annotations": []}]}  # fmt: skip
+        done = {"id": rid, "object": "response", "created_at": now, "model": model, "status": "completed",
+                "output": [message], "usage": {"input_tokens": prompt, "output_tokens": completion,
+                                               "total_tokens": prompt + completion}}  # fmt: skip
+        if data.get("stream") is not True:
+            return web.json_response(done)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        events = [{"type": "response.created", "response": {**done, "status": "in_progress", "output": [],
+                                                             "usage": None}}]  # fmt: skip
+        events += [{"type": "response.output_text.delta", "item_id": message["id"], "output_index": 0,
+                    "content_index": 0, "delta": word} for word in words]  # fmt: skip
+        events.append({"type": "response.completed", "response": done})
+        for n, event in enumerate(events):
+            await resp.write(f"event: {event['type']}\n".encode())
+            await _event(resp, {**event, "sequence_number": n})
         await resp.write_eof()
         return resp
 
