@@ -238,14 +238,7 @@ def prepared[T](stmt: Statement, build: Callable[[Statement], T]) -> T:
     """What ``build`` derives from the statement alone (literal attributes parsed, documented defaults looked up),
     computed on first use and kept with the statement: a handler's per-flow work is then only what depends on the
     request. ``build`` must not look at anything but ``stmt``."""
-    cache = stmt.compiled
-    if cache is None:
-        cache = stmt.compiled = {}
-    try:
-        return cache[build]  # type: ignore[no-any-return]
-    except KeyError:
-        value = cache[build] = build(stmt)
-        return value
+    return memo(stmt, build, lambda: build(stmt))
 
 
 def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:
