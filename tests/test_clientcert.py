@@ -97,6 +97,21 @@ async def test_failures_answer_401_with_the_reason_in_last_error(issued: dict[st
     assert ignored.response is None and ignored.forward
 
 
+async def test_expressions_read_the_certificate_as_x509certificate2(issued: dict[str, Any]) -> None:
+    """The members the reference's client-certificate examples use (api-management-howto-mutual-certificates-for-
+    clients): Thumbprint, Issuer, SubjectName.Name, NotAfter."""
+    leaf: PresentedCertificate = issued["leaf"]
+    policy = ('<set-variable name="who" value="@(context.Request.Certificate.SubjectName.Name + \'|\' + '
+              'context.Request.Certificate.IssuerName.Name + \'|\' + context.Request.Certificate.NotAfter.Year)" />'
+              '<choose><when condition="@(context.Request.Certificate == null || context.Request.Certificate'
+              f'.Thumbprint != &quot;{leaf.thumbprint}&quot;)"><return-response><set-status code="403" />'
+              "</return-response></when></choose>")  # fmt: skip
+    run = await check(policy, leaf, issued)
+    assert run.response is None
+    assert run.context.variables["who"] == f"{leaf.subject}|{leaf.issuer}|{leaf.not_after.year}"
+    assert (await check(policy.replace(leaf.thumbprint, "00"), leaf, issued)).response.status_code == 403
+
+
 MTLS_ROUTE = """<policies><inbound>
   <validate-client-certificate>
     <identities><identity common-name="orders-client" issuer-certificate-id="contoso-ca" /></identities>

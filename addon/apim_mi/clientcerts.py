@@ -168,6 +168,13 @@ def distinguished_name(name: Any) -> str:
 
 
 @dataclass(frozen=True)
+class DistinguishedName:
+    """.NET's ``X500DistinguishedName`` (``Certificate.SubjectName.Name``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class PresentedCertificate:
     """``context.Request.Certificate``: the X509Certificate2 members APIM's expressions use, from the certificate
     the client presented on its TLS connection to the proxy (mitmproxy's ``request_client_cert``)."""
@@ -179,6 +186,8 @@ class PresentedCertificate:
     not_before: Any  # datetime (UTC)
     not_after: Any
     raw_data: bytes
+    subject_name: DistinguishedName
+    issuer_name: DistinguishedName
     #: the leaf and the rest of the chain the client sent, as cryptography certificates
     chain: tuple[Any, ...] = ()
 
@@ -187,14 +196,17 @@ class PresentedCertificate:
         from cryptography.hazmat.primitives import hashes, serialization
 
         leaf = chain[0]
+        subject, issuer = distinguished_name(leaf.subject), distinguished_name(leaf.issuer)
         return cls(
             thumbprint=leaf.fingerprint(hashes.SHA1()).hex().upper(),
             serial_number=f"{leaf.serial_number:X}".rjust(2, "0"),
-            subject=distinguished_name(leaf.subject),
-            issuer=distinguished_name(leaf.issuer),
+            subject=subject,
+            issuer=issuer,
             not_before=leaf.not_valid_before_utc.replace(tzinfo=None),
             not_after=leaf.not_valid_after_utc.replace(tzinfo=None),
             raw_data=leaf.public_bytes(serialization.Encoding.DER),
+            subject_name=DistinguishedName(subject),
+            issuer_name=DistinguishedName(issuer),
             chain=tuple(chain),
         )
 
