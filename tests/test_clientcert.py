@@ -144,3 +144,22 @@ def test_curl_presents_its_certificate_through_mitmdump(tmp_path: Path, emu: Any
                                                              "certificate."})  # fmt: skip
     status, body = curl(*tls, "--cert", str(d / "stranger.pem"), "https://127.0.0.1:9/mtls")
     assert status == 401
+
+
+def test_reverse_mode_asks_a_tls_client_for_its_certificate(tmp_path: Path, emu: Any, md_factory: Any,
+                                                             issued: dict[str, Any]) -> None:  # fmt: skip
+    """A reverse proxy the client reaches over TLS (https://proxy/…) asks for the certificate as well."""
+    d: Path = issued["dir"]
+    (tmp_path / "mtls.xml").write_text(MTLS_ROUTE)
+    rules = write_rules(tmp_path, f"""
+        certificates:
+          contoso-ca: {{path: {d / "ca.pem"}, ca: true}}
+        rules:
+          - {{name: mtls, match: {{path: /mtls}}, policy: mtls.xml}}
+    """)
+    proxy = md_factory(emu, rules, "--mode", "reverse:https://127.0.0.1:9", "--set", "connection_strategy=lazy")
+    url = f"https://127.0.0.1:{proxy.port}/mtls"
+    status, body = curl("-k", "--cert", str(d / "client.pem"), url)  # -k: the proxy's certificate is not the point
+    leaf: PresentedCertificate = issued["leaf"]
+    assert (status, body) == (200, f"{leaf.subject}|{leaf.thumbprint}")
+    assert curl("-k", url)[0] == 401
