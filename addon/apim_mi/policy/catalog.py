@@ -1056,7 +1056,8 @@ _REQUEST_CHECKS: tuple[ElementSpec, ...] = (
         summary="Checks the client's TLS certificate: validity dates, trust chain and identities.",
         limits="The certificate the client presented to mitmproxy (`context.Request.Certificate`): needs TLS between "
         "client and proxy (https:// through the proxy, a reverse mode the client reaches over TLS, "
-        "transparent/local/WireGuard interception) and mitmproxy's `request_client_cert`, which apim-mi turns on when a rule uses this policy. "
+        "transparent/local/WireGuard interception) and mitmproxy's `request_client_cert`, which apim-mi turns on "
+        "when a rule uses this policy. "
         "Without a certificate (plain http://, or HTTP/3: mitmproxy 12's QUIC handshake never asks for one) the "
         "policy fails with `The client did not present a certificate.` Trust: the rules "
         "file's `certificates:` entries with `ca: true` (APIM's uploaded CA certificates), intermediates from the "
