@@ -599,10 +599,12 @@ def policies_doc(report: Report | None) -> str:
     lines += [
         "", "## Real-world policies", "",
         "Policies deployed by public samples run as regression tests, each file naming its source repository,",
-        "path and commit: `tests/data/realworld/` (Azure-Samples/AI-Gateway's MCP, OAuth and access-control labs,",
-        "Azure-Samples/Apim-Samples' CORS, credential-manager, authX and costing samples) in",
+        "path and commit: `../shared/corpus/realworld/policies/` (Azure-Samples/AI-Gateway's MCP, OAuth and",
+        "access-control labs, Azure-Samples/Apim-Samples' CORS, credential-manager, authX and costing samples) in",
         "`tests/test_realworld.py`, through the engine and, for four of them, a real mitmdump;",
-        "`tests/data/ai-gateway/` holds the AI-gateway ones.",
+        "`../shared/corpus/realworld/ai-gateway/` holds the AI-gateway labs. They live beside the repository, not in",
+        "it (that folder's README names each file's source and license; `APIM_MI_REALWORLD_CORPUS` points elsewhere),",
+        "and their tests skip without them; Microsoft's reference examples in `tests/data/ai-gateway/` always run.",
     ]  # fmt: skip
     lines += ["", "## Regression corpus", ""]
     if report is not None and report.parsed is not None and report.evaluated is not None:

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Real-world policies copied from public samples, kept beside the repository, not in it (its README names each source).
+REALWORLD = Path(os.environ.get("APIM_MI_REALWORLD_CORPUS", ROOT.parent / "shared" / "corpus" / "realworld"))
 sys.path.insert(0, str(ROOT / "addon"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

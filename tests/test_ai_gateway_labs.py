@@ -1,7 +1,8 @@
-"""Azure-Samples/AI-Gateway lab policies (tests/data/ai-gateway/apiops, each naming its source in its first line) run
-as the labs deploy them: each is the API policy of an Azure OpenAI API in an APIOps extraction built here, with the
-API's subscription key in ``api-key`` (as the labs' Bicep configures it), so ``context.Subscription`` is the real
-one; the labs' backends have managed-identity credentials (``credentials.managedIdentity``, as their Bicep creates
+"""Azure-Samples/AI-Gateway lab policies (../shared/corpus/realworld/ai-gateway/apiops or
+$APIM_MI_REALWORLD_CORPUS/ai-gateway/apiops, not vendored; skipped when absent; each names its source in its first
+line) run as the labs deploy them: each is the API policy of an Azure OpenAI API in an APIOps extraction built here,
+with the API's subscription key in ``api-key`` (as the labs' Bicep configures it), so ``context.Subscription`` is the
+real one; the labs' backends have managed-identity credentials (``credentials.managedIdentity``, as their Bicep creates
 them) and point at the OpenAI / Content Safety stand-in, which accepts only the managed identity's token. One mitmdump
 (reverse mode, acting as the gateway) serves the module."""
 
@@ -15,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 from ai_helpers import entries, trace_of
+from conftest import REALWORLD
 from proxy import Mitmdump, start_mitmdump, write_rules
 
-DATA = Path(__file__).resolve().parent / "data" / "ai-gateway" / "apiops"
+DATA = REALWORLD / "ai-gateway" / "apiops"
 LABS = sorted(p.stem for p in DATA.glob("*.xml"))
 KEY = "lab-subscription-key"
 QUERY = "api-version=2024-10-21"
@@ -43,6 +45,10 @@ paths:
   /deployments/{deployment-id}/embeddings:
     post: {operationId: embeddings_create, responses: {'200': {description: ''}}}
 """
+
+pytestmark = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"AI-Gateway lab policies not at {DATA} (see ../shared/corpus/realworld/README.md)"
+)
 
 
 def _json(path: Path, data: Any) -> None:

@@ -1,6 +1,8 @@
-"""Public AI-gateway policies (tests/data/ai-gateway, each naming its source in its first line) loaded and run end to
-end through one real mitmdump in reverse mode, against the OpenAI / Content Safety stand-in that accepts only the
-managed identity's token.
+"""Public AI-gateway policies, each naming its source in its first line, loaded and run end to end through one real
+mitmdump in reverse mode, against the OpenAI / Content Safety stand-in that accepts only the managed identity's token:
+Microsoft's policy reference examples (tests/data/ai-gateway/docs-*.xml, always run) and Azure-Samples/AI-Gateway lab
+policies (../shared/corpus/realworld/ai-gateway/lab-*.xml or $APIM_MI_REALWORLD_CORPUS/ai-gateway, not vendored;
+their tests skip when absent).
 
 The labs configure their backends in Bicep with managed-identity credentials; here the rules file's global policy
 adds the same token (``authentication-managed-identity`` for ``https://cognitiveservices.azure.com``) and its
@@ -15,19 +17,26 @@ from typing import Any
 import httpx
 import pytest
 from ai_helpers import entries, trace_of
+from conftest import REALWORLD
 from proxy import Mitmdump, start_mitmdump, write_rules
 
-DATA = Path(__file__).resolve().parent / "data" / "ai-gateway"
-SAMPLES = sorted(p.stem for p in DATA.glob("*.xml"))
+DOCS = Path(__file__).resolve().parent / "data" / "ai-gateway"
+LAB_DATA = REALWORLD / "ai-gateway"
+#: Sample name → file: the in-repo reference examples, plus the labs when the shared folder is there.
+SAMPLES = {p.stem: p for p in sorted([*DOCS.glob("docs-*.xml"), *LAB_DATA.glob("lab-*.xml")])}
 QUERY = "api-version=2024-10-21"
+needs_labs = pytest.mark.skipif(
+    not LAB_DATA.is_dir(),
+    reason=f"AI-Gateway lab policies not at {LAB_DATA} (see ../shared/corpus/realworld/README.md)",
+)
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: Any) -> Iterator[Mitmdump]:
     tmp = tmp_path_factory.mktemp("samples")
     rules = [f"  - {{name: {n}, match: {{host: 127.0.0.1, path: /{n}/*}}, policy: {n}.xml}}" for n in SAMPLES]
-    for name in SAMPLES:
-        (tmp / f"{name}.xml").write_text((DATA / f"{name}.xml").read_text().replace("{backend-id}", "openai-backend"))
+    for name, source in SAMPLES.items():
+        (tmp / f"{name}.xml").write_text(source.read_text().replace("{backend-id}", "openai-backend"))
     path = write_rules(tmp, "\n".join([
         "policy: |",
         "  <policies><inbound>",
@@ -53,11 +62,20 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, emulator: Any, standin: An
     md.stop()
 
 
+def _names_its_source(name: str) -> bool:
+    return SAMPLES[name].read_text().splitlines()[0].startswith("<!-- Source: https://github.com/")
+
+
+def test_every_docs_example_names_its_source() -> None:
+    docs = [name for name in SAMPLES if name.startswith("docs-")]
+    assert len(docs) >= 3 and all(_names_its_source(name) for name in docs), docs
+
+
+@needs_labs
 def test_every_sample_names_its_source() -> None:
     assert len(SAMPLES) >= 5
     for name in SAMPLES:
-        first = (DATA / f"{name}.xml").read_text().splitlines()[0]
-        assert first.startswith("<!-- Source: https://github.com/"), name
+        assert _names_its_source(name), name
 
 
 def ask(md: Mitmdump, sample: str, prompt: str, **kw: Any) -> httpx.Response:
@@ -66,6 +84,7 @@ def ask(md: Mitmdump, sample: str, prompt: str, **kw: Any) -> httpx.Response:
     return httpx.post(url, json=body, headers={"api-key": "legacy", "Ocp-Apim-Trace": "true"}, timeout=20)
 
 
+@needs_labs
 def test_lab_content_safety(gateway: Mitmdump, standin: Any) -> None:
     sample = "lab-content-safety"
     ok = ask(gateway, sample, "what is the weather like")
@@ -80,10 +99,12 @@ def test_lab_content_safety(gateway: Mitmdump, standin: Any) -> None:
     assert all(r["status"] == 200 for r in standin.stats()["requests"][-4:])  # every side call had the MI token
 
 
+@needs_labs
 def test_lab_content_safety_blocklist(gateway: Mitmdump) -> None:
     assert ask(gateway, "lab-content-safety", "tell me about forbidden-term").status_code == 403
 
 
+@needs_labs
 def test_lab_semantic_caching(gateway: Mitmdump, standin: Any) -> None:
     first = ask(gateway, "lab-semantic-caching", "How far away is the moon from the earth")
     assert first.status_code == 200
@@ -95,6 +116,7 @@ def test_lab_semantic_caching(gateway: Mitmdump, standin: Any) -> None:
     assert lookup[0]["message"].startswith("Semantic cache hit") and lookup[0]["scoreThreshold"] == 0.8
 
 
+@needs_labs
 def test_lab_response_streaming(gateway: Mitmdump) -> None:
     body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "stream me"}]}
     url = f"{gateway.url}/lab-response-streaming/openai/deployments/gpt-4o/chat/completions?{QUERY}"

@@ -1,5 +1,6 @@
-"""Real-world policies from public repositories (tests/data/realworld/*.xml, each naming its source repository, path
-and commit in its first line), run as deployed: MCP/OAuth and access-control labs of Azure-Samples/AI-Gateway and
+"""Real-world policies from public repositories (../shared/corpus/realworld/policies/*.xml or
+$APIM_MI_REALWORLD_CORPUS/policies, not vendored; skipped when absent; each names its source repository, path and
+commit in its first line), run as deployed: MCP/OAuth and access-control labs of Azure-Samples/AI-Gateway and
 samples of Azure-Samples/Apim-Samples. Each loads, runs one plausible request through the engine (a stand-in backend
 answers what is forwarded) with no unsupported policy, and answers as the sample documents; a few also run through a
 real mitmdump. Placeholders the samples' deploy scripts fill (``{tenant-id}``, ``{backend-id}`` …) and their named
@@ -22,14 +23,19 @@ from apim_mi.policy.context import Api, Body, Context, Headers, Request, Respons
 from apim_mi.policy.loader import DEFAULT_GLOBAL, compose, load_policy_text
 from apim_mi.policy.statements import security
 from apim_mi.trace import Trace
+from conftest import REALWORLD
 from test_statements import FakeTokens
 
-DATA = Path(__file__).resolve().parent / "data" / "realworld"
+DATA = REALWORLD / "policies"
 SOURCE = re.compile(r"^<!-- Source: https://github\.com/([\w.-]+/[\w.-]+)/blob/([0-9a-f]{40})/(\S+) ")
 HMAC_KEY = base64.b64encode(b"apim-samples-signing-key-0123456789abcdef").decode()
 GITHUB = {"github": {"octocat": {"access_token": "gho_realworld", "claims": {"login": "octocat"}}},
           "servicenow": {"sn": {"access_token": "sn_realworld"}},
           "spotify": {"spotify-auth": {"access_token": "spotify_realworld"}}}  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"real-world policies not at {DATA} (see ../shared/corpus/realworld/README.md)"
+)
 
 
 @dataclass
