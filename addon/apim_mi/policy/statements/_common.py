@@ -12,7 +12,7 @@ from ...errors import PolicyError
 from ..catalog import default_of
 from ..context import Body, Headers, Response
 from ..engine import PolicyRun, Scope, evaluate, evaluate_string, memo, prepared
-from ..model import Statement
+from ..model import Statement, Value
 
 
 class ResponseError(PolicyError):
@@ -105,8 +105,12 @@ async def _typed_attr[T](
     src = source or stmt.name
     if value is not None and value.expression is not None:
         return convert(await evaluate(run, value, src, scope), name, src)
-    raw = _default(stmt, name, parent) if value is None else value.text
-    return memo(stmt, (convert, name, parent, src), lambda: convert(raw, name, src))
+    # The catalog's default is looked up once, with the conversion, not on every flow.
+    return memo(stmt, (convert, name, parent, src), lambda: convert(_literal(stmt, value, name, parent), name, src))
+
+
+def _literal(stmt: Statement, value: Value | None, name: str, parent: str | None) -> str | None:
+    return _default(stmt, name, parent) if value is None else value.text
 
 
 async def int_attr(
