@@ -902,11 +902,18 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
   `request`, `responseheaders`, `response` and `error` (the trivial addon one). With bare mitmdump at
   ≈ 1.1–1.3 ms of CPU per request on this machine, a ratio of 0.95 leaves an addon ≈ 60 µs per request for all of
   that plus its own work; the trivial addon uses about 10 µs of it.
-- **apim-mi's own code** is now about a tenth of the live samples for one rule. The policy engine
-  (`run_inbound` with its context, trace and run objects) and `request_context` are the largest parts; a dedicated
-  path for a shorthand rule that skips the engine (token from the cache straight into the header) would cut most
-  of them, and was left out: it must reproduce the engine's trace and warnings exactly, and the addon's inbound
-  path was being reworked for streamed uploads (issue 17) at the same time.
+- **apim-mi's own code** is now about a tenth of the live samples for one rule, spread thin. Measured in-process
+  (`bench/micro.py --only hooks --quick`, main and the change alternating, 3 rounds each, load average ≈ 0.8 on
+  the 2 shared cores): a forward-request's (and every typed attribute's) catalog default is now looked up once per
+  statement instead of per flow, hooks per flow 1 rule 128–131 → 124–127 µs, APIM policy 229–233 → 224–226 µs
+  (`bench/identical.py` digest unchanged). A dedicated path for a shorthand-shaped policy that skips the generic
+  walk (`run_section`, step lookup) was built and measured: the same hooks cost within noise (the walk is ≈ 1 µs),
+  so it was not kept. Timed alone, `request_context` is ≈ 6.5 µs, the authentication-managed-identity and
+  forward-request handlers ≈ 25 µs together (token cache hit ≈ 1 µs; no single part above ≈ 1.5 µs), and the rest
+  is a hundred small steps across `request`, `responseheaders` and `response` (the record built twice, redaction,
+  the sent-token check, trace entries): skipping the context for a shorthand rule would save ≈ 10–15 µs, not the
+  ≈ 85 µs the 40 µs target needs. Dropping hooks does not help either: mitmproxy walks every addon for every event
+  whether it implements the hook or not, and an implemented hook adds only `Hook.args` (≈ 0.6 µs) and its own body.
 - **The APIM policy variant** spends about a third of its hook time in the expression interpreter. Member and method
   resolution is cached now; compiling expressions to closures (no tree walk, no per-evaluation `Interpreter`) is the
   next step.
