@@ -112,7 +112,7 @@ class ApimMi:
         self._early: set[str] = set()
         self._held: dict[str, _Held] = {}
         self._diverted: dict[str, tuple[uploads.Destination, http.Response | None]] = {}
-        self._body_needs: dict[int, str | None] = {}
+        self._body_uses: dict[int, tuple[Any, str | None, bool]] = {}
         self.sink = uploads.Sink()
         self._running = False
         self._startup_error = False
@@ -242,7 +242,7 @@ class ApimMi:
             if clientcerts.validated_downstream(config) and not ctx.options.request_client_cert:
                 log.info("apim-mi: validate-client-certificate: request_client_cert turned on")
                 ctx.options.update(request_client_cert=True)
-            self._body_needs = {}
+            self._body_uses = {}
             self._watched = {f: _mtime(f) for f in config.files}
         finally:
             gc.collect()
@@ -512,8 +512,8 @@ class ApimMi:
                 self._early.discard(flow.id)
             return
         rule, routed = matched
-        need = self._body_need(rule)
-        if mode is uploads.Streaming.MAYBE and need is not None and not uploads.ignores_errors(rule.policy):
+        need, lenient = self._body_use(rule)
+        if mode is uploads.Streaming.MAYBE and need is not None and not lenient:
             # The body may stay buffered (then the policy runs in `request`) or be streamed once it passes the limit
             # (then its headers must not reach the backend): park the request at the sink until `request` tells.
             self._held[flow.id] = _Held(rule, routed, self.sink.divert(flow.request))
@@ -566,8 +566,8 @@ class ApimMi:
         if not self._client_allowed(flow):
             self._count("refused", rule.name)
             peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
-            message = f"apim-mi: client {peer} may not use managed identity rules (allow it with mi_allow_clients " \
-                      "or use --proxyauth)."
+            message = (f"apim-mi: client {peer} may not use managed identity rules (allow it with mi_allow_clients "
+                       "or use --proxyauth).")
             self._respond(flow, _error_response(403, message))
             log.warning("apim-mi: refused %s from %s: client not allowed", flowcontext.pretty_url(flow.request), peer)
             return None
@@ -589,7 +589,7 @@ class ApimMi:
                 await self._guarded(flow, held.rule, held.routed, early=True)
             else:  # buffered after all: the policy runs as for any request, on the real destination
                 self._early.discard(flow.id)
-                held.destination.restore(flow.request)
+                held.destination.apply(flow.request)
                 await self._guarded(flow, held.rule, held.routed, early=False)
             return
         self._early.discard(flow.id)
@@ -626,19 +626,19 @@ class ApimMi:
         trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
                   else inspector.configuration_later(flow, rule))
         if flow.id in self._diverted:  # parked at the sink, then streamed: the policy needs the body it cannot have
-            need = self._body_need(rule)
+            need = self._body_use(rule)[0]
             await engine.handle_error(run, uploads.body_error(f"The policy needs the request body ({need}). "
                                                               + uploads.way_out(self._stream_limit_text)))
         else:
             await engine.run_inbound(run)
         if body is not None and (body.touched or context.request.body is not body):
-            if uploads.ignores_errors(rule.policy):
+            if self._body_use(rule)[1]:
                 self._forward_unchanged(flow, state, body.cause)
                 return
             if run.error is not None:  # e.g. an expression's ExpressionValueEvaluationFailure: name the real cause
                 run.error.reason = uploads.BODY_ERROR
             else:
-                need = self._body_need(rule) or "set-body"
+                need = self._body_use(rule)[0] or "set-body"
                 await engine.handle_error(run, uploads.body_error(f"The policy replaces the request body ({need}). "
                                                                   + body.cause))
         if routed is not None and run.response is None and (no_backend := flows.unrouted(routed, context)):
@@ -662,11 +662,15 @@ class ApimMi:
         trace.add("backend", "forward-request", inspector.forward_later(flow, run.forward_timeout, trace.secrets, url))
         state.url = url  # for the log line, once the request has left (_check_sent)
 
-    def _body_need(self, rule: Rule) -> str | None:
-        key = id(rule.policy)
-        if key not in self._body_needs:
-            self._body_needs[key] = uploads.request_body_need(rule.policy)
-        return self._body_needs[key]
+    def _body_use(self, rule: Rule) -> tuple[str | None, bool]:
+        """What a streamed body means for the rule's policy, worked out once per policy: the first place that may
+        need the request body, and whether the rule ignores errors. The entry keeps the policy, so its id is not
+        reused for another one."""
+        entry = self._body_uses.get(id(rule.policy))
+        if entry is None or entry[0] is not rule.policy:
+            entry = (rule.policy, uploads.request_body_need(rule.policy), uploads.ignores_errors(rule.policy))
+            self._body_uses[id(rule.policy)] = entry
+        return entry[1], entry[2]
 
     def _forward_unchanged(self, flow: http.HTTPFlow, state: _FlowState, cause: str) -> None:
         """ignore_error on a rule whose policy cannot run on a streamed body: the request goes on as the client sent
@@ -682,7 +686,7 @@ class ApimMi:
     def _unprotected(self, flow: http.HTTPFlow, rule: Rule) -> None:
         """A matched request whose headers already left without the policy: nothing can stop it any more, so it is
         recorded as what it is (an error, or with ignore_error a warning), never as a token added."""
-        quiet = uploads.ignores_errors(rule.policy)
+        quiet = self._body_use(rule)[1]
         cause = ("its body is streamed and the policy needs it (ignore_error: true), so it was forwarded unchanged"
                  if quiet else "another addon set flow.request.stream after apim-mi's requestheaders hook, so its "
                  "headers left before the policy could run; load apim-mi after that addon")  # fmt: skip
@@ -910,7 +914,7 @@ class ApimMi:
         self._early.discard(flow.id)
         if diverted is not None:
             destination, answer = diverted
-            destination.restore(flow.request)
+            destination.apply(flow.request)
             if answer is not None and flow.response is not None:
                 flow.response = answer
 

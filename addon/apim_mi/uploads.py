@@ -161,8 +161,9 @@ class Destination:
     def of(cls, req: http.Request) -> Destination:
         return cls(req.scheme, req.host, req.port)
 
-    def restore(self, req: http.Request) -> None:
-        # data.host: the Host header stays what the client sent (request.host's setter would rewrite it)
+    def apply(self, req: http.Request) -> None:
+        """Points ``req`` here; through ``data.host``, so the Host header stays what the client sent (request.host's
+        setter would rewrite it)."""
         req.scheme, req.data.host, req.data.port = self.scheme, self.host, self.port
 
 
@@ -205,7 +206,7 @@ class Sink:
     def divert(self, req: http.Request) -> Destination:
         """Points ``req`` at the sink and returns where it was going."""
         where = Destination.of(req)
-        req.scheme, req.data.host, req.data.port = "http", "127.0.0.1", self.port
+        Destination("http", "127.0.0.1", self.port).apply(req)
         return where
 
     @staticmethod
