@@ -131,6 +131,7 @@ class Records(logging.Handler):
 
 @pytest.fixture(scope="module")
 def harness(emulator: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    emulator.reset()  # the shared emulator as configured by default: an earlier test may have narrowed its resources
     mp = pytest.MonkeyPatch()
     use_emulator(mp, emulator)
     loop = asyncio.new_event_loop()
