@@ -6,12 +6,14 @@ interpreter with a step budget do the work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from ...errors import LoadError, Location, PolicyError
 from . import ast
+from .compiler import compile_program
 from .dotnet import NetException
 from .interpreter import BudgetExceeded, EvalError, Interpreter
 from .lexer import LexError
@@ -72,17 +74,27 @@ def parse_expression(source: str) -> ast.Program:
         raise LexError(0, "The expression is nested too deeply") from None
 
 
+@lru_cache(maxsize=4096)
+def _closure(source: str) -> Callable[[Any], Any] | None:
+    return compile_program(_parse_cached(source))
+
+
 @dataclass(frozen=True)
 class CompiledExpression:
-    """A parsed expression, ready to evaluate against a :class:`~apim_mi.policy.context.Context`."""
+    """A parsed expression, ready to evaluate against a :class:`~apim_mi.policy.context.Context`.
+
+    ``closure`` is the program compiled to Python closures (``compiler.py``); None runs it on the interpreter."""
 
     source: str
     program: ast.Program
     location: Location
+    closure: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, context: Any) -> Any:
         """The expression's value; any failure is an :class:`ExpressionRuntimeError`, never another exception."""
         try:
+            if self.closure is not None:
+                return self.closure(context)
             return Interpreter(context).run(self.program)
         except NetException as e:
             raise ExpressionRuntimeError(self.source, e.message, e.type) from None
@@ -118,7 +130,7 @@ def compile_expression(source: str, location: Location) -> CompiledExpression:
         raise ExpressionSyntaxError(offset_location(location, source, e.offset), e.message) from None
     except Exception as e:  # the contract: nothing but ExpressionSyntaxError escapes
         raise ExpressionSyntaxError(location, f"Internal parser error: {type(e).__name__}: {e}") from None
-    return CompiledExpression(source, program, location)
+    return CompiledExpression(source, program, location, _closure(source))
 
 
 def to_policy_string(value: Any) -> str:

@@ -254,28 +254,7 @@ class Interpreter:
         return self.e_member_of(self.target(n.target, scope, n.null_cond), n)
 
     def e_member_of(self, obj: Any, n: A.Member) -> Any:
-        if isinstance(obj, NamespaceHandle):
-            path = f"{obj.path}.{n.name}"
-            full = resolve_type_name(path)
-            if full is not None:
-                return TypeHandle(full, n.type_args)
-            if path in NAMESPACES:
-                return NamespaceHandle(path)
-            raise EvalError(f"The type or namespace name '{n.name}' does not exist in the namespace '{obj.path}'")
-        if isinstance(obj, TypeHandle):
-            try:
-                return get_static(obj.full, n.name)
-            except MemberNotFound:
-                if has_static_method(obj.full, n.name):
-                    full, name = obj.full, n.name
-                    return lambda *a: call_static(full, name, list(a), ())
-                raise EvalError(f"'{obj.full}' does not contain a definition for '{n.name}'") from None
-        if isinstance(obj, Closure | NetException) and n.name not in ("Message",):
-            raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{n.name}'")
-        try:
-            return get_property(obj, n.name)
-        except MemberNotFound:
-            raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{n.name}'") from None
+        return member_of(obj, n.name, n.type_args)
 
     def e_index(self, n: A.Index, scope: Scope) -> Any:
         obj = self.target(n.target, scope, n.null_cond)
@@ -316,7 +295,7 @@ class Interpreter:
         if isinstance(t, A.Member):
             obj = self.target(t.target, scope, t.null_cond)
             args, outs = self.args(n.args, scope)
-            result = self.call_member(obj, t.name, args, t.type_args)
+            result = call_member(obj, t.name, args, t.type_args)
         else:
             fn = self.ev(t, scope)
             args, outs = self.args(n.args, scope)
@@ -331,45 +310,8 @@ class Interpreter:
             check_len(result)
         return result
 
-    def call_member(self, obj: Any, name: str, args: list[Any], targs: tuple[A.TypeRef, ...]) -> Any:
-        if isinstance(obj, NamespaceHandle):
-            raise EvalError(f"'{obj.path}' is a namespace but is used like a value")
-        if isinstance(obj, TypeHandle):
-            try:
-                return call_static(obj.full, name, args, targs)
-            except MemberNotFound as e:
-                if str(e) == name:
-                    raise EvalError(f"'{obj.full}' does not contain a definition for '{name}'") from None
-                raise
-        if isinstance(obj, Closure) and name == "Invoke":
-            return obj(*args)
-        try:
-            return call_method(obj, name, args, targs)
-        except MemberNotFound as e:
-            if str(e) == name:
-                raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{name}'") from None
-            raise
-
     def e_unary(self, n: A.Unary, scope: Scope) -> Any:
-        v = _unwrap(self.ev(n.operand, scope))
-        op = n.op
-        if op == "!":
-            if not isinstance(v, bool):
-                raise EvalError(f"Operator '!' cannot be applied to operand of type '{net_type_name(v)}'")
-            return not v
-        if v is None:
-            return None
-        if isinstance(v, Char):
-            v = ord(v)
-        if isinstance(v, bool) or not isinstance(v, int | float | Decimal | timedelta):
-            raise EvalError(f"Operator '{op}' cannot be applied to operand of type '{net_type_name(v)}'")
-        if op == "+":
-            return v
-        if op == "-":
-            return _wrap_like(-v, v) if is_integer(v) else -v
-        if op == "~" and is_integer(v):
-            return _wrap_like(~v, v)
-        raise EvalError(f"Operator '{op}' cannot be applied to operand of type '{net_type_name(v)}'")
+        return unary_op(n.op, self.ev(n.operand, scope))
 
     def e_update(self, n: A.Update, scope: Scope) -> Any:
         old = self.ev(n.target, scope)
@@ -443,11 +385,7 @@ class Interpreter:
             raise EvalError("The left-hand side of an assignment must be a variable, property or indexer")
 
     def e_cast(self, n: A.Cast, scope: Scope) -> Any:
-        v = self.ev(n.operand, scope)
-        _check_type(n.type)
-        if isinstance(v, AnonymousObject | Closure) and resolve_type_name(n.type.name) != "System.Object":
-            raise NetException("System.InvalidCastException", f"Unable to cast to type '{n.type}'.")
-        return cast(v, n.type)
+        return cast_value(self.ev(n.operand, scope), n.type)
 
     def e_asexpr(self, n: A.AsExpr, scope: Scope) -> Any:
         v = self.ev(n.operand, scope)
@@ -476,7 +414,7 @@ class Interpreter:
             raise EvalError(f"Cannot create an instance of '{n.type}' in a policy expression") from None
         for init in n.init or ():
             if init.kind == "add":
-                self.call_member(obj, "Add", [self.ev(x, scope) for x in init.items], ())
+                call_member(obj, "Add", [self.ev(x, scope) for x in init.items], ())
             elif init.kind == "index":
                 index_set(obj, [self.ev(k, scope) for k in init.keys], self.ev(init.value, scope))  # type: ignore
             else:
@@ -696,6 +634,86 @@ class Interpreter:
 
     def s_empty(self, st: A.Empty, scope: Scope) -> None:
         return None
+
+
+# --- what the interpreter and the compiler (``compiler.py``) share -------------------------------------------
+
+
+def member_of(obj: Any, name: str, type_args: tuple[A.TypeRef, ...]) -> Any:
+    """``obj.Name`` for a non-null ``obj`` (namespaces and types included)."""
+    if isinstance(obj, NamespaceHandle):
+        path = f"{obj.path}.{name}"
+        full = resolve_type_name(path)
+        if full is not None:
+            return TypeHandle(full, type_args)
+        if path in NAMESPACES:
+            return NamespaceHandle(path)
+        raise EvalError(f"The type or namespace name '{name}' does not exist in the namespace '{obj.path}'")
+    if isinstance(obj, TypeHandle):
+        try:
+            return get_static(obj.full, name)
+        except MemberNotFound:
+            if has_static_method(obj.full, name):
+                full = obj.full
+                return lambda *a: call_static(full, name, list(a), ())
+            raise EvalError(f"'{obj.full}' does not contain a definition for '{name}'") from None
+    if isinstance(obj, Closure | NetException) and name not in ("Message",):
+        raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{name}'")
+    try:
+        return get_property(obj, name)
+    except MemberNotFound:
+        raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{name}'") from None
+
+
+def call_member(obj: Any, name: str, args: list[Any], targs: tuple[A.TypeRef, ...]) -> Any:
+    """``obj.Name(args)`` for a non-null ``obj``."""
+    if isinstance(obj, NamespaceHandle):
+        raise EvalError(f"'{obj.path}' is a namespace but is used like a value")
+    if isinstance(obj, TypeHandle):
+        try:
+            return call_static(obj.full, name, args, targs)
+        except MemberNotFound as e:
+            if str(e) == name:
+                raise EvalError(f"'{obj.full}' does not contain a definition for '{name}'") from None
+            raise
+    if isinstance(obj, Closure) and name == "Invoke":
+        return obj(*args)
+    try:
+        return call_method(obj, name, args, targs)
+    except MemberNotFound as e:
+        if str(e) == name:
+            raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{name}'") from None
+        raise
+
+
+def unary_op(op: str, value: Any) -> Any:
+    """A C# unary operator (``! + - ~``) on a runtime value."""
+    v = _unwrap(value)
+    if op == "!":
+        if not isinstance(v, bool):
+            raise EvalError(f"Operator '!' cannot be applied to operand of type '{net_type_name(v)}'")
+        return not v
+    if v is None:
+        return None
+    if isinstance(v, Char):
+        v = ord(v)
+    if isinstance(v, bool) or not isinstance(v, int | float | Decimal | timedelta):
+        raise EvalError(f"Operator '{op}' cannot be applied to operand of type '{net_type_name(v)}'")
+    if op == "+":
+        return v
+    if op == "-":
+        return _wrap_like(-v, v) if is_integer(v) else -v
+    if op == "~" and is_integer(v):
+        return _wrap_like(~v, v)
+    raise EvalError(f"Operator '{op}' cannot be applied to operand of type '{net_type_name(v)}'")
+
+
+def cast_value(v: Any, t: A.TypeRef) -> Any:
+    """C# ``(T)v``, with the interpreter's checks of the type name and of values no cast applies to."""
+    _check_type(t)
+    if isinstance(v, AnonymousObject | Closure) and resolve_type_name(t.name) != "System.Object":
+        raise NetException("System.InvalidCastException", f"Unable to cast to type '{t}'.")
+    return cast(v, t)
 
 
 def _catches(c: A.Catch, e: NetException) -> bool:

@@ -1,0 +1,215 @@
+"""Expressions compiled to closures (``expressions/compiler.py``) behave exactly as the interpreter: the same value,
+the same error (message and .NET type), the same effects on the context, for generated programs, the snippet corpus
+and the corners of the compiler; and what the compiler leaves to the interpreter really runs there."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import pytest
+from apim_mi.policy.expressions import (
+    CompiledExpression,
+    ExpressionRuntimeError,
+    ExpressionSyntaxError,
+    compile_expression,
+    to_policy_string,
+)
+from apim_mi.policy.expressions.runtime_types import net_type_name
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_expressions_fuzz import PROFILE, TOKENS, exprs, statements
+from test_expressions_support import LOC, make_context
+
+#: What differs from one evaluation to the next whoever runs it: only the type is compared.
+VARYING = ("UtcNow", ".Now", "NewGuid", "GetHashCode", "Random", "Elapsed", "Timeout")
+
+
+def outcome(expr: CompiledExpression) -> tuple[Any, ...]:
+    context = make_context(request_id=uuid.UUID(int=7))
+    varying = any(v in expr.source for v in VARYING)
+    try:
+        value = expr.evaluate(context)
+    except ExpressionRuntimeError as e:
+        shown: tuple[Any, ...] = ("error", e.exception_type, None if varying else e.message)
+    else:
+        shown = ("value", net_type_name(value), None if varying else to_policy_string(value))
+    body = context.request.body
+    assert body is not None
+    return shown, list(context.traces), body.consumed, sorted(context.variables)
+
+
+def same(source: str) -> bool:
+    """Compiled and interpreted agree on ``source``; whether it was compiled at all."""
+    try:
+        expr = compile_expression(source, LOC)
+    except ExpressionSyntaxError:
+        return False
+    interpreted = dataclasses.replace(expr, closure=None)
+    assert outcome(expr) == outcome(interpreted), source
+    return expr.closure is not None
+
+
+@settings(PROFILE)
+@given(exprs())
+def test_generated_expressions(source: str) -> None:
+    same(f"@({source})")
+    same(f'@{{ var x = 1; var y = "s"; return {source}; }}')
+
+
+@settings(PROFILE)
+@given(statements(exprs()))
+def test_generated_blocks(block: str) -> None:
+    same(f"@{{ {block} }}")
+
+
+@settings(PROFILE)
+@given(st.lists(st.sampled_from(TOKENS), max_size=25))
+def test_token_soup(tokens: list[str]) -> None:
+    text = " ".join(tokens)
+    same(f"@({text})")
+    same(f"@{{ {text} }}")
+
+
+CORNERS = [
+    # members, statics, namespaces, HasValue, null-conditional chains
+    '@(context.Request.Headers.GetValueOrDefault("X-Multi", "none"))',
+    '@(context.Request.Method == "POST" && context.Request.Url.Path.StartsWith("/echo"))',
+    "@(context.Response.StatusCode.HasValue)",
+    "@(context.Variables.HasValue)",
+    "@(String.HasValue)",
+    "@(System.Text.HasValue)",
+    "@(String.Empty + Int32.MaxValue)",
+    '@(String.IsNullOrEmpty(context.Request.Headers.GetValueOrDefault("nope", "")))',
+    "@(String.Nope)",
+    "@(String.Nope())",
+    "@(String.Join)",
+    '@(String.Join(",", new[] {"a", "b"}))',
+    '@(System.Text.Encoding.UTF8.GetBytes("x").Length)',
+    "@(System.Nope.X)",
+    "@(System.Text)",
+    "@(System.Text.Foo())",
+    "@(context.Nope)",
+    "@(context.Nope())",
+    "@(nope)",
+    "@(nope())",
+    "@(String())",
+    "@(context())",
+    '@(context.Variables["accessToken"]?["access_token"]?.ToString())',
+    '@(context.Variables.GetValueOrDefault<string>("missing")?.Length)',
+    "@(((string)null).Length)",
+    '@(context.Request.Headers["nope"].First())',
+    '@(context.Request.Body.As<JObject>(preserveContent: true)["id"])',
+    "@(context.Request.Body.As<string>())",
+    '@(string.Format("{1}-{0}", arg0: 1, 2))',
+    '@($"{context.Request.Method,-8}|{3.5:F2}|{context.RequestId}")',
+    "@(typeof(string))",
+    "@(default(int))",
+    '@(new { a = 1, b = "x" }.b)',
+    '@(new JObject(new JProperty("a", 1)) { ["b"] = 2 }.ToString())',
+    "@(new List<int> { 1, 2 }.Count)",
+    "@(new byte[3].Length)",
+    "@(new int[-1])",
+    "@(new Nope())",
+    '@((int)"x")',
+    "@((Nope)1)",
+    '@("x" as string)',
+    "@(1 is int)",
+    "@(null is null)",
+    "@(1 is 1)",
+    "@(1 as Nope)",
+    "@(!1)",
+    "@(-(long)3 + ~2)",
+    "@(1 / 0)",
+    '@(true ? 1 : "x")',
+    "@(1 ? 2 : 3)",
+    '@(null ?? "d")',
+    "@(1 && true)",
+    "@(true || 1)",
+    "@(false || 1)",
+    '@(context.Trace("hello") ?? "x")',
+    # blocks: locals, shadowing, assignments, pattern variables, throw, missing returns
+    "@{ var context = 1; return context; }",
+    '@{ var String = "s"; return String.Length; }',
+    "@{ var x = 1; var x = 2; return x; }",
+    "@{ var x = 1; { var x = 2; } return x; }",
+    "@{ if (true) { var y = 1; } var y = 2; return y; }",
+    "@{ int i = 'a'; i += 2; i++; ++i; return i; }",
+    "@{ char c = 'a'; c++; c += 1; return c; }",
+    '@{ string s = null; s ??= "d"; s ??= "e"; return s; }',
+    "@{ nope = 1; return 1; }",
+    "@{ context = 1; return 1; }",
+    '@{ if (context.Request.Body.As<JObject>() is JObject o) { return o["id"]; } return 0; }',
+    '@{ object o = "s"; if (o is string s) { return s + s; } return s; }',
+    "@{ if (1) { return 1; } return 2; }",
+    "@{ if (false) { return 1; } }",
+    "@{ }",
+    "@{ ; return 1; }",
+    '@{ throw new Exception("boom"); }',
+    "@{ throw; }",
+    "@{ throw null; }",
+    "@{ throw 1; }",
+    "@{ Nope x = 1; return x; }",
+    "@{ long l = 1; double d = 2; decimal m = 3; return l + d + (double)m; }",
+    "@{ int[] a = null; return a; }",
+    "@{ var x; return 1; }",
+    "@{ return; }",
+    '@{ context.Trace("t"); return context.Variables.Count; }',
+    # left to the interpreter
+    "@(new[] {1, 2}.Select(x => x + 1).Sum())",
+    "@{ var n = 0; foreach (var i in new[] {1, 2}) { n += i; } return n; }",
+    "@{ int f(int x) => x * 2; return f(2); }",
+    "@{ try { return 1 / 0; } catch (Exception e) { return e.Message; } }",
+    "@{ break; }",
+    "@(x = 1)",
+    "@(1 is int i)",
+    '@(int.TryParse("5", out var n) ? n : 0)',
+    '@(context.Variables["count"] = 5)',
+    "@(" + "(1 + " * 60 + "1" + ")" * 60 + ")",
+]
+
+
+@pytest.mark.parametrize("source", CORNERS)
+def test_corners(source: str) -> None:
+    same(source)
+
+
+def test_what_is_left_to_the_interpreter() -> None:
+    compiled = {s: same(s) for s in CORNERS}
+    left = [s for s, c in compiled.items() if not c]
+    assert left == [s for s in CORNERS if CORNERS.index(s) >= CORNERS.index("@(new[] {1, 2}.Select(x => x + 1).Sum())")]
+
+
+def test_the_corpus(corpus_sources: list[str]) -> None:
+    """Every snippet corpus expression: the same outcome against the synthesized context; nine in ten compiled
+    (416 of 438 when written)."""
+    compiled = [same(s) for s in corpus_sources]
+    assert len(compiled) >= 400 and sum(compiled) / len(compiled) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def corpus_sources() -> list[str]:
+    from test_loader_corpus import CORPUS, _corpus_script
+
+    if not CORPUS.is_dir():
+        pytest.skip("policy snippet corpus not present (scripts/corpus.py)")
+    script = _corpus_script()
+    sources: list[str] = []
+    real = script._real_compiler
+
+    def recording() -> Any:
+        compile_real = real()
+
+        def compile_and_record(source: str, location: Any) -> Any:
+            sources.append(source)
+            return compile_real(source, location)
+
+        return compile_and_record
+
+    script._real_compiler = recording
+    try:
+        script.run(CORPUS, evaluate=False)
+    finally:
+        script._real_compiler = real
+    return sources
