@@ -201,11 +201,13 @@ def _policies() -> dict[str, Any]:
 
 def bench_policy(quick: bool) -> dict[str, Any]:
     from apim_mi.policy import engine
+    from apim_mi.policy.gateway import GatewayState
     from apim_mi.tokens import TokenProvider
     from apim_mi.trace import Trace
 
     loop = asyncio.new_event_loop()
     provider = TokenProvider(lambda s, c: StubCredential(), timeout=5)
+    state = GatewayState()  # one per addon, shared by every flow (as ApimMi.gateway)
     out: dict[str, Any] = {}
     for name, rule in _policies().items():
         if isinstance(rule, Exception):
@@ -216,7 +218,7 @@ def bench_policy(quick: bool) -> dict[str, Any]:
             ctx = make_context()
             trace = Trace(trace_id=ctx.request_id.hex)
             run = engine.PolicyRun(
-                rule.policy, ctx, trace, engine.Services(provider, "managed-identity"), rule_name=rule.name
+                rule.policy, ctx, trace, engine.Services(provider, "managed-identity", state=state), rule_name=rule.name
             )
             await engine.run_inbound(run)
             return run

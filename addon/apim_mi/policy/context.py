@@ -79,8 +79,7 @@ class MultiMap:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        key = name.lower()
-        return any(n.lower() == key for n, _ in self._pairs)
+        return name.lower() in [n.lower() for n, _ in self._pairs]
 
     def __len__(self) -> int:
         return len(self.names())
@@ -105,12 +104,13 @@ class Query(MultiMap):
     @classmethod
     def parse(cls, query: str) -> Query:
         pairs = []
-        for part in query.split("&"):
-            if not part:
-                continue
-            name, _, value = part.partition("=")
-            pairs.append((unquote_plus(name), unquote_plus(value)))
-        return cls(pairs)
+        if query:
+            for part in query.split("&"):
+                if not part:
+                    continue
+                name, _, value = part.partition("=")
+                pairs.append((unquote_plus(name), unquote_plus(value)))
+        return cls.of(pairs)
 
     def encode(self) -> str:
         return "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in self._pairs)
@@ -173,7 +173,7 @@ class Url:
             self.host,
             self.port,
             self.path,
-            Query(self.query.pairs()),
+            Query.of(self.query.pairs()),
             self.fragment,
             self._raw_query,
             self._raw_pairs,

@@ -69,7 +69,7 @@ class Services:
     state: GatewayState = field(default_factory=GatewayState)
 
 
-@dataclass
+@dataclass(slots=True)
 class Scope:
     """Where a statement runs: its section, its nested path (``choose[1]/when[2]``) and the request it targets.
 
@@ -169,10 +169,11 @@ async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scop
     """A literal, or an expression evaluated with APIM's trace entry; failures become ``PolicyError``."""
     if value is None:
         return None
-    if value.expression is None:
+    expression = value.expression
+    if expression is None:
         return value.text
     try:
-        result = value.expression.evaluate(run.context)
+        result = expression.evaluate(run.context)
     except ExpressionRuntimeError as e:
         record_code_traces(run, source, scope)
         raise PolicyError(
@@ -182,8 +183,12 @@ async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scop
             section=scope.section,
             path=scope.path,
         ) from None
-    record_code_traces(run, source, scope)
-    shown = result if isinstance(result, bool | int | float) or result is None else to_policy_string(result)
+    if run.context.traces:
+        record_code_traces(run, source, scope)
+    if type(result) is str or result is None or isinstance(result, bool | int | float):  # as the policy string shows
+        shown = result
+    else:
+        shown = to_policy_string(result)
     run.trace.add(
         scope.section,
         source,

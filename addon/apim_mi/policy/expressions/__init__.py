@@ -75,7 +75,7 @@ def parse_expression(source: str) -> ast.Program:
 
 
 @lru_cache(maxsize=4096)
-def _closure(source: str) -> Callable[[Any], Any] | None:
+def _closure(source: str) -> Callable[[Any, None], Any] | None:
     return compile_program(_parse_cached(source))
 
 
@@ -83,18 +83,19 @@ def _closure(source: str) -> Callable[[Any], Any] | None:
 class CompiledExpression:
     """A parsed expression, ready to evaluate against a :class:`~apim_mi.policy.context.Context`.
 
-    ``closure`` is the program compiled to Python closures (``compiler.py``); None runs it on the interpreter."""
+    ``closure`` is the program compiled to Python closures (``compiler.py``), called with (context, None); None runs
+    it on the interpreter."""
 
     source: str
     program: ast.Program
     location: Location
-    closure: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    closure: Callable[[Any, None], Any] | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, context: Any) -> Any:
         """The expression's value; any failure is an :class:`ExpressionRuntimeError`, never another exception."""
         try:
             if self.closure is not None:
-                return self.closure(context)
+                return self.closure(context, None)
             return Interpreter(context).run(self.program)
         except NetException as e:
             raise ExpressionRuntimeError(self.source, e.message, e.type) from None

@@ -70,20 +70,19 @@ class _Unsupported(Exception):
     """A node the compiler leaves to the interpreter."""
 
 
-def compile_program(program: A.Program) -> Callable[[Any], Any] | None:
-    """A function of the context that evaluates ``program`` as ``Interpreter(context).run(program)`` does, or None
-    when the interpreter must run it."""
+def compile_program(program: A.Program) -> Fn | None:
+    """A function of (context, None) that evaluates ``program`` as ``Interpreter(context).run(program)`` does, or
+    None when the interpreter must run it."""
     if not _bounded(program.body, 0, [0]):
         return None
     try:
         if not program.is_block:
-            fn = _Compiler(False).expr(program.body)  # type: ignore[arg-type]
-            return lambda context: fn(context, None)
+            return _Compiler(False).expr(program.body)  # type: ignore[arg-type]
         block = _Compiler(True).block(program.body)  # type: ignore[arg-type]
     except _Unsupported:
         return None
 
-    def run(context: Any) -> Any:
+    def run(context: Any, _: None) -> Any:
         returned = block(context, Scope())
         if returned is None:
             raise EvalError("Not all code paths return a value")
@@ -392,6 +391,13 @@ class _Compiler:
 
     def e_cast(self, n: A.Cast) -> Fn:
         fn, t = self.expr(n.operand), n.type
+        if resolve_type_name(t.name) == "System.String" and not t.array:
+
+            def to_string(c: Any, s: Any) -> Any:
+                v = fn(c, s)
+                return v if type(v) is str else cast_value(v, t)  # what cast_value answers for a string
+
+            return to_string
         return lambda c, s: cast_value(fn(c, s), t)
 
     def e_asexpr(self, n: A.AsExpr) -> Fn:

@@ -73,7 +73,7 @@ async def str_attr(
     return await evaluate_string(run, value, source or stmt.name, scope)
 
 
-def _to_int(raw: Any, name: str, source: str) -> int | None:
+def to_int(raw: Any, name: str, source: str) -> int | None:
     if raw is None or raw == "":
         return None
     if isinstance(raw, bool):
@@ -86,7 +86,7 @@ def _to_int(raw: Any, name: str, source: str) -> int | None:
                           "ExpressionValueEvaluationFailure") from None  # fmt: skip
 
 
-def _to_bool(raw: Any, name: str, source: str) -> bool:
+def to_bool(raw: Any, name: str, source: str) -> bool:
     if isinstance(raw, bool):
         return raw
     text = str(raw if raw is not None else "false").strip().lower()
@@ -105,8 +105,34 @@ async def _typed_attr[T](
     src = source or stmt.name
     if value is not None and value.expression is not None:
         return convert(await evaluate(run, value, src, scope), name, src)
-    # The catalog's default is looked up once, with the conversion, not on every flow.
+    return literal_attr(stmt, name, convert, source, parent)
+
+
+def literal_attr[T](
+    stmt: Statement, name: str, convert: Callable[[Any, str, str], T], source: str | None = None,
+    parent: str | None = None,
+) -> T:  # fmt: skip
+    """A literal or absent attribute converted, with the catalog's default looked up, once per statement (raises,
+    and is not kept, when the literal is not valid)."""
+    value = stmt.attrs.get(name)
+    src = source or stmt.name
     return memo(stmt, (convert, name, parent, src), lambda: convert(_literal(stmt, value, name, parent), name, src))
+
+
+def literal_attrs[T](stmt: Statement, build: Callable[[Statement], T], *names: str) -> T | None:
+    """``build(stmt)`` kept with the statement when none of ``names`` is an expression and ``build`` (made of
+    ``literal_attr``) accepts the literals; None, then the handler evaluates its attributes on each flow."""
+
+
+    def checked() -> T | None:
+        if any(v is not None and v.expression is not None for v in map(stmt.attrs.get, names)):
+            return None
+        try:
+            return build(stmt)
+        except PolicyError:
+            return None
+
+    return memo(stmt, (literal_attrs, build), checked)
 
 
 def _literal(stmt: Statement, value: Value | None, name: str, parent: str | None) -> str | None:
@@ -116,13 +142,13 @@ def _literal(stmt: Statement, value: Value | None, name: str, parent: str | None
 async def int_attr(
     run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
 ) -> int | None:
-    return await _typed_attr(run, stmt, name, scope, source, parent, _to_int)
+    return await _typed_attr(run, stmt, name, scope, source, parent, to_int)
 
 
 async def bool_attr(
     run: PolicyRun, stmt: Statement, name: str, scope: Scope, *, source: str | None = None, parent: str | None = None
 ) -> bool:
-    return await _typed_attr(run, stmt, name, scope, source, parent, _to_bool)
+    return await _typed_attr(run, stmt, name, scope, source, parent, to_bool)
 
 
 def current_response(run: PolicyRun) -> Response:

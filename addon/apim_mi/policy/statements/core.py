@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from ...credentials import CredentialSpec
 from ...errors import PolicyError
 from ...tokens import TokenError, TokenKey, TokenResult, token_key
-from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, prepared, run_statements
+from ...trace import Later
+from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, memo, prepared, run_statements
 from ..model import Statement, Value
 from ._common import apply_exists_action, value_children
 
@@ -55,7 +56,11 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
         if ignore_error:
             return
         raise PolicyError(MI, NOT_ENABLED, "ManagedIdentityNotEnabled")
-    key = token_key(run.services.credential_source, client_id, resource)
+    source = run.services.credential_source
+    if type(source) is str and mi.resource is not None and mi.resource.expression is None:
+        key = memo(stmt, (token_key, source), lambda: token_key(source, client_id, resource))  # a name, no secret
+    else:
+        key = token_key(source, client_id, resource)
     try:
         if key.assertion is not None:
             await _assertion_step(run, key.assertion, scope)
@@ -112,13 +117,17 @@ def _acquisition(key: TokenKey, tenant: str, claims: dict[str, Any] | None = Non
 
 
 def _trace_success(run: PolicyRun, scope: Scope, key: TokenKey, result: TokenResult) -> None:
-    claims = result.token.claims
-    run.trace.add(scope.section, MI, {
+    run.trace.add(scope.section, MI, Later(_success_entry, key, result.token.claims, result.cached))
+
+
+def _success_entry(key: TokenKey, claims: dict[str, Any], cached: bool) -> dict[str, Any]:
+    """The acquisition's trace entry, built when the trace is read (``claims``: the token's, which never change)."""
+    return {
         "message": _acquisition(key, "", claims) + " succeeded.",
         "errorResponse": None,
-        "cached": result.cached,
+        "cached": cached,
         "claims": {k: claims[k] for k in ("aud", "appid", "azp", "oid", "tid", "exp") if k in claims},
-    })
+    }
 
 
 async def _assertion_step(run: PolicyRun, first: TokenKey, scope: Scope) -> None:
@@ -153,11 +162,13 @@ async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = await evaluate_string(run, stmt.attrs.get("name"), "set-header", scope) or ""
     action = prepared(stmt, _exists_action)
     values = await value_children(run, stmt, "set-header", scope)
-    if any(c in name + "".join(values) for c in "\r\n"):
+    written = name + "".join(values)
+    if "\r" in written or "\n" in written:
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
     headers = _target_headers(run, scope, "set-header")
     exists = apply_exists_action(headers, name, values, action)
-    carries_token = any(s in value for s in run.trace.secrets for value in values)
+    secrets = run.trace.secrets
+    carries_token = bool(secrets) and any(s in value for s in secrets for value in values)
     if scope.request is not None and carries_token and (action != "skip" or not exists):
         if exists and action == "override":
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")

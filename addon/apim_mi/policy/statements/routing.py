@@ -18,7 +18,17 @@ from ..catalog import DAPR_REASON
 from ..context import Query, Url
 from ..engine import UNVERIFIED, PolicyRun, Scope
 from ..model import Statement
-from ._common import apply_exists_action, bool_attr, int_attr, str_attr, value_children
+from ._common import (
+    apply_exists_action,
+    bool_attr,
+    int_attr,
+    literal_attr,
+    literal_attrs,
+    str_attr,
+    to_bool,
+    to_int,
+    value_children,
+)
 from .backends import ENTITY, apply_entity, call_backend, entity_base, needs_engine_call
 
 _PARAM = re.compile(r"\{([^{}]+)\}")
@@ -185,14 +195,36 @@ async def set_query_parameter(run: PolicyRun, stmt: Statement, scope: Scope) -> 
     })
 
 
+_FORWARD = ("timeout-ms", "timeout", "fail-on-error-status-code", "buffer-response", "follow-redirects")
+
+
+def _forward_timeout(timeout_ms: int | None, timeout: int | None) -> float:
+    return timeout_ms / 1000 if timeout_ms is not None else float(300 if timeout is None else timeout)
+
+
+def _literal_forward(stmt: Statement) -> tuple[float, bool, bool, bool]:
+    """forward-request's options from literal attributes: (timeout, fail-on-error-status-code, buffer-response,
+    follow-redirects)."""
+    return (
+        _forward_timeout(literal_attr(stmt, "timeout-ms", to_int), literal_attr(stmt, "timeout", to_int)),
+        literal_attr(stmt, "fail-on-error-status-code", to_bool),
+        literal_attr(stmt, "buffer-response", to_bool),
+        literal_attr(stmt, "follow-redirects", to_bool),
+    )
+
+
 async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """Marks the request for forwarding (the proxy sends it once the backend section is done) with its options."""
-    timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
-    timeout = await int_attr(run, stmt, "timeout", scope)
-    forward_timeout = timeout_ms / 1000 if timeout_ms is not None else float(300 if timeout is None else timeout)
-    run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
-    run.buffer_response = await bool_attr(run, stmt, "buffer-response", scope)
-    if await bool_attr(run, stmt, "follow-redirects", scope):
+    literal = literal_attrs(stmt, _literal_forward, *_FORWARD)
+    if literal is not None:
+        forward_timeout, run.fail_on_error_status, run.buffer_response, follow_redirects = literal
+    else:
+        timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
+        forward_timeout = _forward_timeout(timeout_ms, await int_attr(run, stmt, "timeout", scope))
+        run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
+        run.buffer_response = await bool_attr(run, stmt, "buffer-response", scope)
+        follow_redirects = await bool_attr(run, stmt, "follow-redirects", scope)
+    if follow_redirects:
         run.warn(scope.section, "forward-request", "follow-redirects=\"true\" is not supported by apim-mi: a 3xx "
                  "from the backend reaches outbound and the client as it is.")
     if needs_engine_call(run, scope):
