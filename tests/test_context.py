@@ -97,3 +97,25 @@ def test_expression_results_round_trip_through_variables() -> None:
     assert ev('(int)context.Variables["n"] + context.Variables.GetValueOrDefault<long>("l")', ctx) == 47
     assert ev('context.Variables.GetValueOrDefault<bool>("b") && (string)context.Variables["s"] == "t"', ctx)
     assert ev('((Guid)context.Variables["g"]).ToString().Length + ((DateTime)context.Variables["d"]).Year', ctx) > 2000
+
+
+def test_url_host_and_port_read_as_urlsplit_reads_them() -> None:
+    """Url.parse reads a plain authority itself (once, not once per property): the same host and port as
+    ``urlsplit``'s ``hostname``/``port`` (an invalid port: None), for plain and unusual authorities alike."""
+    from urllib.parse import urlsplit
+
+    for netloc in ["h", "H:80", "h:", ":80", "h:65535", "h:65536", "h:0", "h:+1", "h:١٢", "h:8a", "u:p@H:1",
+                   "[::1]:8", "[FE80::1%Zone]:9", "H%Z:1", "h:1:2", "h:00080", "ÄB:1", "h: 1"]:  # fmt: skip
+        parts = urlsplit(f"http://{netloc}/x?a=1")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        url = Url.parse(f"http://{netloc}/x?a=1")
+        assert (url.host, url.port) == (parts.hostname or "", 80 if port is None else port), netloc
+
+
+def test_query_parse_unquotes_only_what_needs_it() -> None:
+    for raw, pairs in [("a=1&b=&c&&d=x=y", [("a", "1"), ("b", ""), ("c", ""), ("d", "x=y")]),
+                       ("a+b=c+d&e%20f=%2B%26", [("a b", "c d"), ("e f", "+&")]), ("", [])]:  # fmt: skip
+        assert Query.parse(raw).pairs() == pairs

@@ -13,13 +13,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import SplitResult, quote, unquote_plus, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class MultiMap:
     """An ordered, case-insensitive multimap of string names to string values (headers, query parameters)."""
+
+    __slots__ = ("_pairs",)
 
     def __init__(self, pairs: Iterable[tuple[str, str]] = ()) -> None:
         self._pairs: list[tuple[str, str]] = [(str(n), str(v)) for n, v in pairs]
@@ -97,26 +99,31 @@ class MultiMap:
 class Headers(MultiMap):
     """HTTP headers: ``IReadOnlyDictionary<string, string[]>`` in expressions."""
 
+    __slots__ = ()
+
 
 class Query(MultiMap):
     """URL query parameters (decoded): ``IReadOnlyDictionary<string, string[]>`` in expressions."""
+
+    __slots__ = ()
 
     @classmethod
     def parse(cls, query: str) -> Query:
         pairs = []
         if query:
+            plus_or_percent = "+" in query or "%" in query  # else unquoting leaves every part as it is
             for part in query.split("&"):
                 if not part:
                     continue
                 name, _, value = part.partition("=")
-                pairs.append((unquote_plus(name), unquote_plus(value)))
+                pairs.append((unquote_plus(name), unquote_plus(value)) if plus_or_percent else (name, value))
         return cls.of(pairs)
 
     def encode(self) -> str:
         return "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in self._pairs)
 
 
-@dataclass
+@dataclass(slots=True)
 class Url:
     """APIM's ``IUrl``. ``str(url)`` is the full URL; an untouched query keeps its original encoding."""
 
@@ -135,14 +142,11 @@ class Url:
     def parse(cls, url: str) -> Url:
         parts = urlsplit(url)
         scheme = (parts.scheme or "http").lower()
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
+        host, port = _host_port(parts)
         q = Query.parse(parts.query)
         return cls(
             scheme=scheme,
-            host=parts.hostname or "",
+            host=host,
             port=port if port is not None else DEFAULT_PORTS.get(scheme, 80),
             path=parts.path or "/",
             query=q,
@@ -184,6 +188,21 @@ class Url:
         return f"{self.scheme}://{self.authority}{self.path}{self.query_string}{frag}"
 
 
+def _host_port(parts: SplitResult) -> tuple[str, int | None]:
+    """``parts.hostname or ""`` and ``parts.port`` (None when it is not a valid port), reading a plain netloc (no
+    user info, brackets or zone) once instead of once per property."""
+    netloc = parts.netloc
+    host, _, text = netloc.partition(":")
+    if "@" in netloc or "[" in netloc or "%" in netloc or (text and not (text.isdigit() and text.isascii())):
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        return parts.hostname or "", port
+    port = int(text) if text else None
+    return host.lower(), port if port is None or port <= 65535 else None
+
+
 class Body:
     """A message body (``IMessageBody``). Reading it without ``preserveContent`` consumes it, as in APIM."""
 
@@ -206,7 +225,7 @@ class Body:
         return f"Body({self.content[:40]!r}{'…' if len(self.content) > 40 else ''}, consumed={self.consumed})"
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     method: str
     url: Url
@@ -223,7 +242,7 @@ class Request:
             self.original_url = self.url.copy()
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     """The current response, and also APIM's ``IResponse`` held in a variable by ``send-request``."""
 
@@ -329,14 +348,14 @@ class User:
     registration_date: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-@dataclass
+@dataclass(slots=True)
 class Gateway:
     id: str = "managed"
     instance_id: str = ""
     is_managed: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Deployment:
     region: str = "Local"
     service_name: str = "apim-mi"
@@ -352,7 +371,7 @@ class Workspace:
     name: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Context:
     """Everything a policy expression can see as ``context``."""
 

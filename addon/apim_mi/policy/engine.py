@@ -167,6 +167,16 @@ def record_code_traces(run: PolicyRun, source: str, scope: Scope) -> None:
 
 async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> Any:
     """A literal, or an expression evaluated with APIM's trace entry; failures become ``PolicyError``."""
+    return evaluate_now(run, value, source, scope)
+
+
+async def evaluate_string(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:
+    """Like ``evaluate`` but converted the way APIM converts a value for a header or attribute."""
+    return evaluate_string_now(run, value, source, scope)
+
+
+def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> Any:
+    """``evaluate`` for a caller that is not a coroutine, or that runs on every flow (no coroutine to await)."""
     if value is None:
         return None
     expression = value.expression
@@ -197,9 +207,9 @@ async def evaluate(run: PolicyRun, value: Value | None, source: str, scope: Scop
     return result
 
 
-async def evaluate_string(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:
-    """Like ``evaluate`` but converted the way APIM converts a value for a header or attribute."""
-    result = await evaluate(run, value, source, scope)
+def evaluate_string_now(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:
+    """``evaluate_string`` without a coroutine (see ``evaluate_now``)."""
+    result = evaluate_now(run, value, source, scope)
     if result is None or isinstance(result, str):
         return result
     return to_policy_string(result)
@@ -243,6 +253,9 @@ def prepared[T](stmt: Statement, build: Callable[[Statement], T]) -> T:
     """What ``build`` derives from the statement alone (literal attributes parsed, documented defaults looked up),
     computed on first use and kept with the statement: a handler's per-flow work is then only what depends on the
     request. ``build`` must not look at anything but ``stmt``."""
+    cache = stmt.compiled
+    if cache is not None and build in cache:
+        return cache[build]  # type: ignore[no-any-return]
     return memo(stmt, build, lambda: build(stmt))
 
 

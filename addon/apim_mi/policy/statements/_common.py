@@ -11,7 +11,7 @@ from typing import Any
 from ...errors import PolicyError
 from ..catalog import default_of
 from ..context import Body, Headers, Response
-from ..engine import PolicyRun, Scope, evaluate, evaluate_string, memo, prepared
+from ..engine import PolicyRun, Scope, evaluate, evaluate_string, evaluate_string_now, memo, prepared
 from ..model import Statement, Value
 
 
@@ -176,11 +176,11 @@ def _value_elements(stmt: Statement) -> list[Statement]:
     return stmt.children_named("value")
 
 
-async def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -> list[str]:
+def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -> list[str]:
     """The ``<value>`` children of set-header / set-query-parameter, evaluated; null results are dropped."""
     values: list[str] = []
     for v in prepared(stmt, _value_elements):
-        text = await evaluate_string(run, v.text, source, scope)
+        text = evaluate_string_now(run, v.text, source, scope)
         if text is not None:
             values.append(text)
     return values

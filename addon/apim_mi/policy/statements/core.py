@@ -10,7 +10,16 @@ from ...credentials import CredentialSpec
 from ...errors import PolicyError
 from ...tokens import TokenError, TokenKey, TokenResult, token_key
 from ...trace import Later
-from ..engine import Injection, PolicyRun, Scope, evaluate, evaluate_string, memo, prepared, run_statements
+from ..engine import (
+    Injection,
+    PolicyRun,
+    Scope,
+    evaluate_now,
+    evaluate_string_now,
+    memo,
+    prepared,
+    run_statements,
+)
 from ..model import Statement, Value
 from ._common import apply_exists_action, value_children
 
@@ -47,7 +56,7 @@ def _mi(stmt: Statement) -> _Mi:
 async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """APIM's algorithm (research/apim.md §2.3): token for ``resource``, into Authorization or a variable."""
     mi = prepared(stmt, _mi)
-    resource = await evaluate_string(run, mi.resource, MI, scope) or ""
+    resource = evaluate_string_now(run, mi.resource, MI, scope) or ""
     client_id, out_var, ignore_error = mi.client_id, mi.out_var, mi.ignore_error
     if client_id.startswith("@"):
         run.warn(scope.section, MI, "client-id holds an expression, which APIM does not evaluate: it is looked up "
@@ -159,9 +168,9 @@ def _exists_action(stmt: Statement) -> str:
 
 
 async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    name = await evaluate_string(run, stmt.attrs.get("name"), "set-header", scope) or ""
+    name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
     action = prepared(stmt, _exists_action)
-    values = await value_children(run, stmt, "set-header", scope)
+    values = value_children(run, stmt, "set-header", scope)
     written = name + "".join(values)
     if "\r" in written or "\n" in written:
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
@@ -173,18 +182,21 @@ async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
         if exists and action == "override":
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
         run.injections.append(Injection(name, "", "", {}))
-    run.trace.add(scope.section, "set-header", {
+    run.trace.add(scope.section, "set-header", Later(_set_header_entry, name, action, exists, values))
+
+
+def _set_header_entry(name: str, action: str, exists: bool, values: list[str]) -> dict[str, Any]:
+    return {
         "message": f"Header '{name}': {action}" + (" (header already present, left unchanged)"
                                                     if action == "skip" and exists else ""),
         "header": {"name": name, "value": ", ".join(values)},
         "emulator": "wording not verified against Azure",
-    })
+    }  # fmt: skip
 
 
 async def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = stmt.attr("name") or ""
-    value = await evaluate(run, stmt.attrs.get("value"), "set-variable", scope)
-    run.context.variables[name] = value
+    run.context.variables[name] = evaluate_now(run, stmt.attrs.get("value"), "set-variable", scope)
 
 
 def _branches(stmt: Statement) -> tuple[list[Statement], Statement | None]:
@@ -195,7 +207,7 @@ async def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """First ``when`` whose condition is true, else ``otherwise``."""
     whens, otherwise = prepared(stmt, _branches)
     for i, branch in enumerate(whens, start=1):
-        cond = await evaluate(run, branch.attrs.get("condition"), "choose", scope)
+        cond = evaluate_now(run, branch.attrs.get("condition"), "choose", scope)
         if not isinstance(cond, bool):
             raise PolicyError("choose", f"The condition of when[{i}] did not evaluate to a boolean (got {cond!r}).",
                               "ExpressionValueEvaluationFailure")

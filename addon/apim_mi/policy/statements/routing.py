@@ -183,7 +183,7 @@ async def rewrite_uri(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
 async def set_query_parameter(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = await str_attr(run, stmt, "name", scope) or ""
     action = (await str_attr(run, stmt, "exists-action", scope) or "override").strip().lower()
-    values = await value_children(run, stmt, "set-query-parameter", scope)
+    values = value_children(run, stmt, "set-query-parameter", scope)
     request = _request(run, scope)
     query = request.url.query
     exists = apply_exists_action(query, name, values, action)
