@@ -534,6 +534,8 @@ def to_net_string(v: Any) -> str:
 
 def net_equals(a: Any, b: Any) -> bool:
     """C# ``==`` on the runtime values: value equality for primitives, strings and structs, else reference."""
+    if type(a) is str and type(b) is str:  # the common case, answered as below
+        return a == b
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, bool) or isinstance(b, bool):

@@ -177,7 +177,7 @@ async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     headers = _target_headers(run, scope, "set-header")
     exists = apply_exists_action(headers, name, values, action)
     secrets = run.trace.secrets
-    carries_token = bool(secrets) and any(s in value for s in secrets for value in values)
+    carries_token = bool(secrets) and any([s in value for s in secrets for value in values])
     if scope.request is not None and carries_token and (action != "skip" or not exists):
         if exists and action == "override":
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
