@@ -106,7 +106,7 @@ class TokenError(ApimMiError):
         self.error_response = error_response
 
 
-@dataclass
+@dataclass(slots=True)
 class TokenResult:
     """What a caller gets: the token, and whether it came from the cache (for the trace)."""
 

@@ -143,17 +143,11 @@ class Url:
         parts = urlsplit(url)
         scheme = (parts.scheme or "http").lower()
         host, port = _host_port(parts)
-        q = Query.parse(parts.query)
-        return cls(
-            scheme=scheme,
-            host=host,
-            port=port if port is not None else DEFAULT_PORTS.get(scheme, 80),
-            path=parts.path or "/",
-            query=q,
-            fragment=parts.fragment,
-            _raw_query=parts.query,
-            _raw_pairs=q.pairs(),
-        )
+        raw_query = parts.query
+        q = Query.parse(raw_query)
+        if port is None:
+            port = DEFAULT_PORTS.get(scheme, 80)
+        return cls(scheme, host, port, parts.path or "/", q, parts.fragment, raw_query, q.pairs())
 
     @property
     def query_string(self) -> str:

@@ -30,7 +30,7 @@ class ExecutionLimitError(ApimMiError):
     """A policy nested deeper than any real one (e.g. through recursion in fragments)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Injection:
     """A header that received a token: needed to redact it later and to summarise the flow."""
 
@@ -57,7 +57,7 @@ class Delivered:
 OnResponse = Callable[["PolicyRun", Delivered], Awaitable[None]]
 
 
-@dataclass
+@dataclass(slots=True)
 class Services:
     """What policies need from outside the request: tokens and (for send-request) an HTTP client."""
 
@@ -81,7 +81,7 @@ class Scope:
     request: Request | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class PolicyRun:
     """The per-request state of one policy execution."""
 

@@ -19,6 +19,7 @@ from .dotnet import MAX_STRING, Char, NetException, check_len, is_integer, null_
 from .interpreter import (
     _NUMERIC_NAMES,
     MAX_STEPS,
+    Closure,
     EvalError,
     Scope,
     _check_type,
@@ -31,6 +32,7 @@ from .interpreter import (
 )
 from .members import (
     _CONTEXT_ATTRS,
+    _METHODS,
     MAX_ITEMS,
     MemberNotFound,
     align,
@@ -104,6 +106,10 @@ def _bounded(node: Any, depth: int, count: list[int]) -> bool:
     if fields is None or isinstance(node, A.TypeRef):
         return True
     return all(_bounded(getattr(node, f), depth + 1, count) for f in fields)
+
+
+#: What call_member answers before looking at call_method's cache.
+_SPECIAL = (TypeHandle, NamespaceHandle, Closure)
 
 
 def _null_target(obj: Any, null_cond: bool) -> Any:
@@ -287,7 +293,17 @@ class _Compiler:
 
             def method(c: Any, s: Any) -> Any:
                 obj = target(c, s)
-                return _checked(call_member(obj, name, args(c, s), targs))
+                values = args(c, s)
+                cls = type(obj)
+                fn = None if cls in _SPECIAL else _METHODS.get((cls, name))
+                if fn is None:
+                    return _checked(call_member(obj, name, values, targs))
+                try:  # the method call_member finds first for any other type (call_method's cache)
+                    return _checked(fn(obj, values, targs))
+                except MemberNotFound as e:
+                    if str(e) == name:
+                        raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{name}'") from None
+                    raise
 
             return method
         fn = self.expr(t)

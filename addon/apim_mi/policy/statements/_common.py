@@ -122,17 +122,20 @@ def literal_attr[T](
 def literal_attrs[T](stmt: Statement, build: Callable[[Statement], T], *names: str) -> T | None:
     """``build(stmt)`` kept with the statement when none of ``names`` is an expression and ``build`` (made of
     ``literal_attr``) accepts the literals; None, then the handler evaluates its attributes on each flow."""
+    key = (literal_attrs, build)
+    cache = stmt.compiled
+    if cache is not None and key in cache:
+        return cache[key]  # type: ignore[no-any-return]
+    return memo(stmt, key, lambda: _all_literal(stmt, build, names))
 
 
-    def checked() -> T | None:
-        if any(v is not None and v.expression is not None for v in map(stmt.attrs.get, names)):
-            return None
-        try:
-            return build(stmt)
-        except PolicyError:
-            return None
-
-    return memo(stmt, (literal_attrs, build), checked)
+def _all_literal[T](stmt: Statement, build: Callable[[Statement], T], names: tuple[str, ...]) -> T | None:
+    if any(v is not None and v.expression is not None for v in map(stmt.attrs.get, names)):
+        return None
+    try:
+        return build(stmt)
+    except PolicyError:
+        return None
 
 
 def _literal(stmt: Statement, value: Value | None, name: str, parent: str | None) -> str | None:
@@ -196,6 +199,9 @@ def apply_exists_action(target: Any, name: str, values: list[str], action: str) 
         pass
     elif action == "append":
         for value in values:
+            target.append(name, value)
+    elif values and not exists:
+        for value in values:  # what set() does to a name that is not there
             target.append(name, value)
     elif values:
         target.set(name, values)

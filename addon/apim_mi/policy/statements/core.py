@@ -105,7 +105,9 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
     target = _request_headers(scope, MI)
     if "Authorization" in target:
         run.warn(scope.section, MI, "The client's Authorization header was replaced by the managed identity token.")
-    target.set("Authorization", [f"Bearer {token.value}"])
+        target.set("Authorization", [f"Bearer {token.value}"])
+    else:
+        target.append("Authorization", f"Bearer {token.value}")  # what set() does to a name that is not there
     run.injections.append(Injection("Authorization", key.identity, resource, claims))
     run.trace.add(scope.section, MI, {"message": "Managed identity token is added to Authorization header."})
 
