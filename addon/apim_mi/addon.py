@@ -17,13 +17,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.utils import human
 
-from . import clientcerts, diagnostics, flowcontext, inspector, logs, streaming, uploads
+from . import clientcerts, diagnostics, fastpath, flowcontext, inspector, logs, streaming, uploads
 from .credentials import CredentialSpec
 from .errors import LoadError, PolicyError
 from .matcher import Matcher
@@ -66,6 +67,8 @@ class _FlowState:
     url: str | None = None
     #: ignore_error let a request whose policy could not run on its streamed body go on as the client sent it.
     unchanged: bool = False
+    #: The request's line was logged and counted (when it left); the flow's end only updates the summary.
+    recorded: bool = False
 
 
 @dataclass
@@ -106,7 +109,7 @@ class ApimMi:
         self.metrics: Any = None  # apim_mi.metrics.Metrics while mi_metrics is set (policies: settings["metrics"])
         self._metrics_server: Any = None
         self._metrics_listen = ("127.0.0.1", 0)
-        self._flows: dict[str, _FlowState] = {}
+        self._flows: dict[str, _FlowState | fastpath.Quick] = {}
         # Streamed request bodies (see uploads.py): flows whose policy ran in requestheaders, parked ones, and
         # those sent to the sink (where they were going, and the answer the client gets instead of the sink's).
         self._early: set[str] = set()
@@ -538,7 +541,87 @@ class ApimMi:
         if flow.request.stream:  # streamed by an addon after our requestheaders, or ignore_error with a body policy
             self._unprotected(flow, rule)
             return
+        if routed is None and self._quick_request(flow, rule):
+            return
         await self._guarded(flow, rule, routed, early=False)
+
+    # -- the fast path (fastpath.py) --------------------------------------------------------------------------
+
+    def _quick_request(self, flow: http.HTTPFlow, rule: Rule) -> bool:
+        """The flow's policy only adds a token and nothing needs the engine: the cached token goes into the
+        header and a ``Quick`` record is kept (False: the engine path runs instead)."""
+        plan = fastpath.plan_of(rule.policy)
+        ready = self._ready
+        if plan is None or ready is None or not ready.done() or ready.cancelled() or ready.exception() is not None:
+            return False
+        key = fastpath.key_of(plan, self._source(rule))
+        req = flow.request
+        fields = req.headers.fields
+        if key is None or not fastpath.plain_request(fields):
+            return False
+        data = req.data
+        assert self.tokens is not None
+        token = self.tokens.fresh(key)
+        if token is None or not fastpath.same_audience(token, plan.resource) or self._insecure_transport(
+            req.scheme, data.host, rule
+        ):
+            return False
+        quick = fastpath.Quick(rule, plan, key, token, time.perf_counter(), time.time())
+        self.tokens.cached(key)  # the hit, counted (and a refresh started when due)
+        quick.received = data.timestamp_start
+        quick.snapshot = (data.host, data.port, data.method, data.scheme, data.authority, data.path,
+                          data.http_version, fields)  # fmt: skip
+        req.headers.fields = quick.sent_fields = fastpath.with_token(fields, token.value)
+        quick.forwarded = time.perf_counter()
+        self._flows[flow.id] = quick
+        return True
+
+    def _quick_sent(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> None:
+        """The request left with the token (its headers are as the fast path left them): counted, logged, and
+        the token taken out of the flow."""
+        quick.checked = True
+        rule_name = quick.rule.name
+        self._count("injected", rule_name)
+        if logs.wanted(log, logging.INFO):
+            aud = quick.token.claims.get("aud", "")
+            log.info("apim-mi: %s %s [%s] %s%s: %s", quick.request().method, quick.url, rule_name,
+                     quick.key.identity or "-", f" aud={aud}" if aud else "", fastpath.OUTCOME)  # fmt: skip
+        if self._redact_on:
+            flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
+
+    def _quick_finish(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> None:
+        """The flow is over: its comment now, its summary and trace once something reads them."""
+        now = time.perf_counter()
+        resp = flow.response
+        if resp is not None:
+            quick.answered = now
+            quick.response = (resp.status_code, resp.reason, resp.headers.fields)
+        elapsed_ms = (now - quick.began) * 1000
+        claims = quick.token.claims
+        identity = quick.key.identity
+        flow.comment = _comment(quick.rule.name, identity, claims.get("aud", ""), fastpath.OUTCOME,
+                                resp.status_code if resp is not None else None, elapsed_ms, ())  # fmt: skip
+        keys = ("summary", "trace") if self._trace_on else ("summary",)
+        flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
+        del self._flows[flow.id]
+
+    def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
+        """A fast-path flow that needs the engine path from here on: the state that path would have by now."""
+        request_id = uuid.uuid4()
+        trace = quick.trace(request_id.hex)
+        context = flowcontext.request_context(flow, request_id)[0]
+        rule = quick.rule
+        services = engine.Services(self.tokens, self._source(rule), settings=self._settings, state=self.gateway)
+        run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name, forward=True,
+                               forward_timeout=quick.plan.timeout)  # fmt: skip
+        run.injections.append(engine.Injection(fastpath.HEADER, quick.key.identity, quick.plan.resource,
+                                               quick.token.claims))  # fmt: skip
+        state = _FlowState(rule, run, quick.began, str(request_id), url=quick.url)
+        if quick.checked:
+            state.sent = state.recorded = True
+            state.redacted = self._redact_on
+        self._flows[flow.id] = state
+        return state
 
     async def _matched_rule(self, flow: http.HTTPFlow) -> tuple[Rule, Any] | None:
         """The flow's rule (and its APIOps route, if an API answered), for a client allowed to use it; a client that
@@ -594,7 +677,7 @@ class ApimMi:
             return
         self._early.discard(flow.id)
         state = self._flows.get(flow.id)
-        if state is not None and flow.request.stream and flow.id not in self._diverted:
+        if isinstance(state, _FlowState) and flow.request.stream and flow.id not in self._diverted:
             self._check_sent(flow, state)  # the headers left after requestheaders: what we see is what was sent
 
     async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule, routed: Any, early: bool) -> None:
@@ -758,6 +841,13 @@ class ApimMi:
         if state is None:
             streaming.stream_unmatched(flow)
             return None
+        if type(state) is fastpath.Quick:
+            resp = flow.response
+            if flow.request.headers.fields is state.sent_fields and fastpath.buffered(resp):
+                self._quick_sent(flow, state)
+                return None
+            state = self._full(flow, state)
+        assert isinstance(state, _FlowState)
         if state.sent is None:
             self._check_sent(flow, state)
         self._redact(flow, state)
@@ -827,6 +917,12 @@ class ApimMi:
         state = self._flows.get(flow.id)
         if state is None:
             return
+        if type(state) is fastpath.Quick:
+            if state.checked and fastpath.accepted(flow.response, state.token.value):
+                self._quick_finish(flow, state)
+                return
+            state = self._full(flow, state)
+        assert isinstance(state, _FlowState)
         try:
             run = state.run
             if state.answer is not None:
@@ -837,9 +933,7 @@ class ApimMi:
                 self._streamed_late(flow, state)
             elif flow.response is not None and run.error is None and run.response is None:
                 await self._outbound(flow, state)
-                run.trace.add(
-                    "outbound", "transfer-response", {"message": "Response has been sent to the caller in full"}
-                )
+                run.trace.add("outbound", "transfer-response", dict(inspector.SENT_IN_FULL))
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
             flow.response = _apim_500(str(state.run.context.request_id))
@@ -902,6 +996,13 @@ class ApimMi:
         self._early.discard(flow.id)
         self._held.pop(flow.id, None)
         state = self._flows.get(flow.id)
+        if type(state) is fastpath.Quick:
+            if state.checked or flow.request.headers.fields is state.sent_fields:
+                if not state.checked:
+                    self._quick_sent(flow, state)
+                self._quick_finish(flow, state)
+                return
+            state = self._full(flow, state)
         if state is not None:
             if state.sent is None:
                 self._check_sent(flow, state)
@@ -997,24 +1098,16 @@ class ApimMi:
             outcome = "policy applied"
         claims = next((i.claims for i in run.injections if i.claims), {})
         identity = next((i.identity for i in run.injections if i.identity), "")
-        summary = {
-            "rule": run.rule_name, "outcome": outcome, "identity": identity, "aud": claims.get("aud", ""),
-            "exp": claims.get("exp"), "elapsed_ms": round(elapsed_ms, 3), "warnings": list(run.warnings),
-            "requestId": state.request_id,
-        }  # fmt: skip
-        first = not state.summary
+        summary = _summary(run.rule_name, outcome, identity, claims, elapsed_ms, run.warnings, state.request_id)
+        first = not state.recorded
+        state.recorded = True
         state.summary = summary
-        shown = summary
-        if secrets:  # scrubbed (a copy) only if a secret occurs in one of its strings, which it practically never does
-            texts = "\n".join((run.rule_name, outcome, identity, str(summary["aud"]), *run.warnings))
-            if any(s in texts for s in secrets):
-                shown = scrub(summary, secrets)
+        shown = _shown(summary, secrets)
         flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
         aud = f" aud={summary['aud']}" if summary["aud"] else ""
-        status = f", answered {flow.response.status_code}" if flow.response is not None else ""
-        flow.comment = f"apim-mi [{run.rule_name}] {identity or '-'}{aud}: {outcome}{status} ({elapsed_ms:.1f} ms)"
-        if shown["warnings"]:
-            flow.comment += "".join(f"\nwarning: {w}" for w in shown["warnings"])
+        flow.comment = _comment(run.rule_name, identity, summary["aud"], outcome,
+                                flow.response.status_code if flow.response is not None else None, elapsed_ms,
+                                shown["warnings"])  # fmt: skip
         if first:
             if url is None:
                 url = flowcontext.pretty_url(flow.request)
@@ -1051,7 +1144,7 @@ class ApimMi:
         flow.metadata[METADATA_KEY] = {"summary": {"rule": rule.name if rule else "", "outcome": "failed closed",
                                                    "error": reason, "requestId": request_id}}
         state = self._flows.pop(flow.id, None)
-        if state is not None:
+        if isinstance(state, _FlowState):
             self._redact(flow, state)
         log.error("apim-mi: %s %s failed closed: %s", flow.request.method, flowcontext.pretty_url(flow.request), reason)
 
@@ -1076,6 +1169,48 @@ class ApimMi:
     def reload_command(self) -> str:
         """Re-read the rules file now (a broken file keeps the last good rules)."""
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
+
+
+def _summary(rule_name: str, outcome: str, identity: str, claims: dict[str, Any], elapsed_ms: float,
+             warnings: Sequence[str], request_id: str) -> dict[str, Any]:  # fmt: skip
+    """``flow.metadata['apim_mi']['summary']``: what happened, in a few fields (claims, never the token)."""
+    return {
+        "rule": rule_name, "outcome": outcome, "identity": identity, "aud": claims.get("aud", ""),
+        "exp": claims.get("exp"), "elapsed_ms": round(elapsed_ms, 3), "warnings": list(warnings),
+        "requestId": request_id,
+    }  # fmt: skip
+
+
+def _shown(summary: dict[str, Any], secrets: set[str] | frozenset[str]) -> dict[str, Any]:
+    """The summary as shown: scrubbed (a copy) only if a secret occurs in one of its strings, which it practically
+    never does."""
+    if secrets:
+        texts = "\n".join((summary["rule"], summary["outcome"], summary["identity"], str(summary["aud"]),
+                           *summary["warnings"]))  # fmt: skip
+        if any(s in texts for s in secrets):
+            return scrub(summary, secrets)  # type: ignore[no-any-return]
+    return summary
+
+
+def _comment(rule_name: str, identity: str, aud: Any, outcome: str, status: int | None, elapsed_ms: float,
+             warnings: Sequence[str]) -> str:  # fmt: skip
+    """``flow.comment``: the summary in one line (and a line per warning), as mitmweb and the flow list show it."""
+    comment = (f"apim-mi [{rule_name}] {identity or '-'}{f' aud={aud}' if aud else ''}: {outcome}"
+               f"{f', answered {status}' if status is not None else ''} ({elapsed_ms:.1f} ms)")  # fmt: skip
+    if warnings:
+        comment += "".join(f"\nwarning: {w}" for w in warnings)
+    return comment
+
+
+def _quick_document(quick: fastpath.Quick, elapsed_ms: float, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A fast-path flow's ``summary`` and ``trace``, made when something first reads them."""
+    request_id = uuid.uuid4()
+    claims = quick.token.claims
+    summary = _summary(quick.rule.name, fastpath.OUTCOME, quick.key.identity, claims, elapsed_ms, (), str(request_id))
+    document = {"summary": _shown(summary, {quick.token.value})}
+    if "trace" in keys:
+        document["trace"] = quick.trace(request_id.hex).to_json()
+    return document
 
 
 def _config_settings(config: RulesConfig) -> dict[str, Any]:

@@ -51,6 +51,10 @@ SENSITIVE = frozenset({
 })  # fmt: skip
 
 
+#: The outbound trace message of a buffered answer, once it has gone to the client.
+SENT_IN_FULL = {"message": "Response has been sent to the caller in full"}
+
+
 def _headers(pairs: Any, secrets: Any = None) -> list[dict[str, str]]:
     out = []
     for name, value in pairs:
@@ -60,11 +64,11 @@ def _headers(pairs: Any, secrets: Any = None) -> list[dict[str, str]]:
     return out
 
 
-def _request_entry(method: str, url: str, fields: Fields) -> dict[str, Any]:
+def request_entry(method: str, url: str, fields: Fields) -> dict[str, Any]:
     return {"request": {"method": method, "url": url, "headers": _headers(flowcontext.decoded(fields))}}
 
 
-def _configuration_entry(rule: Rule, scheme: str, host: str, port: int, method: str, path: str) -> dict[str, Any]:
+def configuration_entry(rule: Rule, scheme: str, host: str, port: int, method: str, path: str) -> dict[str, Any]:
     default_port = {"http": 80, "https": 443}.get(scheme) == port
     return {"configuration": {
         "api": {
@@ -81,7 +85,7 @@ def _configuration_entry(rule: Rule, scheme: str, host: str, port: int, method: 
     }}  # fmt: skip
 
 
-def _forward_entry(timeout: float, method: str, url: str, fields: Fields, secrets: Any) -> dict[str, Any]:
+def forward_entry(timeout: float, method: str, url: str, fields: Fields, secrets: Any) -> dict[str, Any]:
     return {
         "message": f"Request is being forwarded to the backend service. Timeout set to {timeout:g} seconds",
         "request": {"method": method, "url": url,
@@ -89,7 +93,7 @@ def _forward_entry(timeout: float, method: str, url: str, fields: Fields, secret
     }  # fmt: skip
 
 
-def _response_entry(code: int, reason: str, fields: Fields) -> dict[str, Any]:
+def response_entry(code: int, reason: str, fields: Fields) -> dict[str, Any]:
     return {"response": {"status": {"code": code, "reason": reason},
                          "headers": _headers(flowcontext.decoded(fields))}}  # fmt: skip
 
@@ -98,19 +102,19 @@ def request_later(flow: http.HTTPFlow, url: str | None = None) -> Later:
     """The ``api-inspector`` request entry: the request as the proxy received it (client credentials hidden),
     computed when the trace is read from snapshots taken now; ``url``: the flow's pretty URL if already known."""
     req = flow.request
-    return Later(_request_entry, req.method, url or flowcontext.pretty_url(req), req.headers.fields)
+    return Later(request_entry, req.method, url or flowcontext.pretty_url(req), req.headers.fields)
 
 
 def configuration_later(flow: http.HTTPFlow, rule: Rule) -> Later:
     """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule."""
     req = flow.request
-    return Later(_configuration_entry, rule, req.scheme, req.host, req.port, req.method, req.path)
+    return Later(configuration_entry, rule, req.scheme, req.host, req.port, req.method, req.path)
 
 
 def forward_later(flow: http.HTTPFlow, timeout: float, secrets: set[str], url: str | None = None) -> Later:
     """The backend ``forward-request`` entry: the request as it leaves (an injected token shows as redacted)."""
     req = flow.request
-    return Later(_forward_entry, timeout, req.method, url or flowcontext.pretty_url(req), req.headers.fields,
+    return Later(forward_entry, timeout, req.method, url or flowcontext.pretty_url(req), req.headers.fields,
                  tuple(secrets))  # fmt: skip
 
 
@@ -118,7 +122,7 @@ def response_later(flow: http.HTTPFlow) -> Later:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    return Later(_response_entry, resp.status_code, resp.reason, resp.headers.fields)
+    return Later(response_entry, resp.status_code, resp.reason, resp.headers.fields)
 
 
 def request_data(flow: http.HTTPFlow) -> dict[str, Any]:

@@ -179,19 +179,35 @@ class TokenProvider:
 
     # -- public -------------------------------------------------------------------------------------------------
 
-    async def get(self, key: TokenKey) -> TokenResult:
-        """A valid token for ``key``: cached, or fetched once for all concurrent callers, within ``timeout``."""
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries.setdefault(key, _Entry())
+    def fresh(self, key: TokenKey) -> Token | None:
+        """The cached token for ``key`` while it may be handed out, else None (only looks)."""
+        return self._fresh(key, self._clock())
+
+    def cached(self, key: TokenKey) -> Token | None:
+        """``fresh``, handed out: a cache hit, counted, and a background refresh starts when it is due."""
         now = self._clock()
-        token = entry.token
-        if token is not None and now < token.expires_on - EXPIRY_SKEW:
+        token = self._fresh(key, now)
+        if token is not None:
+            entry = self._entries[key]
             entry.hits += 1
             self.counters["cache_hits"] += 1
             if now >= self._refresh_at(token) and now >= entry.next_refresh and entry.refresh is None:
                 entry.refresh = asyncio.get_running_loop().create_task(self._refresh(key, entry))
+        return token
+
+    def _fresh(self, key: TokenKey, now: float) -> Token | None:
+        entry = self._entries.get(key)
+        token = entry.token if entry is not None else None
+        return token if token is not None and now < token.expires_on - EXPIRY_SKEW else None
+
+    async def get(self, key: TokenKey) -> TokenResult:
+        """A valid token for ``key``: cached, or fetched once for all concurrent callers, within ``timeout``."""
+        token = self.cached(key)
+        if token is not None:
             return TokenResult(token, cached=True)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries.setdefault(key, _Entry())
         if entry.flight is None:
             entry.flight = asyncio.get_running_loop().create_task(self._fetch(key, entry))
             entry.flight.add_done_callback(_retrieve)

@@ -8,6 +8,7 @@ one from Azure. Nothing here ever sees a token: callers pass claims, not secrets
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,24 +191,36 @@ class Trace:
     started: float = field(default_factory=time.time)
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
     secrets: set[str] = field(default_factory=set, repr=False)
-    _t0: float = field(default=0.0, repr=False)
+    _t0: float = field(default=math.nan, repr=False)  # clock() when it started; NaN: now
     _added: list[Entry] = field(default_factory=list, repr=False)
     # the finished entries by section, and (entries, secrets) counts they were built with
     _built: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)
     _built_for: tuple[int, int] = field(default=(-1, -1), repr=False)
-
-    def __post_init__(self) -> None:
-        self._t0 = self.clock()
 
     @classmethod
     def since(cls, trace_id: str, received: float | None) -> Trace:
         """A trace whose clock started when the request was received (``received``: epoch seconds, e.g.
         ``flow.request.timestamp_start``), so ``elapsed`` counts from receipt as in APIM."""
         trace = cls(trace_id=trace_id)
-        if received is not None and 0 <= trace.started - received < 3600:
-            trace._t0 -= trace.started - received
-            trace.started = received
+        trace._from(received)
         return trace
+
+    @classmethod
+    def began(cls, trace_id: str, received: float | None, now: float, now_clock: float) -> Trace:
+        """``since`` for a trace built after the fact: ``now`` (epoch seconds) and ``now_clock`` (``clock()``) are
+        when the request's processing began; entries then come with their times (``add_at``)."""
+        trace = cls(trace_id=trace_id, started=now, _t0=now_clock)
+        trace._from(received)
+        return trace
+
+    def __post_init__(self) -> None:
+        if math.isnan(self._t0):
+            self._t0 = self.clock()
+
+    def _from(self, received: float | None) -> None:
+        if received is not None and 0 <= self.started - received < 3600:
+            self._t0 -= self.started - received
+            self.started = received
 
     def elapsed(self) -> float:
         return self.clock() - self._t0
@@ -216,6 +229,10 @@ class Trace:
         entry = Entry(self, section, source, data, self.clock() - self._t0)
         self._added.append(entry)
         return entry
+
+    def add_at(self, at: float, section: str, source: str, data: Any) -> None:
+        """``add`` of a step that happened at ``at`` (a ``clock()`` value)."""
+        self._added.append(Entry(self, section, source, data, at - self._t0))
 
     def __len__(self) -> int:
         return len(self._added)
@@ -314,33 +331,46 @@ def outline(trace: dict[str, Any]) -> str:
 
 class FlowRecord(dict[str, Any]):
     """``flow.metadata['apim_mi']``: ``{"summary": …, "trace": …}``, where the APIM document under ``trace`` is built
-    from the flow's ``Trace`` only when something reads it (the content view, a saved flow, a script).
+    from the flow's ``Trace`` only when something reads it (the content view, a saved flow, a script); a record made
+    with ``later`` builds the summary then too.
 
     Every read (``[]``, ``get``, ``in``, iteration, ``json.dumps``, ``==``, copies) and every write builds it
     first; ``copy.deepcopy`` (what ``flow.get_state()`` does for ``mitmdump -w``, flow copies and replays) and pickling
     return the plain dict, so saved flows hold exactly today's document and read back as plain dicts.
     """
 
-    __slots__ = ("_trace",)
+    __slots__ = ("_fill", "_keys", "_trace")
 
     def __init__(self, summary: dict[str, Any], trace: Trace | None) -> None:
         super().__init__(summary=summary)
         self._trace = trace
+        self._fill: Callable[[], dict[str, Any]] | None = None
+        self._keys: tuple[str, ...] = ("trace",) if trace is not None else ()
+
+    @classmethod
+    def later(cls, fill: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> FlowRecord:
+        """A record whose items (``keys``, in that order) ``fill`` returns when it is first read."""
+        record = cls.__new__(cls)
+        record._trace, record._fill, record._keys = None, fill, keys
+        dict.__setitem__(record, keys[0], None)  # not empty: C code (json) that skips an empty dict calls items()
+        return record
 
     def build(self) -> FlowRecord:
-        trace = self._trace
-        if trace is not None:
-            self._trace = None
-            dict.__setitem__(self, "trace", trace.to_json())
+        if self._keys:
+            self._keys = ()
+            trace, fill = self._trace, self._fill
+            self._trace = self._fill = None
+            if fill is not None:
+                dict.update(self, fill())
+            if trace is not None:
+                dict.__setitem__(self, "trace", trace.to_json())
         return self
 
-    def __missing__(self, key: str) -> Any:
-        if key == "trace" and self._trace is not None:
-            return dict.__getitem__(self.build(), key)
-        raise KeyError(key)
+    def __getitem__(self, key: str) -> Any:
+        return dict.__getitem__(self.build() if self._keys else self, key)
 
     def __contains__(self, key: object) -> bool:
-        return dict.__contains__(self, key) or (key == "trace" and self._trace is not None)
+        return key in self._keys or dict.__contains__(self, key)
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         return dict.get(self.build(), key, default)

@@ -109,7 +109,7 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
     else:
         target.append("Authorization", f"Bearer {token.value}")  # what set() does to a name that is not there
     run.injections.append(Injection("Authorization", key.identity, resource, claims))
-    run.trace.add(scope.section, MI, {"message": "Managed identity token is added to Authorization header."})
+    run.trace.add(scope.section, MI, dict(ADDED))
 
 
 def _acquisition(key: TokenKey, tenant: str, claims: dict[str, Any] | None = None) -> str:
@@ -128,17 +128,22 @@ def _acquisition(key: TokenKey, tenant: str, claims: dict[str, Any] | None = Non
 
 
 def _trace_success(run: PolicyRun, scope: Scope, key: TokenKey, result: TokenResult) -> None:
-    run.trace.add(scope.section, MI, Later(_success_entry, key, result.token.claims, result.cached))
+    run.trace.add(scope.section, MI, Later(obtained, key, result.token.claims, result.cached))
 
 
-def _success_entry(key: TokenKey, claims: dict[str, Any], cached: bool) -> dict[str, Any]:
-    """The acquisition's trace entry, built when the trace is read (``claims``: the token's, which never change)."""
+def obtained(key: TokenKey, claims: dict[str, Any], cached: bool) -> dict[str, Any]:
+    """The trace data of a token obtained for ``key``, built when the trace is read (``claims``: the token's,
+    which never change; never the token)."""
     return {
         "message": _acquisition(key, "", claims) + " succeeded.",
         "errorResponse": None,
         "cached": cached,
         "claims": {k: claims[k] for k in ("aud", "appid", "azp", "oid", "tid", "exp") if k in claims},
     }
+
+
+#: The trace message once the token is in the request's Authorization header.
+ADDED = {"message": "Managed identity token is added to Authorization header."}
 
 
 async def _assertion_step(run: PolicyRun, first: TokenKey, scope: Scope) -> None:

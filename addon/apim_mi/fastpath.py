@@ -1,0 +1,195 @@
+"""The per-flow fast path, for a rule whose whole policy is ``authentication-managed-identity`` into the
+Authorization header (what a shorthand rule with the default header becomes).
+
+While such a flow passes, apim-mi does only what the flow needs: the cached token into the header, the header
+checked and redacted once the request has left, and a compact record (``Quick``) of what happened and when. The
+request id, the summary and the APIM trace are made from that record when something reads them, with the same
+helpers the policy engine uses, so every place a user looks shows what the engine path shows.
+
+Anything out of the ordinary leaves the fast path at the point it shows up: no cached token yet (the engine path
+fetches it once for all waiters), the trace request headers, a client ``Authorization`` header, a token whose
+audience differs from the resource, a destination the token must not go to, an answer that streams or that the
+backend refused, a token that did not go out. ``Quick.trace`` then gives the engine's trace up to that point and the
+addon carries on with the general path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from . import diagnostics, flowcontext, inspector, streaming
+from .policy.statements.core import ADDED, MI, obtained
+from .tokens import TokenKey, token_key
+from .trace import REDACTED, Later, Trace
+
+if TYPE_CHECKING:
+    from mitmproxy import http
+
+    from .credentials import CredentialSpec
+    from .policy.model import Policy
+    from .rules import Rule
+    from .tokens import Token
+
+HEADER = "Authorization"
+#: What the summary, comment and log line say of a fast-path flow (the engine path's words for it).
+OUTCOME = f"token added to {HEADER}"
+#: The header's value once the token is taken out of the flow.
+REDACTED_VALUE = f"Bearer {REDACTED}"
+_NAME = HEADER.encode()
+_REDACTED_FIELD = (_NAME, REDACTED_VALUE.encode())
+_PLAN = "fastpath"  # its key in ``Policy.compiled``
+#: Request headers that need the engine path: a client token the policy replaces (and warns about), and the trace
+#: request headers (consumed by the inspector).
+_SLOW_HEADERS = frozenset({b"authorization", b"ocp-apim-trace", b"apim-debug-authorization"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the policy does, resolved when it is first used: the token's resource and client id, and
+    forward-request's timeout (its default: the statement has no attributes)."""
+
+    resource: str
+    client_id: str
+    timeout: float = 300.0
+
+
+def plan_of(policy: Policy) -> Plan | None:
+    """The policy's ``Plan``, or None when it does anything else (worked out once per policy)."""
+    cached = policy.compiled.get(_PLAN)
+    if cached is None:
+        cached = policy.compiled[_PLAN] = (_plan(policy),)
+    return cached[0]  # type: ignore[no-any-return]
+
+
+def _plan(policy: Policy) -> Plan | None:
+    sections = policy.sections
+    inbound, backend = sections.get("inbound") or [], sections.get("backend") or []
+    if sections.get("outbound") or sections.get("on-error") or policy.api_definition is not None:
+        return None
+    if len(inbound) != 1 or len(backend) != 1:
+        return None
+    mi, forward = inbound[0], backend[0]
+    if mi.name != MI or mi.children or forward.name != "forward-request" or forward.attrs or forward.children:
+        return None
+    attrs = mi.attrs
+    if not set(attrs) <= {"resource", "client-id", "ignore-error"} or "resource" not in attrs:
+        return None
+    if any(v.expression is not None for v in attrs.values()):
+        return None
+    client_id = (mi.attr("client-id") or "").strip()
+    if client_id.startswith("@"):  # the engine warns and fails, as APIM does
+        return None
+    return Plan(attrs["resource"].text or "", client_id)
+
+
+@lru_cache(maxsize=1024)
+def key_of(plan: Plan, source: str | CredentialSpec) -> TokenKey | None:
+    """The token's cache key under ``source``; None for a federated credential (two tokens, two trace entries)."""
+    key = token_key(source, plan.client_id, plan.resource)
+    return None if key.assertion is not None else key
+
+
+def plain_request(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """No request header that needs the engine path."""
+    for name, _ in fields:  # noqa: SIM110 (a loop: half the time of all() over a generator)
+        if name.lower() in _SLOW_HEADERS:
+            return False
+    return True
+
+
+def same_audience(token: Token, resource: str) -> bool:
+    """The engine warns when the token's ``aud`` differs from the resource asked for."""
+    aud = token.claims.get("aud")
+    return not aud or aud == resource
+
+
+def buffered(response: http.Response | None) -> bool:
+    """An answer the fast path can see through: buffered (neither streamed by mitmproxy nor an event stream)."""
+    return response is not None and not response.stream and not streaming.is_event_stream(response)
+
+
+def accepted(response: http.Response | None, token: str) -> bool:
+    """An answer with nothing to diagnose: not a 401/403 (the engine path says why the token was refused) and no
+    echo of the token (a warning), still buffered."""
+    if response is None or response.status_code in (401, 403) or response.stream:
+        return False
+    return not diagnostics.reflects_secret(response.get_content(strict=False), (token,))
+
+
+def with_token(fields: tuple[tuple[bytes, bytes], ...], token: str) -> tuple[tuple[bytes, bytes], ...]:
+    """``fields`` (with no Authorization header: ``plain_request``) plus the token's, as the last header."""
+    return (*fields, (_NAME, b"Bearer " + token.encode()))
+
+
+def redacted(sent: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """``with_token``'s result with the token redacted."""
+    return (*sent[:-1], _REDACTED_FIELD)
+
+
+class Quick:
+    """What happened to a fast-path flow, and when (``clock()`` values): enough to write its trace later."""
+
+    __slots__ = ("_request", "_url", "answered", "began", "checked", "epoch", "forwarded", "key", "plan", "received",
+                 "response", "rule", "sent_fields", "snapshot", "token")  # fmt: skip
+
+    def __init__(self, rule: Rule, plan: Plan, key: TokenKey, token: Token, began: float, epoch: float) -> None:
+        self.rule = rule
+        self.plan = plan
+        self.key = key
+        self.token = token
+        self.began = began  # clock() when the policy began
+        self.epoch = epoch  # time.time() then
+        self.received: float | None = None  # the request's timestamp_start
+        #: The request as received: mitmproxy's ``RequestData`` fields (host, port, method, scheme, authority, path,
+        #: http_version) and the headers' ``fields``, all immutable values.
+        self.snapshot: tuple[Any, ...] = ()
+        self.sent_fields: tuple[tuple[bytes, bytes], ...] = ()
+        self._request: http.Request | None = None
+        self._url = ""
+        self.forwarded = began  # clock() when the token was in the request
+        self.answered: float | None = None  # clock() when the answer was complete
+        self.response: tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None = None
+        self.checked = False  # the request left with the token, and the flow no longer holds it
+
+    def request(self) -> http.Request:
+        """The request as received, made again from the snapshot (only when something reads it)."""
+        if self._request is None:
+            from mitmproxy import http
+
+            host, port, method, scheme, authority, path, version, fields = self.snapshot
+            self._request = http.Request(host, port, method, scheme, authority, path, version, http.Headers(fields),
+                                         None, None, 0.0, None)  # fmt: skip
+        return self._request
+
+    @property
+    def url(self) -> str:
+        """The request's URL as the client addressed it (``flowcontext.pretty_url``)."""
+        if not self._url:
+            self._url = flowcontext.pretty_url(self.request())
+        return self._url
+
+    def trace(self, trace_id: str) -> Trace:
+        """The engine path's trace of this flow: the request and configuration, the token obtained and added,
+        the request forwarded, and the answer once there was one."""
+        trace = Trace.began(trace_id, self.received, self.epoch, self.began)
+        trace.secrets.add(self.token.value)
+        at = self.began
+        req = self.request()
+        method, url = req.method, self.url
+        trace.add_at(at, "inbound", "api-inspector", Later(inspector.request_entry, method, url, self.snapshot[-1]))
+        trace.add_at(at, "inbound", "api-inspector", Later(
+            inspector.configuration_entry, self.rule, req.scheme, req.host, req.port, method, req.path))  # fmt: skip
+        at = self.forwarded
+        trace.add_at(at, "inbound", MI, obtained(self.key, self.token.claims, True))
+        trace.add_at(at, "inbound", MI, dict(ADDED))
+        trace.add_at(at, "backend", "forward-request", Later(
+            inspector.forward_entry, self.plan.timeout, method, url, self.sent_fields,
+            (self.token.value,)))  # fmt: skip
+        if self.answered is not None and self.response is not None:
+            trace.add_at(self.answered, "backend", "forward-request",
+                         Later(inspector.response_entry, *self.response))  # fmt: skip
+            trace.add_at(self.answered, "outbound", "transfer-response", dict(inspector.SENT_IN_FULL))
+        return trace
+
