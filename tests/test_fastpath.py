@@ -9,6 +9,8 @@ import asyncio
 import copy
 import io
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from conftest import DEMO_AUDIENCE
 from emulator_helpers import use_emulator
 from mitmproxy import contentviews
 from mitmproxy import io as mitmio
+from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
 
 HOST = "api.test"
@@ -252,3 +255,156 @@ def test_log_records_skip_the_add_log_bridge_and_are_not_built_when_nobody_liste
         for h in others:
             root.addHandler(h)
         root.setLevel(level)
+
+
+# -- the fast path and the engine path give the same result ---------------------------------------------------------
+
+_VOLATILE = {"timestamp", "elapsed", "elapsed_ms", "requestId", "traceId", "durationMs", "firstChunkMs"}
+
+
+def _normal(data: Any) -> Any:
+    """``data`` with what differs between two runs of the same flow (times, ids) replaced by its key."""
+    if isinstance(data, dict):
+        return {k: (k if k in _VOLATILE else _normal(v)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_normal(v) for v in data]
+    if isinstance(data, str):
+        return re.sub(r"\(\d+\.\d+ ms\)", "(ms)", data)
+    return data
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("apim_mi"):
+            self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+
+def _seen(harness: dict[str, Any], scenario: str, fast: bool, **options: Any) -> tuple[Any, bool]:
+    """Everything a user can see of one flow in ``scenario`` (saved flow, comment, mark, rendered trace, log lines,
+    counters), with the fast path on or off; and whether the fast path took the flow."""
+    path: Path = harness["dir"] / f"eq-{abs(hash(tuple(options.items())))}.yaml"
+    path.write_text(RULES)
+    lines = _Lines()
+    root = logging.getLogger()
+    level = root.level
+
+    async def run() -> tuple[Any, bool]:
+        addon = ApimMi()
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, mi_rules=str(path), mi_credential="managed-identity", **options)
+            addon.tokens = harness["tokens"]
+            addon._ready = asyncio.get_running_loop().create_future()
+            addon._ready.set_result(None)
+            flow = tflow.tflow(req=tutils.treq(host=HOST, port=443, path=b"/api/orders?id=7",
+                                               headers=((b"host", HOST.encode()), (b"accept", b"*/*"))))  # fmt: skip
+            flow.request.scheme = "https"
+            root.addHandler(lines)
+            root.setLevel(logging.DEBUG)
+            try:
+                await _drive(addon, flow, scenario)
+            finally:
+                root.removeHandler(lines)
+                root.setLevel(level)
+            taken = flow.id in quick_ids
+            state = flow.get_state()
+            seen = {
+                "request": [flow.request.method, flow.request.url, flow.request.headers.fields],
+                "response": None if flow.response is None else [
+                    flow.response.status_code, flow.response.headers.fields, flow.response.content],
+                "error": flow.error.msg if flow.error else None,
+                "comment": flow.comment, "marked": flow.marked,
+                "metadata": state["metadata"], "saved": json.loads(json.dumps(state["metadata"], default=str)),
+                "rendered": render(_normal(flow.metadata[METADATA_KEY].get("trace") or {})),
+                "log": lines.lines, "counters": dict(addon.counters), "left": len(addon._flows),
+            }  # fmt: skip
+            return _normal(seen), taken
+
+    quick_ids: set[str] = set()
+    original = ApimMi._quick_request
+
+    def spy(self: ApimMi, flow: Any, rule: Any) -> bool:
+        taken = original(self, flow, rule)
+        if taken:
+            quick_ids.add(flow.id)
+        return taken
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ApimMi, "_quick_request", spy if fast else (lambda self, flow, rule: False))
+        return harness["loop"].run_until_complete(run())
+
+
+async def _drive(addon: ApimMi, flow: Any, scenario: str) -> None:
+    """mitmproxy's hooks in its order, with what ``scenario`` changes between them."""
+    await addon.request(flow)
+    if scenario == "another addon drops the token":
+        del flow.request.headers["Authorization"]
+    elif scenario == "another addon adds a header":
+        flow.request.headers["X-Other"] = "1"
+    if scenario == "upstream error":
+        flow.error = Error("server disconnected")
+        addon.error(flow)
+        return
+    headers: list[tuple[bytes, bytes]] = [(b"content-type", b"application/json")]
+    content = b'{"ok": true}'
+    status = 200
+    if scenario == "backend 401":
+        status, headers = 401, [(b"www-authenticate", b'Bearer error="invalid_token", resource_id="api://other"')]
+    elif scenario == "backend echoes the token":
+        content = json.dumps({"saw": flow.request.headers["Authorization"]}).encode()
+    elif scenario == "event stream":
+        headers = [(b"content-type", b"text/event-stream")]
+    flow.response = tutils.tresp(status_code=status, headers=tuple(headers), content=content)
+    if scenario == "mitmproxy streams the answer":
+        flow.response.stream = True
+    if (streamed := addon.responseheaders(flow)) is not None:
+        await streamed
+    if scenario == "streamed once it outgrew the limit":
+        flow.response.stream = True
+    await addon.response(flow)
+
+
+@pytest.mark.parametrize("scenario", [
+    "plain", "backend 401", "backend echoes the token", "event stream", "mitmproxy streams the answer",
+    "streamed once it outgrew the limit", "another addon drops the token", "another addon adds a header",
+    "upstream error",
+])  # fmt: skip
+@pytest.mark.parametrize("options", [{}, {"mi_redact": False}, {"mi_trace": False}], ids=["", "no-redact", "no-trace"])
+def test_fast_path_shows_what_the_engine_path_shows(harness: dict[str, Any], scenario: str,
+                                                    options: dict[str, Any]) -> None:  # fmt: skip
+    fast, taken = _seen(harness, scenario, True, **options)
+    slow, _ = _seen(harness, scenario, False, **options)
+    assert taken, "the fast path did not take the flow"
+    assert fast == slow
+
+
+@pytest.mark.parametrize("headers", [
+    ((b"authorization", b"Bearer client"),), ((b"ocp-apim-trace", b"true"),),
+    ((b"apim-debug-authorization", b"x"),),
+])  # fmt: skip
+def test_what_needs_the_engine_never_takes_the_fast_path(harness: dict[str, Any], headers: Any) -> None:
+    addon, (flow,) = _flows(harness, RULES, (b"/api/x", headers))
+    record = flow.metadata[METADATA_KEY]
+    assert dict.get(record, "summary") is not None  # made as the flow passed: the engine path
+    assert record["summary"]["outcome"] == "token added to Authorization" and addon._flows == {}
+
+
+def test_the_plan_is_only_for_a_policy_that_only_adds_the_token() -> None:
+    from apim_mi import fastpath
+    from apim_mi.policy.loader import load_policy_text
+
+    def plan(inbound: str, backend: str = "<forward-request />", outbound: str = "") -> Any:
+        return fastpath.plan_of(load_policy_text(
+            f"<policies><inbound>{inbound}</inbound><backend>{backend}</backend><outbound>{outbound}</outbound>"
+            "<on-error /></policies>", source="t.xml"))  # fmt: skip
+
+    mi = '<authentication-managed-identity resource="api://a" client-id="c1" ignore-error="true" />'
+    assert plan(mi) == fastpath.Plan("api://a", "c1")
+    assert plan(mi, '<forward-request timeout="5" />') is None
+    assert plan(mi, outbound='<set-header name="x" exists-action="delete" />') is None
+    assert plan(mi + '<set-header name="x" exists-action="delete" />') is None
+    assert plan('<authentication-managed-identity resource="@(&quot;api://a&quot;)" />') is None
+    assert plan('<authentication-managed-identity resource="api://a" output-token-variable-name="t" />') is None
