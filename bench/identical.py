@@ -134,13 +134,15 @@ def main() -> None:
                 flow.response = None
 
                 async def hooks(flow: tflow.http.HTTPFlow = flow, addon: ApimMi = addon) -> None:
-                    await addon.request(flow)
+                    if (pending := addon.request(flow)) is not None:  # sync unless there is async work
+                        await pending
                     if flow.response is None:
                         headers = ((b"x-powered-by", b"x"), (b"content-type", b"text/plain"))
                         flow.response = tutils.tresp(headers=headers)
                         if inspect.isawaitable(pending := addon.responseheaders(flow)):
                             await pending
-                        await addon.response(flow)
+                        if (pending := addon.response(flow)) is not None:  # sync unless there is async work
+                            await pending
 
                 loop.run_until_complete(hooks())
                 writer.add(flow)

@@ -167,14 +167,16 @@ async def _through_addon(addon: ApimMi, req: RequestSpec) -> tuple[Any, dict[str
                                        headers=tuple(headers)))  # fmt: skip
     flow.request.scheme = req.scheme
     before = {k.lower(): v for k, v in flow.request.headers.items(multi=True)}
-    await addon.request(flow)
+    if (pending := addon.request(flow)) is not None:  # sync unless there is async work
+        await pending
     sent = {k.lower(): v for k, v in flow.request.headers.items(multi=True)}
     if flow.response is None:
         flow.response = tutils.tresp()
         streamed = addon.responseheaders(flow)  # a coroutine only when the answer streams (mitmproxy awaits it)
         if streamed is not None:
             await streamed
-    await addon.response(flow)
+    if (pending := addon.response(flow)) is not None:  # sync unless there is async work
+        await pending
     return flow, before, sent
 
 

@@ -526,24 +526,36 @@ class ApimMi:
             return
         await self._guarded(flow, rule, routed, early=True)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync on purpose, like ``requestheaders``: a flow no rule matches, or one the fast path takes, costs no
+        coroutine; the engine path (and an APIM instance's routing) is returned for mitmproxy to await."""
         if flow.id in self._early:
-            await self._request_after_headers(flow)
-            return
+            return self._request_after_headers(flow)
         if flow.response or flow.error or not flow.live or self._startup_error:
-            return
+            return None
         if self.inspector.answer(flow):  # http://apim-mi.trace/...: the trace endpoint, loopback clients only
-            return
+            return None
+        if self.config is not None and self.config.gateway is not None:
+            return self._routed_request(flow)
+        _, rule = self._match(flow)
+        if rule is None or not self._admitted(flow, rule):
+            return None
+        return self._matched_request(flow, rule, None)
+
+    async def _routed_request(self, flow: http.HTTPFlow) -> None:
         matched = await self._matched_rule(flow)
-        if matched is None:
-            return
-        rule, routed = matched
+        if matched is not None:
+            pending = self._matched_request(flow, *matched)
+            if pending is not None:
+                await pending
+
+    def _matched_request(self, flow: http.HTTPFlow, rule: Rule, routed: Any) -> Awaitable[None] | None:
         if flow.request.stream:  # streamed by an addon after our requestheaders, or ignore_error with a body policy
             self._unprotected(flow, rule)
-            return
+            return None
         if routed is None and self._quick_request(flow, rule):
-            return
-        await self._guarded(flow, rule, routed, early=False)
+            return None
+        return self._guarded(flow, rule, routed, early=False)
 
     # -- the fast path (fastpath.py) --------------------------------------------------------------------------
 
@@ -626,10 +638,8 @@ class ApimMi:
     async def _matched_rule(self, flow: http.HTTPFlow) -> tuple[Rule, Any] | None:
         """The flow's rule (and its APIOps route, if an API answered), for a client allowed to use it; a client that
         is not is answered 403."""
-        try:
-            rule = self.matcher.match(flowcontext.target_of(flow))
-        except Exception as e:  # a matcher bug must not forward a flow that may match: fail closed
-            self._fail_closed(flow, None, f"rule matching failed: {e!r}")
+        matched, rule = self._match(flow)
+        if not matched:
             return None
         routed = None
         if rule is None and self.config is not None and self.config.gateway is not None:
@@ -643,18 +653,31 @@ class ApimMi:
                 self._fail_closed(flow, None, f"APIM gateway routing failed: {e!r}")
                 return
             rule = routed.rule if routed is not None else None
-        if rule is None:
-            return None
-        self._count("matched", rule.name)
-        if not self._client_allowed(flow):
-            self._count("refused", rule.name)
-            peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
-            message = (f"apim-mi: client {peer} may not use managed identity rules (allow it with mi_allow_clients "
-                       "or use --proxyauth).")
-            self._respond(flow, _error_response(403, message))
-            log.warning("apim-mi: refused %s from %s: client not allowed", flowcontext.pretty_url(flow.request), peer)
+        if rule is None or not self._admitted(flow, rule):
             return None
         return rule, routed
+
+    def _match(self, flow: http.HTTPFlow) -> tuple[bool, Rule | None]:
+        """(whether matching worked, the flow's rule); a matcher bug must not forward a flow that may match, so it
+        fails closed."""
+        try:
+            return True, self.matcher.match(flowcontext.target_of(flow))
+        except Exception as e:
+            self._fail_closed(flow, None, f"rule matching failed: {e!r}")
+            return False, None
+
+    def _admitted(self, flow: http.HTTPFlow, rule: Rule) -> bool:
+        """Counts the match; a client that may not use the rules is answered 403."""
+        self._count("matched", rule.name)
+        if self._client_allowed(flow):
+            return True
+        self._count("refused", rule.name)
+        peer = flow.client_conn.peername[0] if flow.client_conn.peername else "?"
+        message = (f"apim-mi: client {peer} may not use managed identity rules (allow it with mi_allow_clients "
+                   "or use --proxyauth).")  # fmt: skip
+        self._respond(flow, _error_response(403, message))
+        log.warning("apim-mi: refused %s from %s: client not allowed", flowcontext.pretty_url(flow.request), peer)
+        return False
 
     async def _guarded(self, flow: http.HTTPFlow, rule: Rule, routed: Any, early: bool) -> None:
         try:
@@ -911,18 +934,22 @@ class ApimMi:
             {"message": "Response headers have been sent to the caller. Starting to stream the response body."},
         )
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Sync: a fast-path flow ends here without a coroutine; the engine path's outbound is returned."""
         if self._diverted:
             self._undivert(flow)
         state = self._flows.get(flow.id)
         if state is None:
-            return
+            return None
         if type(state) is fastpath.Quick:
             if state.checked and fastpath.accepted(flow.response, state.token.value):
                 self._quick_finish(flow, state)
-                return
+                return None
             state = self._full(flow, state)
         assert isinstance(state, _FlowState)
+        return self._response(flow, state)
+
+    async def _response(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         try:
             run = state.run
             if state.answer is not None:
