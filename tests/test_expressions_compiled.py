@@ -1,75 +1,24 @@
 """Expressions compiled to closures (``expressions/compiler.py``) behave exactly as the interpreter: the same value,
-the same error (message and .NET type), the same effects on the context, for generated programs, the snippet corpus
-and the corners of the compiler; and what the compiler leaves to the interpreter really runs there."""
+the same error (message and .NET type), the same effects on the context, for the snippet corpus and the corners of
+the compiler (the property tests of test_expressions_fuzz.py compare both on generated programs); and what the
+compiler leaves to the interpreter really runs there."""
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
 from typing import Any
 
 import pytest
-from apim_mi.policy.expressions import (
-    CompiledExpression,
-    ExpressionRuntimeError,
-    ExpressionSyntaxError,
-    compile_expression,
-    to_policy_string,
-)
-from apim_mi.policy.expressions.runtime_types import net_type_name
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from test_expressions_fuzz import PROFILE, TOKENS, exprs, statements
-from test_expressions_support import LOC, make_context
-
-#: What differs from one evaluation to the next whoever runs it: only the type is compared.
-VARYING = ("UtcNow", ".Now", "NewGuid", "GetHashCode", "Random", "Elapsed", "Timeout")
-
-
-def outcome(expr: CompiledExpression) -> tuple[Any, ...]:
-    context = make_context(request_id=uuid.UUID(int=7))
-    varying = any(v in expr.source for v in VARYING)
-    try:
-        value = expr.evaluate(context)
-    except ExpressionRuntimeError as e:
-        shown: tuple[Any, ...] = ("error", e.exception_type, None if varying else e.message)
-    else:
-        shown = ("value", net_type_name(value), None if varying else to_policy_string(value))
-    body = context.request.body
-    assert body is not None
-    return shown, list(context.traces), body.consumed, sorted(context.variables)
+from apim_mi.policy.expressions import ExpressionSyntaxError, compile_expression
+from test_expressions_support import LOC, same_as_interpreted
 
 
 def same(source: str) -> bool:
-    """Compiled and interpreted agree on ``source``; whether it was compiled at all."""
+    """Compiled and interpreted agree on ``source``; whether it was compiled at all (a syntax error: False)."""
     try:
         expr = compile_expression(source, LOC)
     except ExpressionSyntaxError:
         return False
-    interpreted = dataclasses.replace(expr, closure=None)
-    assert outcome(expr) == outcome(interpreted), source
-    return expr.closure is not None
-
-
-@settings(PROFILE)
-@given(exprs())
-def test_generated_expressions(source: str) -> None:
-    same(f"@({source})")
-    same(f'@{{ var x = 1; var y = "s"; return {source}; }}')
-
-
-@settings(PROFILE)
-@given(statements(exprs()))
-def test_generated_blocks(block: str) -> None:
-    same(f"@{{ {block} }}")
-
-
-@settings(PROFILE)
-@given(st.lists(st.sampled_from(TOKENS), max_size=25))
-def test_token_soup(tokens: list[str]) -> None:
-    text = " ".join(tokens)
-    same(f"@({text})")
-    same(f"@{{ {text} }}")
+    return same_as_interpreted(expr)
 
 
 CORNERS = [

@@ -16,7 +16,7 @@ from apim_mi.policy.expressions import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_expressions_support import LOC, make_context
+from test_expressions_support import LOC, make_context, same_as_interpreted
 
 settings.register_profile(
     "apim-mi-expressions",
@@ -34,13 +34,15 @@ PROFILE = settings.get_profile("apim-mi-expressions-long" if os.environ.get("API
 
 
 def check(source: str) -> None:
-    """The whole contract: only the two typed errors, and a result that converts to a policy string."""
+    """The whole contract: only the two typed errors, and a result that converts to a policy string; compiled to
+    closures or not, the same outcome."""
     try:
         expr = compile_expression(source, LOC)
     except ExpressionSyntaxError as e:
         assert e.location.file == LOC.file and e.location.line >= LOC.line
         assert "Internal parser error" not in e.message, e.message
         return
+    same_as_interpreted(expr)
     try:
         value = expr.evaluate(make_context())
     except ExpressionRuntimeError as e:

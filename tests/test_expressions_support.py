@@ -21,7 +21,12 @@ from apim_mi.policy.context import (
     Url,
     User,
 )
-from apim_mi.policy.expressions import compile_expression
+from apim_mi.policy.expressions import (
+    CompiledExpression,
+    ExpressionRuntimeError,
+    compile_expression,
+    to_policy_string,
+)
 
 LOC = Location("policy.xml", 10, 5)
 
@@ -114,3 +119,35 @@ def ev(source: str, context: Context | None = None) -> Any:
     """Evaluate ``@(source)`` (or a full ``@(...)``/``@{...}`` text) against ``context`` (default: a fresh one)."""
     text = source if source.startswith("@") else f"@({source})"
     return compile_expression(text, LOC).evaluate(context if context is not None else make_context())
+
+
+#: What differs from one evaluation to the next whoever runs it: only the type is compared.
+VARYING = ("UtcNow", ".Now", "NewGuid", "GetHashCode", "Random", "Elapsed", "Timeout")
+
+
+def outcome(expr: CompiledExpression) -> tuple[Any, ...]:
+    """What evaluating ``expr`` against a fresh context shows: value or error, and what it did to the context."""
+    import uuid
+
+    from apim_mi.policy.expressions.runtime_types import net_type_name
+
+    context = make_context(request_id=uuid.UUID(int=7))
+    varying = any(v in expr.source for v in VARYING)
+    try:
+        value = expr.evaluate(context)
+    except ExpressionRuntimeError as e:
+        shown: tuple[Any, ...] = ("error", e.exception_type, None if varying else e.message)
+    else:
+        shown = ("value", net_type_name(value), None if varying else to_policy_string(value))
+    body = context.request.body
+    assert body is not None
+    return shown, list(context.traces), body.consumed, sorted(context.variables)
+
+
+def same_as_interpreted(expr: CompiledExpression) -> bool:
+    """The expression's compiled closure (``expressions/compiler.py``) and the interpreter agree on it: the same
+    value, error and effects. Returns whether it was compiled at all."""
+    import dataclasses
+
+    assert outcome(expr) == outcome(dataclasses.replace(expr, closure=None)), expr.source
+    return expr.closure is not None

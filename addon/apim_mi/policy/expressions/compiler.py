@@ -27,13 +27,14 @@ from .interpreter import (
     binary_op,
     call_member,
     cast_value,
+    listed_array,
     member_of,
+    sized_array,
     unary_op,
 )
 from .members import (
     _CONTEXT_ATTRS,
     _METHODS,
-    MAX_ITEMS,
     MemberNotFound,
     align,
     call_static,
@@ -490,20 +491,8 @@ class _Compiler:
         def new_array(c: Any, s: Any) -> Any:
             full = _check_type(elem) if elem is not None else None
             if items is None:
-                count = size(c, s) if size is not None else 0
-                if not is_integer(count) or count < 0:
-                    raise NetException("System.OverflowException", "Arithmetic operation resulted in an overflow.")
-                if count > MAX_ITEMS:
-                    raise NetException("System.OutOfMemoryException", "Array dimensions exceeded supported range.")
-                if full == "System.Byte" and elem is not None and not elem.array:
-                    return bytearray(count)
-                return [default_of(elem)] * count
-            values = [f(c, s) for f in items]
-            if elem is not None and full in _NUMERIC_NAMES and not elem.array:
-                values = [cast(x, elem) for x in values]
-                if full == "System.Byte":
-                    return bytearray(values)
-            return values
+                return sized_array(elem, full, size(c, s) if size is not None else 0)
+            return listed_array(elem, full, [f(c, s) for f in items])
 
         return new_array
 

@@ -429,20 +429,8 @@ class Interpreter:
         elem = n.type
         full = _check_type(elem) if elem is not None else None
         if n.items is None:
-            size = self.ev(n.size, scope) if n.size is not None else 0
-            if not is_integer(size) or size < 0:
-                raise NetException("System.OverflowException", "Arithmetic operation resulted in an overflow.")
-            if size > MAX_ITEMS:
-                raise NetException("System.OutOfMemoryException", "Array dimensions exceeded supported range.")
-            if full == "System.Byte" and elem is not None and not elem.array:
-                return bytearray(size)
-            return [default_of(elem)] * size
-        items = [self.ev(x, scope) for x in n.items]
-        if elem is not None and full in _NUMERIC_NAMES and not elem.array:
-            items = [cast(x, elem) for x in items]
-            if full == "System.Byte":
-                return bytearray(items)
-        return items
+            return sized_array(elem, full, self.ev(n.size, scope) if n.size is not None else 0)
+        return listed_array(elem, full, [self.ev(x, scope) for x in n.items])
 
     def e_newanonymous(self, n: A.NewAnonymous, scope: Scope) -> AnonymousObject:
         return AnonymousObject({k: self.ev(v, scope) for k, v in n.members})
@@ -706,6 +694,26 @@ def unary_op(op: str, value: Any) -> Any:
     if op == "~" and is_integer(v):
         return _wrap_like(~v, v)
     raise EvalError(f"Operator '{op}' cannot be applied to operand of type '{net_type_name(v)}'")
+
+
+def sized_array(elem: A.TypeRef | None, full: str | None, size: Any) -> Any:
+    """``new T[size]`` (``full``: T's full name)."""
+    if not is_integer(size) or size < 0:
+        raise NetException("System.OverflowException", "Arithmetic operation resulted in an overflow.")
+    if size > MAX_ITEMS:
+        raise NetException("System.OutOfMemoryException", "Array dimensions exceeded supported range.")
+    if full == "System.Byte" and elem is not None and not elem.array:
+        return bytearray(size)
+    return [default_of(elem)] * size
+
+
+def listed_array(elem: A.TypeRef | None, full: str | None, items: list[Any]) -> Any:
+    """``new T[] { items }`` (``full``: T's full name)."""
+    if elem is not None and full in _NUMERIC_NAMES and not elem.array:
+        items = [cast(x, elem) for x in items]
+        if full == "System.Byte":
+            return bytearray(items)
+    return items
 
 
 def cast_value(v: Any, t: A.TypeRef) -> Any:
