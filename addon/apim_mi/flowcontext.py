@@ -61,7 +61,7 @@ def decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
 
 def encoded(pairs: list[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
     """Header pairs as mitmproxy's ``headers.add`` encodes them: one ``fields`` tuple for all of them."""
-    return tuple((n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs)
+    return tuple([(n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs])
 
 
 def _unparse(scheme: str, host: str, port: int, path: str) -> str:
