@@ -234,6 +234,8 @@ class _Compiler:
         def index(c: Any, s: Any) -> Any:
             obj = target(c, s)
             values = [k(c, s) for k in keys]
+            if type(obj) is dict and len(values) == 1 and type(values[0]) is str and values[0] in obj:
+                return obj[values[0]]  # index_get's answer for a present string key (context.Variables["…"])
             try:
                 return index_get(obj, values)
             except MemberNotFound:
@@ -350,6 +352,15 @@ class _Compiler:
             return coalesce
         if op == "==":
             return lambda c, s: net_equals(left(c, s), right(c, s))
+        if op == "+":
+
+            def plus(c: Any, s: Any) -> Any:
+                a, b = left(c, s), right(c, s)
+                if type(a) is str and type(b) is str:  # binary_op's concatenation (_concat) of two plain strings
+                    return _checked(a + b)
+                return binary_op(op, a, b)
+
+            return plus
         return lambda c, s: binary_op(op, left(c, s), right(c, s))
 
     def e_conditional(self, n: A.Conditional) -> Fn:
