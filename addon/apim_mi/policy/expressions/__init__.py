@@ -61,22 +61,26 @@ def offset_location(base: Location, source: str, offset: int) -> Location:
     return Location(base.file, base.line + newlines, offset - before.rfind("\n"))
 
 
+ProgramFn = Callable[[Any, None], Any]
+
+
 @lru_cache(maxsize=4096)
-def _parse_cached(source: str) -> ast.Program:
-    return parse_program(source)
+def _parse_cached(source: str) -> tuple[ast.Program, ProgramFn | None]:
+    """The program and its closures (``compiler.py``; None: the interpreter runs it), once per source text."""
+    program = parse_program(source)
+    return program, compile_program(program)
 
 
-def parse_expression(source: str) -> ast.Program:
-    """Parse ``@(...)``, ``@{...}`` or a bare expression; raises ``LexError`` (with an offset) on bad input."""
+def _parsed(source: str) -> tuple[ast.Program, ProgramFn | None]:
     try:
         return _parse_cached(source)
     except RecursionError:
         raise LexError(0, "The expression is nested too deeply") from None
 
 
-@lru_cache(maxsize=4096)
-def _closure(source: str) -> Callable[[Any, None], Any] | None:
-    return compile_program(_parse_cached(source))
+def parse_expression(source: str) -> ast.Program:
+    """Parse ``@(...)``, ``@{...}`` or a bare expression; raises ``LexError`` (with an offset) on bad input."""
+    return _parsed(source)[0]
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class CompiledExpression:
     source: str
     program: ast.Program
     location: Location
-    closure: Callable[[Any, None], Any] | None = field(default=None, compare=False, repr=False)
+    closure: ProgramFn | None = field(default=None, compare=False, repr=False)
 
     def evaluate(self, context: Any) -> Any:
         """The expression's value; any failure is an :class:`ExpressionRuntimeError`, never another exception."""
@@ -126,12 +130,12 @@ class CompiledExpression:
 def compile_expression(source: str, location: Location) -> CompiledExpression:
     """Parse an expression (cached per source text); syntax errors carry the absolute location of the token."""
     try:
-        program = parse_expression(source)
+        program, closure = _parsed(source)
     except LexError as e:
         raise ExpressionSyntaxError(offset_location(location, source, e.offset), e.message) from None
     except Exception as e:  # the contract: nothing but ExpressionSyntaxError escapes
         raise ExpressionSyntaxError(location, f"Internal parser error: {type(e).__name__}: {e}") from None
-    return CompiledExpression(source, program, location, _closure(source))
+    return CompiledExpression(source, program, location, closure)
 
 
 def to_policy_string(value: Any) -> str:

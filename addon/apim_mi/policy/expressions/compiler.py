@@ -86,7 +86,7 @@ def compile_program(program: A.Program) -> Fn | None:
         return None
 
     def run(context: Any, _: None) -> Any:
-        returned = block(context, Scope())
+        returned = block(context, None)  # the block's own scope is the outermost one (Interpreter.run's is empty)
         if returned is None:
             raise EvalError("Not all code paths return a value")
         return returned[0]
@@ -556,7 +556,7 @@ class _Compiler:
         """Interpreter.exec_block: the statements in a scope of their own."""
         body = tuple(self.stmt(st) for st in block.body)
 
-        def run(c: Any, s: Scope) -> tuple[Any] | None:
+        def run(c: Any, s: Scope | None) -> tuple[Any] | None:
             inner = Scope(s)
             for st in body:
                 returned = st(c, inner)
