@@ -123,6 +123,7 @@ class ApimMi:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
+        self._services_by_source: dict[str | CredentialSpec, engine.Services] = {}
         self.gateway = GatewayState()  # caches, counters, breakers, metrics: shared by every flow and rule
         self.inspector = inspector.Inspector()
         self.upstream_certs = clientcerts.UpstreamCertificates()
@@ -478,6 +479,17 @@ class ApimMi:
     def _source(self, rule: Rule) -> str | CredentialSpec:
         return rule.credential or self.credential
 
+    def _services(self, rule: Rule) -> engine.Services:
+        """What the rule's policies get from outside the request: one ``Services`` per credential source, made again
+        when the token provider or the settings change (both are replaced, never changed in place)."""
+        source = self._source(rule)
+        kept = self._services_by_source.get(source)
+        if kept is None or kept.tokens is not self.tokens or kept.settings is not self._settings:
+            assert self.tokens is not None
+            kept = self._services_by_source[source] = engine.Services(self.tokens, source, settings=self._settings,
+                                                                      state=self.gateway)  # fmt: skip
+        return kept
+
     def _client_allowed(self, flow: http.HTTPFlow) -> bool:
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         return bool(flow.metadata.get("proxyauth")) or self._peer_allowed(peer)
@@ -623,7 +635,7 @@ class ApimMi:
         trace = quick.trace(request_id.hex)
         context = flowcontext.request_context(flow, request_id)[0]
         rule = quick.rule
-        services = engine.Services(self.tokens, self._source(rule), settings=self._settings, state=self.gateway)
+        services = self._services(rule)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name, forward=True,
                                forward_timeout=quick.plan.timeout)  # fmt: skip
         run.injections.append(engine.Injection(fastpath.HEADER, quick.key.identity, quick.plan.resource,
@@ -724,7 +736,7 @@ class ApimMi:
 
             flows.apply_route(routed, context)
         trace = Trace.since(request_id.hex, flow.request.timestamp_start)
-        services = engine.Services(self.tokens, self._source(rule), settings=self._settings, state=self.gateway)
+        services = self._services(rule)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
         state = _FlowState(rule, run, time.perf_counter(), str(request_id), early=early)
         self._flows[flow.id] = state
@@ -1050,10 +1062,11 @@ class ApimMi:
         """Whether the request that went upstream carried every injected token: nothing claims an injection the
         backend never saw (another addon may change the request after the policy ran)."""
         run = state.run
-        secrets = run.trace.secrets
-        headers = flow.request.headers
-        missing = sorted({i.header for i in run.injections
-                          if not any(s in v for v in headers.get_all(i.header) for s in secrets)})  # fmt: skip
+        names = {i.header.lower().encode(): i.header for i in run.injections}
+        tokens = [secret.encode() for secret in run.trace.secrets if secret]
+        carried = {n.lower() for n, v in flow.request.headers.fields
+                   if n.lower() in names and any(t in v for t in tokens)}  # fmt: skip
+        missing = sorted({header for name, header in names.items() if name not in carried})
         state.sent = not missing
         if missing and run.error is None:
             run.error = PolicyError("apim-mi", f"The request went upstream without the token in "
@@ -1083,7 +1096,7 @@ class ApimMi:
             found = diagnostics.diagnose_rejection(
                 flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
             )
-        if run.injections and diagnostics.reflects_secret(flow.response.get_content(strict=False), run.trace.secrets):
+        if run.injections and diagnostics.reflects_secret(flowcontext.content_of(flow.response), run.trace.secrets):
             found.append(diagnostics.REFLECTED)
         for message in found:
             run.warn("backend", "apim-mi", message)
@@ -1095,12 +1108,13 @@ class ApimMi:
     def _redact(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         if state.redacted or not self._redact_on:
             return
-        secrets = state.run.trace.secrets
-        for inj in state.run.injections:
-            values = flow.request.headers.get_all(inj.header)
-            if values:
-                flow.request.headers.set_all(inj.header, [scrub(v, secrets) for v in values])
         state.redacted = True
+        names = {i.header.lower().encode() for i in state.run.injections}
+        if not names:
+            return
+        secrets = state.run.trace.secrets
+        headers = flow.request.headers
+        headers.fields = tuple((n, _scrubbed(v, secrets)) if n.lower() in names else (n, v) for n, v in headers.fields)
 
     def _record(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None, final: bool = False) -> None:
         """Summary into flow.comment/metadata and one log line (never a token), when the request leaves and again
@@ -1125,16 +1139,18 @@ class ApimMi:
             outcome = "policy applied"
         claims = next((i.claims for i in run.injections if i.claims), {})
         identity = next((i.identity for i in run.injections if i.identity), "")
-        summary = _summary(run.rule_name, outcome, identity, claims, elapsed_ms, run.warnings, state.request_id)
         first = not state.recorded
         state.recorded = True
-        state.summary = summary
-        shown = _shown(summary, secrets)
-        flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
-        aud = f" aud={summary['aud']}" if summary["aud"] else ""
-        flow.comment = _comment(run.rule_name, identity, summary["aud"], outcome,
-                                flow.response.status_code if flow.response is not None else None, elapsed_ms,
-                                shown["warnings"])  # fmt: skip
+        aud = f" aud={claims['aud']}" if claims.get("aud") else ""
+        resp = flow.response
+        if final or state.early or (resp is not None and not fastpath.buffered(resp)):  # else the end comes soon
+            summary = _summary(run.rule_name, outcome, identity, claims, elapsed_ms, run.warnings, state.request_id)
+            state.summary = summary
+            shown = _shown(summary, secrets)
+            flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
+            flow.comment = _comment(run.rule_name, identity, summary["aud"], outcome,
+                                    resp.status_code if resp is not None else None, elapsed_ms,
+                                    shown["warnings"])  # fmt: skip
         if first:
             if url is None:
                 url = flowcontext.pretty_url(flow.request)
@@ -1196,6 +1212,11 @@ class ApimMi:
     def reload_command(self) -> str:
         """Re-read the rules file now (a broken file keeps the last good rules)."""
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
+
+
+def _scrubbed(value: bytes, secrets: set[str]) -> bytes:
+    """A header value (as mitmproxy keeps it) with every secret replaced."""
+    return scrub(value.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
 
 
 def _summary(rule_name: str, outcome: str, identity: str, claims: dict[str, Any], elapsed_ms: float,

@@ -115,7 +115,7 @@ def accepted(response: http.Response | None, token: str) -> bool:
     echo of the token (a warning), still buffered."""
     if response is None or response.status_code in (401, 403) or response.stream:
         return False
-    return not diagnostics.reflects_secret(response.get_content(strict=False), (token,))
+    return not diagnostics.reflects_secret(flowcontext.content_of(response), (token,))
 
 
 def with_token(fields: tuple[tuple[bytes, bytes], ...], token: str) -> tuple[tuple[bytes, bytes], ...]:

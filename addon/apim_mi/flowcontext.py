@@ -188,6 +188,15 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
     return changed
 
 
+def content_of(message: http.Message) -> bytes | None:
+    """``message.get_content(strict=False)``; without a Content-Encoding (most answers) the raw body, with no header
+    lookup."""
+    for name, _ in message.headers.fields:
+        if name.lower() == b"content-encoding":
+            return message.get_content(strict=False)
+    return message.raw_content
+
+
 def response_from_flow(resp: http.Response) -> Response:
     return Response(
         status_code=resp.status_code,

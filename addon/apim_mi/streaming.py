@@ -28,7 +28,13 @@ KEEP_LIMIT = 1 << 20
 
 
 def is_event_stream(response: http.Response) -> bool:
-    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower() == EVENT_STREAM
+    """Content-Type ``text/event-stream``, as ``headers.get`` gives it (several values joined), read from the raw
+    fields: asked for every matched answer."""
+    values = [value for name, value in response.headers.fields if name.lower() == b"content-type"]
+    return bool(values) and b", ".join(values).split(b";", 1)[0].strip().lower() == _EVENT_STREAM
+
+
+_EVENT_STREAM = EVENT_STREAM.encode()
 
 
 def should_stream(response: http.Response, run: PolicyRun | None) -> bool:
