@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from .rules import MatchSpec, Rule
 
 
-@dataclass(frozen=True)
-class RequestTarget:
-    """What matching looks at; built from a flow by the addon, or by hand in tests and the CLI."""
+class RequestTarget(NamedTuple):
+    """What matching looks at; built from a flow by the addon, or by hand in tests and the CLI (a tuple: made on
+    every flow)."""
 
     scheme: str
     host: str
