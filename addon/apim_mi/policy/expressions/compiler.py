@@ -178,18 +178,6 @@ class _Compiler:
         full = resolve_type_name(n.type.name) or n.type.name
         return lambda c, s: TypeHandle(full)
 
-    def _target(self, n: A.Expr, null_cond: bool) -> Fn:
-        """Interpreter.target: the value, which must not be null."""
-        fn = self.expr(n)
-
-        def target(c: Any, s: Any) -> Any:
-            obj = fn(c, s)
-            if obj is None:
-                _null_target(obj, null_cond)
-            return obj
-
-        return target
-
     def e_member(self, n: A.Member) -> Fn:
         name, type_args = n.name, n.type_args
         if name == "HasValue" and not n.null_cond:
@@ -214,25 +202,38 @@ class _Compiler:
                     raise EvalError(f"'{full}' does not contain a definition for '{name}'") from None
 
             return static
-        fn, null_cond = self.expr(n.target), n.null_cond
+        # A chain of plain members (context.Request.Headers) walks in one closure, as nested ones would.
+        chain = [(name, type_args, n.null_cond)]
+        root: A.Expr = n.target
+        while (
+            isinstance(root, A.Member)
+            and not (root.name == "HasValue" and not root.null_cond)
+            and self._static_type(root.target) is None
+        ):
+            chain.append((root.name, root.type_args, root.null_cond))
+            root = root.target
+        fn, steps = self.expr(root), tuple(reversed(chain))
 
         def member(c: Any, s: Any) -> Any:
             obj = fn(c, s)
-            if obj is None:
-                _null_target(obj, null_cond)
-            attr = _CONTEXT_ATTRS.get((type(obj), name))
-            if attr is not None:  # a context model member: what member_of would find first
-                return getattr(obj, attr)
-            return member_of(obj, name, type_args)
+            for step, targs, null_cond in steps:
+                if obj is None:
+                    _null_target(obj, null_cond)
+                attr = _CONTEXT_ATTRS.get((type(obj), step))
+                # a context model member: what member_of would find first
+                obj = getattr(obj, attr) if attr is not None else member_of(obj, step, targs)
+            return obj
 
         return member
 
     def e_index(self, n: A.Index) -> Fn:
-        target = self._target(n.target, n.null_cond)
+        target, null_cond = self.expr(n.target), n.null_cond
         keys = tuple(self.expr(k) for k in n.args)
 
         def index(c: Any, s: Any) -> Any:
             obj = target(c, s)
+            if obj is None:  # Interpreter.target: the value, which must not be null
+                _null_target(obj, null_cond)
             values = [k(c, s) for k in keys]
             if type(obj) is dict and len(values) == 1 and type(values[0]) is str and values[0] in obj:
                 return obj[values[0]]  # index_get's answer for a present string key (context.Variables["…"])
@@ -262,8 +263,9 @@ class _Compiler:
             raise _Unsupported("out/ref argument")
         fns = tuple(self.expr(a.value) for a in args)
         if not any(a.name for a in args):
-            if not fns:
-                return lambda c, s: []
+            if all(isinstance(a.value, A.Literal) for a in args):  # the same literal objects, in a new list
+                values = tuple(a.value.value for a in args)  # type: ignore[attr-defined]
+                return lambda c, s: list(values)
             return lambda c, s: [f(c, s) for f in fns]
         order = [i for i, a in enumerate(args) if not a.name] + [i for i, a in enumerate(args) if a.name]
 
@@ -292,10 +294,12 @@ class _Compiler:
                     return _checked(result)
 
                 return static
-            target = self._target(t.target, t.null_cond)
+            target, null_cond = self.expr(t.target), t.null_cond
 
             def method(c: Any, s: Any) -> Any:
                 obj = target(c, s)
+                if obj is None:
+                    _null_target(obj, null_cond)
                 values = args(c, s)
                 cls = type(obj)
                 fn = None if cls in _SPECIAL else _METHODS.get((cls, name))
@@ -351,6 +355,9 @@ class _Compiler:
 
             return coalesce
         if op == "==":
+            if isinstance(n.right, A.Literal):  # a literal evaluates to its value, with nothing else to do
+                constant = n.right.value
+                return lambda c, s: net_equals(left(c, s), constant)
             return lambda c, s: net_equals(left(c, s), right(c, s))
         if op == "+":
 
