@@ -254,9 +254,14 @@ def prepared[T](stmt: Statement, build: Callable[[Statement], T]) -> T:
     computed on first use and kept with the statement: a handler's per-flow work is then only what depends on the
     request. ``build`` must not look at anything but ``stmt``."""
     cache = stmt.compiled
-    if cache is not None and build in cache:
-        return cache[build]  # type: ignore[no-any-return]
+    if cache is not None:
+        found = cache.get(build, _ABSENT)
+        if found is not _ABSENT:
+            return found  # type: ignore[no-any-return]
     return memo(stmt, build, lambda: build(stmt))
+
+
+_ABSENT = object()
 
 
 def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:

@@ -175,7 +175,11 @@ def _exists_action(stmt: Statement) -> str:
 
 
 async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
+    name_value = stmt.attrs.get("name")
+    if name_value is not None and name_value.expression is None:
+        name = name_value.text
+    else:
+        name = evaluate_string_now(run, name_value, "set-header", scope) or ""
     action = prepared(stmt, _exists_action)
     values = value_children(run, stmt, "set-header", scope)
     written = name + "".join(values)
