@@ -132,6 +132,10 @@ def backend_stats(port: int) -> dict[str, int]:
     return json.loads(body)
 
 
+#: The variant that implements apim-mi's per-flow hooks and does nothing in them (``bench/hookset.py``).
+HOOK_SET = "apim-mi's hook set, no-op"
+
+
 def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     backend: Proc = ctx["backend"]
     files = ctx["files"]
@@ -139,6 +143,7 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     variants = {
         "bare mitmdump": [],
         "trivial addon": ["-s", str(BENCH / "trivial.py")],
+        HOOK_SET: ["-s", str(BENCH / "hookset.py")],
         "addon, 1 rule": ["-s", ADDON, "--set", f"mi_rules={files['one']}"],
         f"addon, {big}": ["-s", ADDON, "--set", f"mi_rules={files['many']}"],
         "addon, APIM policy": ["-s", ADDON, "--set", f"mi_rules={files['policy']}"],
@@ -515,6 +520,10 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
         facts["ratio trivial addon"] = r["median"]
         w(f"| (the limit) trivial addon: throughput / bare (c={hi}); CPU per request, bare / addon | {rng(r)}; "
           f"{rng(c)} | |")  # fmt: skip
+    if HOOK_SET in summ:
+        r, c = summ[HOOK_SET][hi]["ratio"], summ[HOOK_SET][hi]["cpu_ratio"]
+        w(f"| (the limit for apim-mi's hooks) {HOOK_SET}: throughput / bare (c={hi}); CPU per request, bare / addon "
+          f"| {rng(r)}; {rng(c)} | |")  # fmt: skip
     for name, want in (("addon, 1 rule", 0.95), (f"addon, {big}", 0.93), ("addon, APIM policy", 0.85)):
         if name in summ:
             r, c = summ[name][hi]["ratio"], summ[name][hi]["cpu_ratio"]

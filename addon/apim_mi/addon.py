@@ -64,7 +64,8 @@ class _FlowState:
     early: bool = False
     #: Whether the request that went upstream carried every injected token (None: not checked yet).
     sent: bool | None = None
-    url: str | None = None
+    #: The request as it went upstream (or as received, when the policy answered): for the log line.
+    seen: flowcontext.RequestSnapshot | None = None
     #: ignore_error let a request whose policy could not run on its streamed body go on as the client sent it.
     unchanged: bool = False
     #: The request's line was logged and counted (when it left); the flow's end only updates the summary.
@@ -593,8 +594,7 @@ class ApimMi:
         quick = fastpath.Quick(rule, plan, key, token, time.perf_counter(), time.time())
         self.tokens.cached(key)  # the hit, counted (and a refresh started when due)
         quick.received = data.timestamp_start
-        quick.snapshot = (data.host, data.port, data.method, data.scheme, data.authority, data.path,
-                          data.http_version, fields)  # fmt: skip
+        quick.seen = flowcontext.RequestSnapshot(req)
         req.headers.fields = quick.sent_fields = fastpath.with_token(fields, token.value)
         quick.forwarded = time.perf_counter()
         self._flows[flow.id] = quick
@@ -608,7 +608,7 @@ class ApimMi:
         self._count("injected", rule_name)
         if logs.wanted(log, logging.INFO):
             aud = quick.token.claims.get("aud", "")
-            log.info("apim-mi: %s %s [%s] %s%s: %s", quick.request().method, quick.url, rule_name,
+            log.info("apim-mi: %s %s [%s] %s%s: %s", quick.seen.request().method, quick.seen.url, rule_name,
                      quick.key.identity or "-", f" aud={aud}" if aud else "", fastpath.OUTCOME)  # fmt: skip
         if self._redact_on:
             flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
@@ -640,7 +640,7 @@ class ApimMi:
                                forward_timeout=quick.plan.timeout)  # fmt: skip
         run.injections.append(engine.Injection(fastpath.HEADER, quick.key.identity, quick.plan.resource,
                                                quick.token.claims))  # fmt: skip
-        state = _FlowState(rule, run, quick.began, str(request_id), url=quick.url)
+        state = _FlowState(rule, run, quick.began, str(request_id), seen=quick.sent())
         if quick.checked:
             state.sent = state.recorded = True
             state.redacted = self._redact_on
@@ -726,8 +726,7 @@ class ApimMi:
                 return
         assert self.tokens is not None
         request_id = uuid.uuid4()
-        url = flowcontext.pretty_url(flow.request)
-        received = inspector.request_later(flow, url)
+        seen = flowcontext.RequestSnapshot(flow.request)
         self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
         body = uploads.StreamedBody(uploads.way_out(self._stream_limit_text)) if early else None
         context, as_read = flowcontext.request_context(flow, request_id, body)
@@ -740,9 +739,9 @@ class ApimMi:
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
         state = _FlowState(rule, run, time.perf_counter(), str(request_id), early=early)
         self._flows[flow.id] = state
-        trace.add("inbound", "api-inspector", received)
+        trace.add("inbound", "api-inspector", inspector.request_later(flow, seen))
         trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
-                  else inspector.configuration_later(flow, rule))
+                  else inspector.configuration_later(flow, rule, seen))
         if flow.id in self._diverted:  # parked at the sink, then streamed: the policy needs the body it cannot have
             need = self._body_use(rule)[0]
             await engine.handle_error(run, uploads.body_error(f"The policy needs the request body ({need}). "
@@ -773,12 +772,12 @@ class ApimMi:
             await self._present_upstream(flow, run, cert)
         if run.response is not None:
             self._respond(flow, flowcontext.make_response(run.response))
-            self._finish(flow, state, url=url)
+            state.seen = seen
+            self._finish(flow, state)
             return
-        if flowcontext.apply_request(context.request, flow, as_read):
-            url = flowcontext.pretty_url(flow.request)  # the URL or the Host header changed
-        trace.add("backend", "forward-request", inspector.forward_later(flow, run.forward_timeout, trace.secrets, url))
-        state.url = url  # for the log line, once the request has left (_check_sent)
+        flowcontext.apply_request(context.request, flow, as_read)
+        state.seen = flowcontext.RequestSnapshot(flow.request)  # for the log line, once the request has left
+        trace.add("backend", "forward-request", inspector.forward_later(run.forward_timeout, state.seen, trace.secrets))
 
     def _body_use(self, rule: Rule) -> tuple[str | None, bool]:
         """What a streamed body means for the rule's policy, worked out once per policy: the first place that may
@@ -1073,15 +1072,15 @@ class ApimMi:
                                     f"{', '.join(missing)}: the request was changed after the policy ran (another "
                                     "addon, or a streamed body).", NOT_SENT)  # fmt: skip
             run.trace.add("backend", "apim-mi", {"message": run.error.message, **engine.UNVERIFIED})
-        self._record(flow, state, url=state.url)
+        self._record(flow, state)
 
-    def _finish(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None) -> None:
+    def _finish(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         engine.finish(state.run)
         if flow.response is not None:
             for name, value in state.run.response_headers:
                 flow.response.headers[name] = value
         self._redact(flow, state)
-        self._record(flow, state, url=url, final=True)
+        self._record(flow, state, final=True)
         self._flows.pop(flow.id, None)
         self.inspector.finish(flow, state.run.trace)  # builds the APIM document only if the client asked for it
 
@@ -1116,10 +1115,9 @@ class ApimMi:
         headers = flow.request.headers
         headers.fields = tuple((n, _scrubbed(v, secrets)) if n.lower() in names else (n, v) for n, v in headers.fields)
 
-    def _record(self, flow: http.HTTPFlow, state: _FlowState, url: str | None = None, final: bool = False) -> None:
+    def _record(self, flow: http.HTTPFlow, state: _FlowState, final: bool = False) -> None:
         """Summary into flow.comment/metadata and one log line (never a token), when the request leaves and again
-        when the flow ends (``final``: then with the APIM trace, built when something reads it). ``url``: the flow's
-        ``pretty_url`` if the caller already has it."""
+        when the flow ends (``final``: then with the APIM trace, built when something reads it)."""
         run = state.run
         secrets = run.trace.secrets
         elapsed_ms = (time.perf_counter() - state.started) * 1000
@@ -1152,8 +1150,7 @@ class ApimMi:
                                     resp.status_code if resp is not None else None, elapsed_ms,
                                     shown["warnings"])  # fmt: skip
         if first:
-            if url is None:
-                url = flowcontext.pretty_url(flow.request)
+            url = _Url(flow, state.seen)
             if run.error is not None and run.error.reason == NOT_SENT:
                 self._count("failed", run.rule_name)
                 log.error("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, run.error.message)
@@ -1212,6 +1209,18 @@ class ApimMi:
     def reload_command(self) -> str:
         """Re-read the rules file now (a broken file keeps the last good rules)."""
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
+
+
+class _Url:
+    """The flow's URL for a log line, worked out only if the line is written (``%s``)."""
+
+    __slots__ = ("flow", "seen")
+
+    def __init__(self, flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None) -> None:
+        self.flow, self.seen = flow, seen
+
+    def __str__(self) -> str:
+        return self.seen.url if self.seen is not None else flowcontext.pretty_url(self.flow.request)
 
 
 def _scrubbed(value: bytes, secrets: set[str]) -> bytes:

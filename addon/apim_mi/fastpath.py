@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import diagnostics, flowcontext, inspector, streaming
 from .policy.statements.core import ADDED, MI, obtained
@@ -131,8 +131,8 @@ def redacted(sent: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes]
 class Quick:
     """What happened to a fast-path flow, and when (``clock()`` values): enough to write its trace later."""
 
-    __slots__ = ("_request", "_url", "answered", "began", "checked", "epoch", "forwarded", "key", "plan", "received",
-                 "response", "rule", "sent_fields", "snapshot", "token")  # fmt: skip
+    __slots__ = ("answered", "began", "checked", "epoch", "forwarded", "key", "plan", "received", "response", "rule",
+                 "seen", "sent_fields", "token")  # fmt: skip
 
     def __init__(self, rule: Rule, plan: Plan, key: TokenKey, token: Token, began: float, epoch: float) -> None:
         self.rule = rule
@@ -142,51 +142,32 @@ class Quick:
         self.began = began  # clock() when the policy began
         self.epoch = epoch  # time.time() then
         self.received: float | None = None  # the request's timestamp_start
-        #: The request as received: mitmproxy's ``RequestData`` fields (host, port, method, scheme, authority, path,
-        #: http_version) and the headers' ``fields``, all immutable values.
-        self.snapshot: tuple[Any, ...] = ()
+        self.seen: flowcontext.RequestSnapshot | None = None  # the request as received
         self.sent_fields: tuple[tuple[bytes, bytes], ...] = ()
-        self._request: http.Request | None = None
-        self._url = ""
         self.forwarded = began  # clock() when the token was in the request
         self.answered: float | None = None  # clock() when the answer was complete
         self.response: tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None = None
         self.checked = False  # the request left with the token, and the flow no longer holds it
 
-    def request(self) -> http.Request:
-        """The request as received, made again from the snapshot (only when something reads it)."""
-        if self._request is None:
-            from mitmproxy import http
-
-            host, port, method, scheme, authority, path, version, fields = self.snapshot
-            self._request = http.Request(host, port, method, scheme, authority, path, version, http.Headers(fields),
-                                         None, None, 0.0, None)  # fmt: skip
-        return self._request
-
-    @property
-    def url(self) -> str:
-        """The request's URL as the client addressed it (``flowcontext.pretty_url``)."""
-        if not self._url:
-            self._url = flowcontext.pretty_url(self.request())
-        return self._url
+    def sent(self) -> flowcontext.RequestSnapshot:
+        """The request as it went upstream: as received, plus the token."""
+        assert self.seen is not None
+        return self.seen.with_fields(self.sent_fields)
 
     def trace(self, trace_id: str) -> Trace:
         """The engine path's trace of this flow: the request and configuration, the token obtained and added,
         the request forwarded, and the answer once there was one."""
         trace = Trace.began(trace_id, self.received, self.epoch, self.began)
         trace.secrets.add(self.token.value)
-        at = self.began
-        req = self.request()
-        method, url = req.method, self.url
-        trace.add_at(at, "inbound", "api-inspector", Later(inspector.request_entry, method, url, self.snapshot[-1]))
-        trace.add_at(at, "inbound", "api-inspector", Later(
-            inspector.configuration_entry, self.rule, req.scheme, req.host, req.port, method, req.path))  # fmt: skip
+        at, seen = self.began, self.seen
+        assert seen is not None
+        trace.add_at(at, "inbound", "api-inspector", Later(inspector.request_seen, seen))
+        trace.add_at(at, "inbound", "api-inspector", Later(inspector.configuration_seen, self.rule, seen))
         at = self.forwarded
         trace.add_at(at, "inbound", MI, obtained(self.key, self.token.claims, True))
         trace.add_at(at, "inbound", MI, dict(ADDED))
         trace.add_at(at, "backend", "forward-request", Later(
-            inspector.forward_entry, self.plan.timeout, method, url, self.sent_fields,
-            (self.token.value,)))  # fmt: skip
+            inspector.forward_seen, self.plan.timeout, self.sent(), (self.token.value,)))  # fmt: skip
         if self.answered is not None and self.response is not None:
             trace.add_at(self.answered, "backend", "forward-request",
                          Later(inspector.response_entry, *self.response))  # fmt: skip

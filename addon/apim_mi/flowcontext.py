@@ -99,6 +99,46 @@ def _authority(host_header: str) -> tuple[str, int | None]:
     return url.parse_authority(host_header, check=False)
 
 
+class RequestSnapshot:
+    """The request at one moment, kept as mitmproxy's ``RequestData`` values and header ``fields`` (all immutable):
+    what the trace and the log line show of it (method, URL) is worked out only when something reads it."""
+
+    __slots__ = ("_request", "_url", "data")
+
+    def __init__(self, req: http.Request) -> None:
+        d = req.data
+        self.data = (d.host, d.port, d.method, d.scheme, d.authority, d.path, d.http_version, d.headers.fields)
+        self._request: http.Request | None = None
+        self._url = ""
+
+    @property
+    def fields(self) -> tuple[tuple[bytes, bytes], ...]:
+        return self.data[7]  # type: ignore[no-any-return]
+
+    def request(self) -> http.Request:
+        """The request as it was, made again (only when read)."""
+        if self._request is None:
+            from mitmproxy import http
+
+            host, port, method, scheme, authority, path, version, fields = self.data
+            self._request = http.Request(host, port, method, scheme, authority, path, version, http.Headers(fields),
+                                         None, None, 0.0, None)  # fmt: skip
+        return self._request
+
+    def with_fields(self, fields: tuple[tuple[bytes, bytes], ...]) -> RequestSnapshot:
+        """The same request with other header ``fields`` (its Host header unchanged, so its URL too)."""
+        other = RequestSnapshot.__new__(RequestSnapshot)
+        other.data, other._request, other._url = (*self.data[:7], fields), None, self._url
+        return other
+
+    @property
+    def url(self) -> str:
+        """``pretty_url`` of the request as it was."""
+        if not self._url:
+            self._url = pretty_url(self.request())
+        return self._url
+
+
 def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
     return request_context(flow, request_id)[0]
 

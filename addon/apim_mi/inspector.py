@@ -98,24 +98,34 @@ def response_entry(code: int, reason: str, fields: Fields) -> dict[str, Any]:
                          "headers": _headers(flowcontext.decoded(fields))}}  # fmt: skip
 
 
-def request_later(flow: http.HTTPFlow, url: str | None = None) -> Later:
+def request_later(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None = None) -> Later:
     """The ``api-inspector`` request entry: the request as the proxy received it (client credentials hidden),
-    computed when the trace is read from snapshots taken now; ``url``: the flow's pretty URL if already known."""
-    req = flow.request
-    return Later(request_entry, req.method, url or flowcontext.pretty_url(req), req.headers.fields)
+    computed when the trace is read from a snapshot taken now (``seen``, if the caller has one)."""
+    return Later(request_seen, seen or flowcontext.RequestSnapshot(flow.request))
 
 
-def configuration_later(flow: http.HTTPFlow, rule: Rule) -> Later:
+def request_seen(seen: flowcontext.RequestSnapshot) -> dict[str, Any]:
+    return request_entry(seen.request().method, seen.url, seen.fields)
+
+
+def configuration_later(flow: http.HTTPFlow, rule: Rule, seen: flowcontext.RequestSnapshot | None = None) -> Later:
     """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule."""
-    req = flow.request
-    return Later(configuration_entry, rule, req.scheme, req.host, req.port, req.method, req.path)
+    return Later(configuration_seen, rule, seen or flowcontext.RequestSnapshot(flow.request))
 
 
-def forward_later(flow: http.HTTPFlow, timeout: float, secrets: set[str], url: str | None = None) -> Later:
-    """The backend ``forward-request`` entry: the request as it leaves (an injected token shows as redacted)."""
-    req = flow.request
-    return Later(forward_entry, timeout, req.method, url or flowcontext.pretty_url(req), req.headers.fields,
-                 tuple(secrets))  # fmt: skip
+def configuration_seen(rule: Rule, seen: flowcontext.RequestSnapshot) -> dict[str, Any]:
+    req = seen.request()
+    return configuration_entry(rule, req.scheme, req.host, req.port, req.method, req.path)
+
+
+def forward_later(timeout: float, seen: flowcontext.RequestSnapshot, secrets: Any) -> Later:
+    """The backend ``forward-request`` entry: the request as it leaves (``seen``; an injected token shows as
+    redacted)."""
+    return Later(forward_seen, timeout, seen, tuple(secrets))
+
+
+def forward_seen(timeout: float, seen: flowcontext.RequestSnapshot, secrets: tuple[str, ...]) -> dict[str, Any]:
+    return forward_entry(timeout, seen.request().method, seen.url, seen.fields, secrets)
 
 
 def response_later(flow: http.HTTPFlow) -> Later:
