@@ -211,7 +211,30 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     finally:
         for p in procs.values():
             p.stop()
-    return {"runs": runs, "errors": errors, "injected": injected, "rss_mib": rss, "variants": list(variants)}
+    return {"runs": runs, "errors": errors, "injected": injected, "rss_mib": rss, "variants": list(variants),
+            "hook_times": live_hook_times(s, ctx)}  # fmt: skip
+
+
+def live_hook_times(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
+    """apim-mi's own CPU per flow inside the live proxy (``bench/timed.py``: each hook's thread time, with what it
+    hands mitmproxy to await), under the same load as the throughput rounds."""
+    out: dict[str, Any] = {}
+    for i, (name, rules) in enumerate((("addon, 1 rule", ctx["files"]["one"]),
+                                       ("addon, APIM policy", ctx["files"]["policy"]))):  # fmt: skip
+        path = ctx["tmp"] / f"hook-times-{i}.json"
+        args = ["-s", str(BENCH / "timed.py"), "--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity"]
+        try:
+            p = common.start_mitmdump(f"timed{i}", ctx["backend"].port, args, env=dict(ctx["env"], APIM_MI_HOOK_TIMES=str(path)),
+                                      confdir=ctx["tmp"] / f"confdir-timed{i}", pin=ctx["pin"])  # fmt: skip
+            try:
+                common.http_get(p.port, "/api/warmup")
+                run_wrk(p.port, max(s.concs), s.wrk_seconds)
+            finally:
+                p.stop()
+            out[name] = json.loads(path.read_text())
+        except Exception as e:
+            out[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float:
@@ -768,6 +791,22 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
             f"(whole process {rng(load['rss_total_mib'], 1)} MiB)."
         )
         w("")
+    live = (res.get("throughput") or {}).get("hook_times") or {}
+    if live:
+        w(f"The same hooks inside the live proxy (`bench/timed.py`: each hook's thread CPU time, with the work it hands "
+          f"mitmproxy to await; median per flow under `wrk -c{max(s.concs)}`):")
+        w("")
+        w("| case | requestheaders | request | responseheaders | response | µs per flow |")
+        w("| --- | --- | --- | --- | --- | --- |")
+        for name, v in live.items():
+            if "us" in v:
+                us = v["us"]
+                cells = " | ".join(fmt(us.get(h, math.nan), 1) for h in ("requestheaders", "request", "responseheaders",
+                                                                          "response"))  # fmt: skip
+                w(f"| {name} | {cells} | {fmt(v['total_us'], 1)} |")
+            else:
+                w(f"| {name} | not measured: {_short(v.get('error'), 200)} | | | | |")
+        w("")
     prof = mic.get("hooks", {}).get("1 rule", {}).get("profile")
     if prof:
         w("### Profile of the addon's hooks per flow (1 rule, cProfile, by own time)")
@@ -871,6 +910,32 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
 
 ### What changed (issue 13)
 
+- **A fast path for the common rule** (`fastpath.py`): a rule whose whole policy is authentication-managed-identity
+  into `Authorization` with the default forward-request (every shorthand rule with the default header) no longer
+  builds a policy context, a `PolicyRun` or trace entries while the flow passes. `request` matches, takes the cached
+  token, appends the header to mitmproxy's header tuple and keeps a `Quick` record (rule, token key and claims, three
+  clock readings, a snapshot of the request as received); `responseheaders` sees that the header tuple is still the
+  one it wrote (the token went out), counts, logs and redacts; `response` writes the comment and a `FlowRecord` whose
+  request id, summary and APIM trace are made when something first reads them, with the engine path's own entry
+  builders. Anything out of the ordinary leaves the fast path where it shows up and the engine path carries on from
+  the state it would have had: no cached token yet, trace request headers, a client `Authorization`, an audience that
+  differs from the resource, an insecure destination, an event stream or a body mitmproxy streams, a 401/403 or an
+  echoed token, a header changed by another addon, an upstream error. `tests/test_fastpath.py` drives nine such
+  scenarios, with the default options, `mi_redact=false` and `mi_trace=false`, through both paths and compares
+  everything a user sees (the saved flow, request and response, comment, mark, rendered trace, log lines, counters):
+  equal except the measured times and the random request ids.
+- **Hooks without coroutines**: `request` and `response` (like `requestheaders` and `responseheaders` before) are
+  plain functions that return a coroutine only when the engine path has async work; a flow no rule matches, or one the
+  fast path takes, costs mitmproxy no coroutine.
+- **The engine path's bookkeeping**: the summary and comment are written once, at the end (also when the request
+  leaves only if the answer streams, where the flow stays open); the sent-token check, redaction, the event-stream
+  test and the token-echo check read and write mitmproxy's raw header fields; the URL for trace and log line comes from
+  a snapshot of the request (`flowcontext.RequestSnapshot`) only when read; one `Services` per credential source.
+- **Policies compiled once** (`policy/expressions/compiler.py`, `policy/engine.py`, `policy/statements/`):
+  expressions run as closures compiled once per expression (a bounded subset; the tree-walking interpreter stays for
+  the rest), handlers evaluate without a coroutine per value (`engine.evaluate_now`), literal attributes and
+  authentication-managed-identity's token key are resolved once per statement, entries that need formatting are
+  `Later`, and the context model has slots and cheaper parsing.
 - **The APIM trace is built when read** (`trace.py`, `inspector.py`): `Trace.add` keeps (section, source, data,
   elapsed) and nothing else. Timestamps, canonical key order and scrubbing happen when the document is read
   (`to_json`, `entries`), against every secret known by then. The api-inspector and forward-request entries are
@@ -879,16 +944,6 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
   `deepcopy` (what `mitmdump -w` does), so saved flows hold exactly the document they held before and read back as
   plain dicts; the trace endpoint (`Ocp-Apim-Trace`, `Apim-Debug-Authorization`) builds it only for a client that
   asked. A flow nobody looks at never builds its trace.
-- **Compact per-flow record** (`addon.py`): the summary is scrubbed only when a secret occurs in one of its strings;
-  the request id string, the URL for the log line and the context URL are computed once; a plain request's context
-  URL is built from mitmproxy's parsed parts and not written back when the policy left it alone.
-- **Policies compiled once** (`policy/engine.py`, `policy/model.py`, `policy/statements/`): each statement list is
-  resolved once per policy (handler lookup, `choose[1]/when[2]` paths, the nesting limit: `engine.steps`);
-  what a handler derives from the statement alone is computed once and kept with it (`engine.prepared`,
-  `engine.memo`: authentication-managed-identity's attributes, set-header's action and values, choose's branches,
-  literal and default int/bool attributes). Expressions: a context member resolves once per (class, member) and an
-  instance method once per (type, name) instead of walking the type dispatch on every access; the trace's expression
-  text is cached. Handlers keep their signature (docs/architecture.md, "Statement handlers").
 - **One cheap log line** (`logs.py`): apim-mi's records go to the root logger's handlers directly, past mitmproxy's
   deprecated `add_log` bridge (which turned each record into one more hook event dispatched to every addon); a
   per-flow info line that no handler would show (`termlog_verbosity=warn`, as here) is not built at all. At the
@@ -896,36 +951,16 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
 - **Byte-identical output**: `bench/identical.py` drives the hooks on fixed flows (a shorthand rule, this APIM
   policy, a policy that fails into on-error; with `Ocp-Apim-Trace`, `Apim-Debug-Authorization` and a client
   `Authorization`) under a fake clock and ids, and hashes saved flows (`-w` bytes), comments, response headers,
-  rendered traces, the trace store and the log lines: the digest is the same with and without each slice. The
-  existing trace tests pass unchanged; `tests/test_fastpath.py` covers the lazy record.
-- Earlier hot-path work (trace built once per flow, context read and written once, `gc.freeze()` with 10 000 rules,
-  libyaml rules loading) is described in git history (`git log -p -- bench/harness.py`).
+  rendered traces, the trace store and the log lines: the digest is the same before and after every change of this
+  work (`2b92779…`). The existing trace tests pass unchanged.
 - **Bench**: a trivial-addon variant (`bench/trivial.py`, sets `Authorization` from a constant: the limit for any
-  addon), proxy CPU per request, micro costs as CPU-time medians, `--rounds`, `bench/pyspy.py` (the profile above).
+  addon), apim-mi's hook set doing nothing (`bench/hookset.py`: the limit for an addon with these hooks), proxy CPU per
+  request, the hooks' own CPU inside the live proxy (`bench/timed.py`), micro costs as CPU-time medians, `--rounds`,
+  `bench/pyspy.py`.
 
-### What is left: the targets are not met
+### What is left
 
-- **mitmproxy's hook dispatch**: in the profile, `trigger_event`, `_iter_hooks`, `traverse`, the `safecall`
-  context manager and `Hook.args` (`dataclasses.fields` per call) are the largest own-time entries, for every
-  variant. Each per-flow hook an addon implements pays them once more: apim-mi implements `requestheaders`,
-  `request`, `responseheaders`, `response` and `error` (the trivial addon one). With bare mitmdump at
-  ≈ 1.1–1.3 ms of CPU per request on this machine, a ratio of 0.95 leaves an addon ≈ 60 µs per request for all of
-  that plus its own work; the trivial addon uses about 10 µs of it.
-- **apim-mi's own code** is now about a tenth of the live samples for one rule, spread thin. Measured in-process
-  (`bench/micro.py --only hooks --quick`, main and the change alternating, 3 rounds each, load average ≈ 0.8 on
-  the 2 shared cores): a forward-request's (and every typed attribute's) catalog default is now looked up once per
-  statement instead of per flow, hooks per flow 1 rule 128–131 → 124–127 µs, APIM policy 229–233 → 224–226 µs
-  (`bench/identical.py` digest unchanged). A dedicated path for a shorthand-shaped policy that skips the generic
-  walk (`run_section`, step lookup) was built and measured: the same hooks cost within noise (the walk is ≈ 1 µs),
-  so it was not kept. Timed alone, `request_context` is ≈ 6.5 µs, the authentication-managed-identity and
-  forward-request handlers ≈ 25 µs together (token cache hit ≈ 1 µs; no single part above ≈ 1.5 µs), and the rest
-  is a hundred small steps across `request`, `responseheaders` and `response` (the record built twice, redaction,
-  the sent-token check, trace entries): skipping the context for a shorthand rule would save ≈ 10–15 µs, not the
-  ≈ 85 µs the 40 µs target needs. Dropping hooks does not help either: mitmproxy walks every addon for every event
-  whether it implements the hook or not, and an implemented hook adds only `Hook.args` (≈ 0.6 µs) and its own body.
-- **The APIM policy variant** spends about a third of its hook time in the expression interpreter. Member and method
-  resolution is cached now; compiling expressions to closures (no tree walk, no per-evaluation `Interpreter`) is the
-  next step.
+- (filled in after the run)
 """
 
 
