@@ -606,10 +606,8 @@ class ApimMi:
         quick.checked = True
         rule_name = quick.rule.name
         self._count("injected", rule_name)
-        if logs.wanted(log, logging.INFO):
-            aud = quick.token.claims.get("aud", "")
-            log.info("apim-mi: %s %s [%s] %s%s: %s", quick.seen.request().method, quick.seen.url, rule_name,
-                     quick.key.identity or "-", f" aud={aud}" if aud else "", fastpath.OUTCOME)  # fmt: skip
+        _log_injected(flow, quick.seen, rule_name, quick.key.identity, quick.token.claims.get("aud", ""),
+                      fastpath.OUTCOME)
         if self._redact_on:
             flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
 
@@ -876,8 +874,7 @@ class ApimMi:
             streaming.stream_unmatched(flow)
             return None
         if type(state) is fastpath.Quick:
-            resp = flow.response
-            if flow.request.headers.fields is state.sent_fields and fastpath.buffered(resp):
+            if state.went_out(flow.request) and fastpath.buffered(flow.response):
                 self._quick_sent(flow, state)
                 return None
             state = self._full(flow, state)
@@ -1035,9 +1032,9 @@ class ApimMi:
         self._held.pop(flow.id, None)
         state = self._flows.get(flow.id)
         if type(state) is fastpath.Quick:
-            if state.checked or flow.request.headers.fields is state.sent_fields:
-                if not state.checked:
-                    self._quick_sent(flow, state)
+            if not state.checked and state.went_out(flow.request):
+                self._quick_sent(flow, state)
+            if state.checked:
                 self._quick_finish(flow, state)
                 return
             state = self._full(flow, state)
@@ -1090,7 +1087,7 @@ class ApimMi:
         assert flow.response is not None
         run = state.run
         found: list[str] = []
-        if flow.response.status_code in (401, 403):
+        if flow.response.status_code in diagnostics.REJECTIONS:
             audiences = [str(i.claims.get("aud") or i.resource) for i in run.injections if i.claims or i.resource]
             found = diagnostics.diagnose_rejection(
                 flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
@@ -1139,7 +1136,6 @@ class ApimMi:
         identity = next((i.identity for i in run.injections if i.identity), "")
         first = not state.recorded
         state.recorded = True
-        aud = f" aud={claims['aud']}" if claims.get("aud") else ""
         resp = flow.response
         if final or state.early or (resp is not None and not fastpath.buffered(resp)):  # else the end comes soon
             summary = _summary(run.rule_name, outcome, identity, claims, elapsed_ms, run.warnings, state.request_id)
@@ -1163,9 +1159,7 @@ class ApimMi:
                             run.rule_name, scrub(cause, secrets))
             elif run.injections and state.sent:
                 self._count("injected", run.rule_name)
-                if logs.wanted(log, logging.INFO):  # not built when nothing would show it (termlog_verbosity=warn)
-                    log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, url, run.rule_name,
-                             identity or "-", aud, outcome)  # fmt: skip
+                _log_injected(flow, state.seen, run.rule_name, identity, claims.get("aud", ""), outcome)
             elif logs.wanted(log, logging.INFO):
                 log.info("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, outcome)
 
@@ -1209,6 +1203,15 @@ class ApimMi:
     def reload_command(self) -> str:
         """Re-read the rules file now (a broken file keeps the last good rules)."""
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
+
+
+def _log_injected(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None, rule_name: str, identity: str,
+                  aud: Any, outcome: str) -> None:  # fmt: skip
+    """The flow's info line once its token went upstream, on either path; not built when nothing would show it
+    (``termlog_verbosity=warn``)."""
+    if logs.wanted(log, logging.INFO):
+        log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, _Url(flow, seen), rule_name, identity or "-",
+                 f" aud={aud}" if aud else "", outcome)  # fmt: skip
 
 
 class _Url:

@@ -139,10 +139,14 @@ def _shown(values: Sequence[str]) -> str:
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 1] + "…"
 
 
+#: The statuses a backend refuses a token with: what ``diagnose_rejection`` explains.
+REJECTIONS = frozenset({401, 403})
+
+
 def diagnose_rejection(status: int, www_authenticate: Sequence[str], audiences: Sequence[str]) -> list[str]:
     """Messages explaining a 401/403 from the backend to a request carrying a managed identity token whose audience
     is one of ``audiences``. Empty when ``status`` is not 401/403 or no token was injected."""
-    if status not in (401, 403) or not audiences:
+    if status not in REJECTIONS or not audiences:
         return []
     challenges = parse_www_authenticate(www_authenticate)
     expected = expected_audiences(challenges)

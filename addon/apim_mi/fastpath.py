@@ -42,7 +42,7 @@ _REDACTED_FIELD = (_NAME, REDACTED_VALUE.encode())
 _PLAN = "fastpath"  # its key in ``Policy.compiled``
 #: Request headers that need the engine path: a client token the policy replaces (and warns about), and the trace
 #: request headers (consumed by the inspector).
-_SLOW_HEADERS = frozenset({b"authorization", b"ocp-apim-trace", b"apim-debug-authorization"})
+_SLOW_HEADERS = frozenset({HEADER.lower().encode(), *inspector.ASK_NAMES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +113,7 @@ def buffered(response: http.Response | None) -> bool:
 def accepted(response: http.Response | None, token: str) -> bool:
     """An answer with nothing to diagnose: not a 401/403 (the engine path says why the token was refused) and no
     echo of the token (a warning), still buffered."""
-    if response is None or response.status_code in (401, 403) or response.stream:
+    if response is None or response.status_code in diagnostics.REJECTIONS or response.stream:
         return False
     return not diagnostics.reflects_secret(flowcontext.content_of(response), (token,))
 
@@ -148,6 +148,10 @@ class Quick:
         self.answered: float | None = None  # clock() when the answer was complete
         self.response: tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None = None
         self.checked = False  # the request left with the token, and the flow no longer holds it
+
+    def went_out(self, request: http.Request) -> bool:
+        """The request's headers are the ones the fast path wrote: the token went upstream, nothing changed since."""
+        return request.headers.fields is self.sent_fields
 
     def sent(self) -> flowcontext.RequestSnapshot:
         """The request as it went upstream: as received, plus the token."""

@@ -42,7 +42,8 @@ KEEP = 100
 SERVICE_NAME = "apim-mi"
 TRACE_HEADER = "Ocp-Apim-Trace"
 DEBUG_HEADER = "Apim-Debug-Authorization"
-_ASK_NAMES = (TRACE_HEADER.lower().encode(), DEBUG_HEADER.lower().encode())
+#: The request headers that ask for a trace (lower-case, as mitmproxy's header fields may hold them).
+ASK_NAMES = frozenset({TRACE_HEADER.lower().encode(), DEBUG_HEADER.lower().encode()})
 HIDDEN = "[hidden by apim-mi]"
 # Client credentials never shown in a trace (the injected token is scrubbed separately, to "[token redacted]").
 SENSITIVE = frozenset({
@@ -254,7 +255,7 @@ class Inspector:
     def begin(self, flow: http.HTTPFlow) -> None:
         """Takes the trace request headers off a matched flow (APIM consumes them) and remembers what was asked."""
         headers = flow.request.headers
-        if not any(n.lower() in _ASK_NAMES for n, _ in headers.fields):
+        if not any(n.lower() in ASK_NAMES for n, _ in headers.fields):
             return
         legacy = any(v.strip().lower() == "true" for v in headers.get_all(TRACE_HEADER))
         debug = headers.get(DEBUG_HEADER)
