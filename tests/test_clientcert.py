@@ -122,18 +122,23 @@ MTLS_ROUTE = """<policies><inbound>
 </inbound><backend /><outbound /><on-error /></policies>"""
 
 
+def _mtls_rules(tmp_path: Path, d: Path, host: str) -> Path:
+    """MTLS_ROUTE on /mtls (and ``host``, e.g. ``'host: "127.0.0.1:9", '``), trusting the issued test CA."""
+    (tmp_path / "mtls.xml").write_text(MTLS_ROUTE)
+    return write_rules(tmp_path, f"""
+        certificates:
+          contoso-ca: {{path: {d / "ca.pem"}, ca: true}}
+        rules:
+          - {{name: mtls, match: {{{host}path: /mtls}}, policy: mtls.xml}}
+    """)
+
+
 def test_curl_presents_its_certificate_through_mitmdump(tmp_path: Path, emu: Any, md_factory: Any,
                                                         issued: dict[str, Any]) -> None:  # fmt: skip
     """HTTPS through the proxy: mitmproxy asks the client for a certificate (the addon turns request_client_cert on
     because a rule uses the policy), and the policy sees the one curl presents."""
     d: Path = issued["dir"]
-    (tmp_path / "mtls.xml").write_text(MTLS_ROUTE)
-    rules = write_rules(tmp_path, f"""
-        certificates:
-          contoso-ca: {{path: {d / "ca.pem"}, ca: true}}
-        rules:
-          - {{name: mtls, match: {{host: "127.0.0.1:9", path: /mtls}}, policy: mtls.xml}}
-    """)
+    rules = _mtls_rules(tmp_path, d, 'host: "127.0.0.1:9", ')
     proxy = md_factory(emu, rules, "--set", "connection_strategy=lazy")  # the gateway answers: no upstream
     proxy.wait_for("request_client_cert turned on")
     tls = ["-x", proxy.url, "--cacert", str(tmp_path / "confdir" / "mitmproxy-ca-cert.pem")]
@@ -150,13 +155,7 @@ def test_reverse_mode_asks_a_tls_client_for_its_certificate(tmp_path: Path, emu:
                                                              issued: dict[str, Any]) -> None:  # fmt: skip
     """A reverse proxy the client reaches over TLS (https://proxy/…) asks for the certificate as well."""
     d: Path = issued["dir"]
-    (tmp_path / "mtls.xml").write_text(MTLS_ROUTE)
-    rules = write_rules(tmp_path, f"""
-        certificates:
-          contoso-ca: {{path: {d / "ca.pem"}, ca: true}}
-        rules:
-          - {{name: mtls, match: {{path: /mtls}}, policy: mtls.xml}}
-    """)
+    rules = _mtls_rules(tmp_path, d, "")
     proxy = md_factory(emu, rules, "--mode", "reverse:https://127.0.0.1:9", "--set", "connection_strategy=lazy")
     url = f"https://127.0.0.1:{proxy.port}/mtls"
     status, body = curl("-k", "--cert", str(d / "client.pem"), url)  # -k: the proxy's certificate is not the point

@@ -150,13 +150,18 @@ class OpenAIBackend(DemoBackend):
             return self._shield(data)
         return _error(404, "NotFound", f"No route for {request.method} {request.path}")
 
-    async def _chat(self, request: web.Request, data: dict[str, Any]) -> web.StreamResponse:
+    async def _reply(self, kind: str, data: dict[str, Any]) -> tuple[str, list[str], int, int]:
+        """The echoed reply to a request (model, words, prompt and completion tokens), counted as served."""
         model = str(data.get("model") or "gpt-4o")
         enc = await asyncio.to_thread(encoding, encoding_name(model))
         prompt = estimate_prompt_tokens(enc, data)
         words = reply_words(data)
         completion = count(enc, "".join(words))
-        self.served.add("chat", prompt, completion)
+        self.served.add(kind, prompt, completion)
+        return model, words, prompt, completion
+
+    async def _chat(self, request: web.Request, data: dict[str, Any]) -> web.StreamResponse:
+        model, words, prompt, completion = await self._reply("chat", data)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         base = {"id": f"chatcmpl-{int(time.time() * 1000)}", "created": int(time.time()), "model": model}
         if data.get("stream") is not True:
@@ -194,12 +199,7 @@ class OpenAIBackend(DemoBackend):
     async def _responses(self, request: web.Request, data: dict[str, Any]) -> web.StreamResponse:
         """The Responses API: the same echo, ``usage`` as ``input_tokens``/``output_tokens``; streamed as
         ``response.output_text.delta`` events and a ``response.completed`` event carrying the usage."""
-        model = str(data.get("model") or "gpt-4o")
-        enc = await asyncio.to_thread(encoding, encoding_name(model))
-        prompt = estimate_prompt_tokens(enc, data)
-        words = reply_words(data)
-        completion = count(enc, "".join(words))
-        self.served.add("responses", prompt, completion)
+        model, words, prompt, completion = await self._reply("responses", data)
         rid, now = f"resp_{int(time.time() * 1000)}", int(time.time())
         message = {"id": f"msg_{rid}", "type": "message", "role": "assistant", "status": "completed",
                    "content": [{"type": "output_text", "text": "".join(words), "annotations": []}]}  # fmt: skip
