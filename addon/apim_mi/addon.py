@@ -121,6 +121,9 @@ class ApimMi:
         self._running = False
         self._startup_error = False
         self._ready: asyncio.Future[None] | None = None
+        self._ready_seen: asyncio.Future[None] | None = None  # the start the fast path found complete
+        #: Each rule's fast-path route (None: the engine path), by rule index, for the current rules and credential.
+        self._routes: dict[int, tuple[Rule, fastpath.Route | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -202,6 +205,7 @@ class ApimMi:
             if self._running and new_credential != self.credential:
                 raise ValueError("mi_credential cannot change while the proxy runs; restart with the new value")
             self.credential = new_credential
+            self._routes = {}
         if self.tokens is not None and updated & {"mi_timeout", "mi_refresh_before"}:
             self.tokens.timeout = float(opts.mi_timeout)
             self.tokens.refresh_before = float(opts.mi_refresh_before)
@@ -240,6 +244,7 @@ class ApimMi:
             self._settings = {**self._settings, **_config_settings(config)}
             self.gateway.subscriptions, self.gateway.loggers = config.subscriptions, config.loggers
             self.matcher = Matcher(config.rules)
+            self._routes = {}
             if clientcerts.presented_upstream(config) and ctx.options.connection_strategy != "lazy":
                 # the upstream TLS connection must open after the request hook chose the certificate
                 log.info("apim-mi: authentication-certificate: connection_strategy set to lazy")
@@ -575,38 +580,46 @@ class ApimMi:
     def _quick_request(self, flow: http.HTTPFlow, rule: Rule) -> bool:
         """The flow's policy only adds a token and nothing needs the engine: the cached token goes into the
         header and a ``Quick`` record is kept (False: the engine path runs instead)."""
-        plan = fastpath.plan_of(rule.policy)
+        known = self._routes.get(rule.index)
+        if known is None or known[0] is not rule:
+            known = self._routes[rule.index] = (rule, fastpath.route(rule, self._source(rule)))
+        route = known[1]
         ready = self._ready
-        if plan is None or ready is None or not ready.done() or ready.cancelled() or ready.exception() is not None:
+        if route is None or (ready is not self._ready_seen and not self._ready_ok(ready)):
             return False
-        key = fastpath.key_of(plan, self._source(rule))
         req = flow.request
         fields = req.headers.fields
-        if key is None or not fastpath.plain_request(fields):
+        if not fastpath.plain_request(fields):
             return False
         data = req.data
-        assert self.tokens is not None
-        token = self.tokens.fresh(key)
-        if token is None or not fastpath.same_audience(token, plan.resource) or self._insecure_transport(
-            req.scheme, data.host, rule
-        ):
+        if self._insecure_transport(req.scheme, data.host, rule):
             return False
-        quick = fastpath.Quick(rule, plan, key, token, time.perf_counter(), time.time())
-        self.tokens.cached(key)  # the hit, counted (and a refresh started when due)
-        quick.received = data.timestamp_start
-        quick.seen = flowcontext.RequestSnapshot(req)
+        began = time.perf_counter()
+        assert self.tokens is not None
+        token = self.tokens.cached(route.key, route.plan.resource)  # the hit counted only when the token is used here
+        if token is None:
+            return False
+        quick = fastpath.Quick(route, token, began, time.time(), data.timestamp_start, flowcontext.RequestSnapshot(req))
         req.headers.fields = quick.sent_fields = fastpath.with_token(fields, token.value)
         quick.forwarded = time.perf_counter()
         self._flows[flow.id] = quick
+        return True
+
+    def _ready_ok(self, ready: asyncio.Future[None] | None) -> bool:
+        """apim-mi started (the emulator, the token provider): remembered per start, asked on every flow."""
+        if ready is None or not ready.done() or ready.cancelled() or ready.exception() is not None:
+            return False
+        self._ready_seen = ready
         return True
 
     def _quick_sent(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> None:
         """The request left with the token (its headers are as the fast path left them): counted, logged, and
         the token taken out of the flow."""
         quick.checked = True
-        rule_name = quick.rule.name
+        route = quick.route
+        rule_name = route.rule.name
         self._count("injected", rule_name)
-        _log_injected(flow, quick.seen, rule_name, quick.key.identity, quick.token.claims.get("aud", ""),
+        _log_injected(flow, quick.seen, rule_name, route.key.identity, quick.token.claims.get("aud", ""),
                       fastpath.OUTCOME)
         if self._redact_on:
             flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
@@ -615,14 +628,15 @@ class ApimMi:
         """The flow is over: its comment now, its summary and trace once something reads them."""
         now = time.perf_counter()
         resp = flow.response
+        status = None
         if resp is not None:
             quick.answered = now
-            quick.response = (resp.status_code, resp.reason, resp.headers.fields)
+            status = resp.status_code
+            quick.response = (status, resp.reason, resp.headers.fields)
         elapsed_ms = (now - quick.began) * 1000
-        claims = quick.token.claims
-        identity = quick.key.identity
-        flow.comment = _comment(quick.rule.name, identity, claims.get("aud", ""), fastpath.OUTCOME,
-                                resp.status_code if resp is not None else None, elapsed_ms, ())  # fmt: skip
+        rule, _, key = quick.route
+        flow.comment = _comment(rule.name, key.identity, quick.token.claims.get("aud", ""), fastpath.OUTCOME, status,
+                                elapsed_ms, ())  # fmt: skip
         keys = ("summary", "trace") if self._trace_on else ("summary",)
         flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
         del self._flows[flow.id]
@@ -632,12 +646,11 @@ class ApimMi:
         request_id = uuid.uuid4()
         trace = quick.trace(request_id.hex)
         context = flowcontext.request_context(flow, request_id)[0]
-        rule = quick.rule
+        rule, plan, key = quick.route
         services = self._services(rule)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name, forward=True,
-                               forward_timeout=quick.plan.timeout)  # fmt: skip
-        run.injections.append(engine.Injection(fastpath.HEADER, quick.key.identity, quick.plan.resource,
-                                               quick.token.claims))  # fmt: skip
+                               forward_timeout=plan.timeout)  # fmt: skip
+        run.injections.append(engine.Injection(fastpath.HEADER, key.identity, plan.resource, quick.token.claims))
         state = _FlowState(rule, run, quick.began, str(request_id), seen=quick.sent())
         if quick.checked:
             state.sent = state.recorded = True
@@ -1265,8 +1278,8 @@ def _comment(rule_name: str, identity: str, aud: Any, outcome: str, status: int 
 def _quick_document(quick: fastpath.Quick, elapsed_ms: float, keys: tuple[str, ...]) -> dict[str, Any]:
     """A fast-path flow's ``summary`` and ``trace``, made when something first reads them."""
     request_id = uuid.uuid4()
-    claims = quick.token.claims
-    summary = _summary(quick.rule.name, fastpath.OUTCOME, quick.key.identity, claims, elapsed_ms, (), str(request_id))
+    rule, _, key = quick.route
+    summary = _summary(rule.name, fastpath.OUTCOME, key.identity, quick.token.claims, elapsed_ms, (), str(request_id))
     document = {"summary": _shown(summary, {quick.token.value})}
     if "trace" in keys:
         document["trace"] = quick.trace(request_id.hex).to_json()

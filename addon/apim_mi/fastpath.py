@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import diagnostics, flowcontext, inspector, streaming
 from .policy.statements.core import ADDED, MI, obtained
@@ -84,6 +84,21 @@ def _plan(policy: Policy) -> Plan | None:
     return Plan(attrs["resource"].text or "", client_id)
 
 
+class Route(NamedTuple):
+    """What the fast path needs of a rule, worked out once per rule and credential source (``route``)."""
+
+    rule: Rule
+    plan: Plan
+    key: TokenKey
+
+
+def route(rule: Rule, source: str | CredentialSpec) -> Route | None:
+    """The rule's ``Route`` under ``source``, or None when the engine path runs it."""
+    plan = plan_of(rule.policy)
+    key = key_of(plan, source) if plan is not None else None
+    return Route(rule, plan, key) if plan is not None and key is not None else None
+
+
 @lru_cache(maxsize=1024)
 def key_of(plan: Plan, source: str | CredentialSpec) -> TokenKey | None:
     """The token's cache key under ``source``; None for a federated credential (two tokens, two trace entries)."""
@@ -97,12 +112,6 @@ def plain_request(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
         if name.lower() in _SLOW_HEADERS:
             return False
     return True
-
-
-def same_audience(token: Token, resource: str) -> bool:
-    """The engine warns when the token's ``aud`` differs from the resource asked for."""
-    aud = token.claims.get("aud")
-    return not aud or aud == resource
 
 
 def buffered(response: http.Response | None) -> bool:
@@ -131,18 +140,17 @@ def redacted(sent: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes]
 class Quick:
     """What happened to a fast-path flow, and when (``clock()`` values): enough to write its trace later."""
 
-    __slots__ = ("answered", "began", "checked", "epoch", "forwarded", "key", "plan", "received", "response", "rule",
-                 "seen", "sent_fields", "token")  # fmt: skip
+    __slots__ = ("answered", "began", "checked", "epoch", "forwarded", "received", "response", "route", "seen",
+                 "sent_fields", "token")  # fmt: skip
 
-    def __init__(self, rule: Rule, plan: Plan, key: TokenKey, token: Token, began: float, epoch: float) -> None:
-        self.rule = rule
-        self.plan = plan
-        self.key = key
+    def __init__(self, route: Route, token: Token, began: float, epoch: float, received: float | None,
+                 seen: flowcontext.RequestSnapshot) -> None:  # fmt: skip
+        self.route = route
         self.token = token
         self.began = began  # clock() when the policy began
         self.epoch = epoch  # time.time() then
-        self.received: float | None = None  # the request's timestamp_start
-        self.seen: flowcontext.RequestSnapshot | None = None  # the request as received
+        self.received = received  # the request's timestamp_start
+        self.seen = seen  # the request as received
         self.sent_fields: tuple[tuple[bytes, bytes], ...] = ()
         self.forwarded = began  # clock() when the token was in the request
         self.answered: float | None = None  # clock() when the answer was complete
@@ -155,7 +163,6 @@ class Quick:
 
     def sent(self) -> flowcontext.RequestSnapshot:
         """The request as it went upstream: as received, plus the token."""
-        assert self.seen is not None
         return self.seen.with_fields(self.sent_fields)
 
     def trace(self, trace_id: str) -> Trace:
@@ -163,15 +170,14 @@ class Quick:
         the request forwarded, and the answer once there was one."""
         trace = Trace.began(trace_id, self.received, self.epoch, self.began)
         trace.secrets.add(self.token.value)
-        at, seen = self.began, self.seen
-        assert seen is not None
+        at, seen, route = self.began, self.seen, self.route
         trace.add_at(at, "inbound", "api-inspector", Later(inspector.request_seen, seen))
-        trace.add_at(at, "inbound", "api-inspector", Later(inspector.configuration_seen, self.rule, seen))
+        trace.add_at(at, "inbound", "api-inspector", Later(inspector.configuration_seen, route.rule, seen))
         at = self.forwarded
-        trace.add_at(at, "inbound", MI, obtained(self.key, self.token.claims, True))
+        trace.add_at(at, "inbound", MI, obtained(route.key, self.token.claims, True))
         trace.add_at(at, "inbound", MI, dict(ADDED))
         trace.add_at(at, "backend", "forward-request", Later(
-            inspector.forward_seen, self.plan.timeout, self.sent(), (self.token.value,)))  # fmt: skip
+            inspector.forward_seen, route.plan.timeout, self.sent(), (self.token.value,)))  # fmt: skip
         if self.answered is not None and self.response is not None:
             trace.add_at(self.answered, "backend", "forward-request",
                          Later(inspector.response_entry, *self.response))  # fmt: skip

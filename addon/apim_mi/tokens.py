@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .credentials import ASSERTION_SOURCE, CredentialSpec, app_credential
 from .errors import ApimMiError
@@ -44,12 +44,12 @@ class AsyncCredential(Protocol):
 CredentialFactory = Callable[..., AsyncCredential]
 
 
-@dataclass(frozen=True)
-class TokenKey:
+class TokenKey(NamedTuple):
     """Cache key. ``resource`` is kept exactly as written: ``X`` and ``X/`` are different audiences.
 
     ``source`` is a credential source name, or an app registration's :class:`CredentialSpec` (then ``client_id`` is
-    the managed identity whose token is the federated assertion, if any)."""
+    the managed identity whose token is the federated assertion, if any). A tuple: hashed and compared in C, since
+    every request looks one up."""
 
     source: str | CredentialSpec
     client_id: str
@@ -181,24 +181,32 @@ class TokenProvider:
 
     def fresh(self, key: TokenKey) -> Token | None:
         """The cached token for ``key`` while it may be handed out, else None (only looks)."""
-        return self._fresh(key, self._clock())
+        entry = self._live(key, self._clock())
+        return entry.token if entry is not None else None
 
-    def cached(self, key: TokenKey) -> Token | None:
-        """``fresh``, handed out: a cache hit, counted, and a background refresh starts when it is due."""
+    def cached(self, key: TokenKey, audience: str | None = None) -> Token | None:
+        """``fresh``, handed out: a cache hit, counted, and a background refresh starts when it is due. With
+        ``audience``, only a token whose ``aud`` claim is that audience (or that has none) is handed out."""
         now = self._clock()
-        token = self._fresh(key, now)
-        if token is not None:
-            entry = self._entries[key]
-            entry.hits += 1
-            self.counters["cache_hits"] += 1
-            if now >= self._refresh_at(token) and now >= entry.next_refresh and entry.refresh is None:
-                entry.refresh = asyncio.get_running_loop().create_task(self._refresh(key, entry))
+        entry = self._live(key, now)
+        if entry is None:
+            return None
+        token = entry.token
+        assert token is not None
+        if audience is not None and (aud := token.claims.get("aud")) and aud != audience:
+            return None
+        entry.hits += 1
+        self.counters["cache_hits"] += 1
+        if now >= self._refresh_at(token) and now >= entry.next_refresh and entry.refresh is None:
+            entry.refresh = asyncio.get_running_loop().create_task(self._refresh(key, entry))
         return token
 
-    def _fresh(self, key: TokenKey, now: float) -> Token | None:
+    def _live(self, key: TokenKey, now: float) -> _Entry | None:
+        """``key``'s entry while its token may be handed out."""
         entry = self._entries.get(key)
-        token = entry.token if entry is not None else None
-        return token if token is not None and now < token.expires_on - EXPIRY_SKEW else None
+        if entry is None or entry.token is None or now >= entry.token.expires_on - EXPIRY_SKEW:
+            return None
+        return entry
 
     async def get(self, key: TokenKey) -> TokenResult:
         """A valid token for ``key``: cached, or fetched once for all concurrent callers, within ``timeout``."""
