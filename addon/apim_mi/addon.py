@@ -33,7 +33,7 @@ from .policy.ai import counts_tokens
 from .policy.ai.usage import load_encoding
 from .policy.gateway import GatewayState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
-from .tokens import TokenProvider, azure_credential_factory
+from .tokens import Token, TokenProvider, azure_credential_factory
 from .trace import METADATA_KEY, REDACTED, FlowRecord, Trace, scrub
 
 log = logging.getLogger("apim_mi")
@@ -124,6 +124,7 @@ class ApimMi:
         self._ready_seen: asyncio.Future[None] | None = None  # the start the fast path found complete
         #: Each rule's fast-path route (None: the engine path), by rule index, for the current rules and credential.
         self._routes: dict[int, tuple[Rule, fastpath.Route | None]] = {}
+        self._echoes: tuple[Token | None, tuple[bytes, ...]] = (None, ())
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -641,6 +642,12 @@ class ApimMi:
         flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
         del self._flows[flow.id]
 
+    def _echoes_of(self, token: Token) -> tuple[bytes, ...]:
+        """What of the token an answer that echoes it would show, kept for the last token asked about."""
+        if self._echoes[0] is not token:
+            self._echoes = (token, diagnostics.echoes(token.value))
+        return self._echoes[1]
+
     def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
         """A fast-path flow that needs the engine path from here on: the state that path would have by now."""
         request_id = uuid.uuid4()
@@ -963,7 +970,7 @@ class ApimMi:
         if state is None:
             return None
         if type(state) is fastpath.Quick:
-            if state.checked and fastpath.accepted(flow.response, state.token.value):
+            if state.checked and fastpath.accepted(flow.response, self._echoes_of(state.token)):
                 self._quick_finish(flow, state)
                 return None
             state = self._full(flow, state)

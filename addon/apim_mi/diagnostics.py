@@ -192,15 +192,30 @@ REFLECTED = (
 )
 
 
-def reflects_secret(body: bytes | None, secrets: Iterable[str], limit: int = 4 * 1024 * 1024) -> bool:
+#: Bodies larger than this are not scanned for an echoed token.
+SCAN_LIMIT = 4 * 1024 * 1024
+
+
+def reflects_secret(body: bytes | None, secrets: Iterable[str], limit: int = SCAN_LIMIT) -> bool:
     """Whether a (decoded) response body contains one of the secrets, or a token's signature part; bodies over
     ``limit`` bytes are not scanned."""
     if not body or len(body) > limit:
         return False
-    for secret in secrets:
-        if not secret:
-            continue
-        parts = [secret, secret.rsplit(".", 1)[-1]] if secret.count(".") == 2 else [secret]
-        if any(len(p) >= 16 and p.encode() in body for p in parts):
+    return reflects(body, [n for secret in secrets if secret for n in echoes(secret)], limit)
+
+
+def echoes(secret: str) -> tuple[bytes, ...]:
+    """What of a secret a body that echoes it would show: all of it and, for a JWT, its signature (parts under 16
+    bytes are too common to mean anything)."""
+    parts = [secret, secret.rsplit(".", 1)[-1]] if secret.count(".") == 2 else [secret]
+    return tuple(p.encode() for p in parts if len(p) >= 16)
+
+
+def reflects(body: bytes | None, needles: Sequence[bytes], limit: int = SCAN_LIMIT) -> bool:
+    """Whether the body contains one of ``needles`` (``echoes`` of the secrets)."""
+    if not body or len(body) > limit:
+        return False
+    for needle in needles:  # noqa: SIM110 (a loop: no generator for the one or two needles there are)
+        if needle in body:
             return True
     return False

@@ -119,12 +119,12 @@ def buffered(response: http.Response | None) -> bool:
     return response is not None and not response.stream and not streaming.is_event_stream(response)
 
 
-def accepted(response: http.Response | None, token: str) -> bool:
+def accepted(response: http.Response | None, echoes: tuple[bytes, ...]) -> bool:
     """An answer with nothing to diagnose: not a 401/403 (the engine path says why the token was refused) and no
-    echo of the token (a warning), still buffered."""
+    echo of the token (``diagnostics.echoes`` of it: a warning), still buffered."""
     if response is None or response.status_code in diagnostics.REJECTIONS or response.stream:
         return False
-    return not diagnostics.reflects_secret(flowcontext.content_of(response), (token,))
+    return not diagnostics.reflects(flowcontext.content_of(response), echoes)
 
 
 def with_token(fields: tuple[tuple[bytes, bytes], ...], token: str) -> tuple[tuple[bytes, bytes], ...]:

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 
 def target_of(flow: http.HTTPFlow) -> RequestTarget:
     """Matching looks at where the connection really goes (``request.host``), never at a Host header."""
-    req = flow.request
-    return RequestTarget(req.scheme, req.host, req.port, normalize_path(req.path), req.method.upper())
+    data = flow.request.data  # what req.scheme/.path/.method decode, read once (asked for every flow)
+    return RequestTarget(data.scheme.decode("utf-8", "surrogateescape"), data.host, data.port,
+                         normalize_path(data.path.decode("utf-8", "surrogateescape")),
+                         data.method.decode("utf-8", "surrogateescape").upper())  # fmt: skip
 
 
 @lru_cache(maxsize=1024)

@@ -68,7 +68,7 @@ def spec_matches(spec: MatchSpec, target: RequestTarget) -> bool:
 def normalize_path(raw_path: str) -> str:
     """The decoded path without the query, as matching sees it."""
     path = raw_path.split("?", 1)[0].split("#", 1)[0]
-    return unquote(path) or "/"
+    return (unquote(path) if "%" in path else path) or "/"
 
 
 def _pattern_key(pattern: str) -> str | None:
