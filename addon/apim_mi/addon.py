@@ -124,7 +124,7 @@ class ApimMi:
         self._ready_seen: asyncio.Future[None] | None = None  # the start the fast path found complete
         #: Each rule's fast-path route (None: the engine path), by rule index, for the current rules and credential.
         self._routes: dict[int, tuple[Rule, fastpath.Route | None]] = {}
-        self._echoes: tuple[Token | None, tuple[bytes, ...]] = (None, ())
+        self._last_carried: fastpath.Carried | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -600,8 +600,9 @@ class ApimMi:
         token = self.tokens.cached(route.key, route.plan.resource)  # the hit counted only when the token is used here
         if token is None:
             return False
-        quick = fastpath.Quick(route, token, began, time.time(), data.timestamp_start, flowcontext.RequestSnapshot(req))
-        req.headers.fields = quick.sent_fields = fastpath.with_token(fields, token.value)
+        carried, seen = self._carried(token), flowcontext.RequestSnapshot(req)
+        quick = fastpath.Quick(route, carried, began, time.time(), data.timestamp_start, seen)
+        req.headers.fields = quick.sent_fields = fastpath.with_token(fields, carried.field)
         quick.forwarded = time.perf_counter()
         self._flows[flow.id] = quick
         return True
@@ -642,11 +643,12 @@ class ApimMi:
         flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
         del self._flows[flow.id]
 
-    def _echoes_of(self, token: Token) -> tuple[bytes, ...]:
-        """What of the token an answer that echoes it would show, kept for the last token asked about."""
-        if self._echoes[0] is not token:
-            self._echoes = (token, diagnostics.echoes(token.value))
-        return self._echoes[1]
+    def _carried(self, token: Token) -> fastpath.Carried:
+        """``fastpath.carried`` for the token, kept for the last token asked about (one per rule in practice)."""
+        carried = self._last_carried
+        if carried is None or carried.token is not token:
+            carried = self._last_carried = fastpath.carried(token)
+        return carried
 
     def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
         """A fast-path flow that needs the engine path from here on: the state that path would have by now."""
@@ -970,7 +972,7 @@ class ApimMi:
         if state is None:
             return None
         if type(state) is fastpath.Quick:
-            if state.checked and fastpath.accepted(flow.response, self._echoes_of(state.token)):
+            if state.checked and fastpath.accepted(flow.response, state.carried.echoes):
                 self._quick_finish(flow, state)
                 return None
             state = self._full(flow, state)

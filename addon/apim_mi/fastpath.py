@@ -127,9 +127,22 @@ def accepted(response: http.Response | None, echoes: tuple[bytes, ...]) -> bool:
     return not diagnostics.reflects(flowcontext.content_of(response), echoes)
 
 
-def with_token(fields: tuple[tuple[bytes, bytes], ...], token: str) -> tuple[tuple[bytes, bytes], ...]:
-    """``fields`` (with no Authorization header: ``plain_request``) plus the token's, as the last header."""
-    return (*fields, (_NAME, b"Bearer " + token.encode()))
+class Carried(NamedTuple):
+    """What the fast path makes of one token, once (``carried``): its header field, and what of it an answer that
+    echoes it would show (``diagnostics.echoes``)."""
+
+    token: Token
+    field: tuple[bytes, bytes]
+    echoes: tuple[bytes, ...]
+
+
+def carried(token: Token) -> Carried:
+    return Carried(token, (_NAME, b"Bearer " + token.value.encode()), diagnostics.echoes(token.value))
+
+
+def with_token(fields: tuple[tuple[bytes, bytes], ...], field: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    """``fields`` (with no Authorization header: ``plain_request``) plus the token's ``field``, as the last header."""
+    return (*fields, field)
 
 
 def redacted(sent: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
@@ -140,13 +153,14 @@ def redacted(sent: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes]
 class Quick:
     """What happened to a fast-path flow, and when (``clock()`` values): enough to write its trace later."""
 
-    __slots__ = ("answered", "began", "checked", "epoch", "forwarded", "received", "response", "route", "seen",
-                 "sent_fields", "token")  # fmt: skip
+    __slots__ = ("answered", "began", "carried", "checked", "epoch", "forwarded", "received", "response", "route",
+                 "seen", "sent_fields", "token")  # fmt: skip
 
-    def __init__(self, route: Route, token: Token, began: float, epoch: float, received: float | None,
+    def __init__(self, route: Route, carried: Carried, began: float, epoch: float, received: float | None,
                  seen: flowcontext.RequestSnapshot) -> None:  # fmt: skip
         self.route = route
-        self.token = token
+        self.carried = carried
+        self.token = carried.token
         self.began = began  # clock() when the policy began
         self.epoch = epoch  # time.time() then
         self.received = received  # the request's timestamp_start
