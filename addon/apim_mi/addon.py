@@ -1080,11 +1080,7 @@ class ApimMi:
         """Whether the request that went upstream carried every injected token: nothing claims an injection the
         backend never saw (another addon may change the request after the policy ran)."""
         run = state.run
-        names = {i.header.lower().encode(): i.header for i in run.injections}
-        tokens = [secret.encode() for secret in run.trace.secrets if secret]
-        carried = {n.lower() for n, v in flow.request.headers.fields
-                   if n.lower() in names and any(t in v for t in tokens)}  # fmt: skip
-        missing = sorted({header for name, header in names.items() if name not in carried})
+        missing = _not_carried(flow.request.headers.fields, run.injections, run.trace.secrets)
         state.sent = not missing
         if missing and run.error is None:
             run.error = PolicyError("apim-mi", f"The request went upstream without the token in "
@@ -1132,58 +1128,60 @@ class ApimMi:
             return
         secrets = state.run.trace.secrets
         headers = flow.request.headers
-        headers.fields = tuple((n, _scrubbed(v, secrets)) if n.lower() in names else (n, v) for n, v in headers.fields)
+        headers.fields = tuple([(n, _scrubbed(v, secrets)) if n.lower() in names else (n, v)
+                                for n, v in headers.fields])  # fmt: skip
 
     def _record(self, flow: http.HTTPFlow, state: _FlowState, final: bool = False) -> None:
         """Summary into flow.comment/metadata and one log line (never a token), when the request leaves and again
-        when the flow ends (``final``: then with the APIM trace, built when something reads it)."""
+        when the flow ends (``final``: then with the APIM trace, built when something reads it). A buffered answer
+        ends soon: when its request leaves, only the line is written (and counted)."""
         run = state.run
-        secrets = run.trace.secrets
         elapsed_ms = (time.perf_counter() - state.started) * 1000
         if run.error is not None:
-            outcome = f"failed ({run.error.reason or run.error.source})"
             flow.marked = ":x:"
-        elif state.unchanged:
-            outcome = "forwarded unchanged (ignore-error): the policy cannot run on a streamed body"
-        elif run.response is not None:
-            outcome = "answered by the policy"
-        elif run.injections:
-            verb = "token added to " if state.sent else "token not sent upstream, meant for "
-            outcome = verb + ", ".join(sorted({i.header for i in run.injections}))
-        elif run.token_failures:
-            outcome = "no token (ignore-error), forwarded unchanged"
-        else:
-            outcome = "policy applied"
-        claims = next((i.claims for i in run.injections if i.claims), {})
-        identity = next((i.identity for i in run.injections if i.identity), "")
-        first = not state.recorded
-        state.recorded = True
         resp = flow.response
-        if final or state.early or (resp is not None and not fastpath.buffered(resp)):  # else the end comes soon
-            summary = _summary(run.rule_name, outcome, identity, claims, elapsed_ms, run.warnings, state.request_id)
-            state.summary = summary
-            shown = _shown(summary, secrets)
-            flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
-            flow.comment = _comment(run.rule_name, identity, summary["aud"], outcome,
-                                    resp.status_code if resp is not None else None, elapsed_ms,
-                                    shown["warnings"])  # fmt: skip
-        if first:
-            url = _Url(flow, state.seen)
-            if run.error is not None and run.error.reason == NOT_SENT:
-                self._count("failed", run.rule_name)
-                log.error("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, run.error.message)
-            elif run.error is not None:
-                self._count("failed", run.rule_name)
-                if self.metrics is not None:
-                    self.metrics.policy_error(run.error.source)
-                cause = run.token_failures[-1] if run.token_failures else run.error.message
-                log.warning("apim-mi: %s %s [%s] failed closed: %s", flow.request.method, url,
-                            run.rule_name, scrub(cause, secrets))
-            elif run.injections and state.sent:
-                self._count("injected", run.rule_name)
-                _log_injected(flow, state.seen, run.rule_name, identity, claims.get("aud", ""), outcome)
-            elif logs.wanted(log, logging.INFO):
-                log.info("apim-mi: %s %s [%s] %s", flow.request.method, url, run.rule_name, outcome)
+        if final or state.early or (resp is not None and not fastpath.buffered(resp)):
+            self._summarise(flow, state, elapsed_ms, final)
+        if not state.recorded:
+            state.recorded = True
+            self._log_line(flow, state)
+
+    def _summarise(self, flow: http.HTTPFlow, state: _FlowState, elapsed_ms: float, final: bool) -> None:
+        """The flow's summary into ``flow.metadata`` (at its end with the APIM trace, built when something reads it)
+        and ``flow.comment``."""
+        run = state.run
+        outcome = _outcome(state)
+        claims = _claims(run)
+        summary = _summary(run.rule_name, outcome, _identity(run), claims, elapsed_ms, run.warnings, state.request_id)
+        state.summary = summary
+        shown = _shown(summary, run.trace.secrets)
+        flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
+        resp = flow.response
+        flow.comment = _comment(run.rule_name, summary["identity"], summary["aud"], outcome,
+                                resp.status_code if resp is not None else None, elapsed_ms,
+                                shown["warnings"])  # fmt: skip
+
+    def _log_line(self, flow: http.HTTPFlow, state: _FlowState) -> None:
+        """The flow's one line (and its counter) once the request left or was answered."""
+        run = state.run
+        if run.error is not None and run.error.reason == NOT_SENT:
+            self._count("failed", run.rule_name)
+            log.error("apim-mi: %s %s [%s] %s", flow.request.method, _Url(flow, state.seen), run.rule_name,
+                      run.error.message)  # fmt: skip
+        elif run.error is not None:
+            self._count("failed", run.rule_name)
+            if self.metrics is not None:
+                self.metrics.policy_error(run.error.source)
+            cause = run.token_failures[-1] if run.token_failures else run.error.message
+            log.warning("apim-mi: %s %s [%s] failed closed: %s", flow.request.method, _Url(flow, state.seen),
+                        run.rule_name, scrub(cause, run.trace.secrets))  # fmt: skip
+        elif run.injections and state.sent:
+            self._count("injected", run.rule_name)
+            _log_injected(flow, state.seen, run.rule_name, _identity(run), _claims(run).get("aud", ""),
+                          _outcome(state))  # fmt: skip
+        elif logs.wanted(log, logging.INFO):
+            log.info("apim-mi: %s %s [%s] %s", flow.request.method, _Url(flow, state.seen), run.rule_name,
+                     _outcome(state))  # fmt: skip
 
     def _count(self, event: str, rule_name: str) -> None:
         """``mi.status``'s counters, and the per-rule Prometheus counters when mi_metrics is on."""
@@ -1246,6 +1244,49 @@ class _Url:
 
     def __str__(self) -> str:
         return self.seen.url if self.seen is not None else flowcontext.pretty_url(self.flow.request)
+
+
+def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engine.Injection],
+                 secrets: set[str]) -> list[str]:  # fmt: skip
+    """The injected headers (sorted) that no field of ``fields`` carries a token in."""
+    if not injections:
+        return []
+    waiting = {i.header.lower().encode(): i.header for i in injections}
+    tokens = [secret.encode() for secret in secrets if secret]
+    for name, value in fields:
+        name = name.lower()
+        if name in waiting:
+            for token in tokens:
+                if token in value:
+                    del waiting[name]
+                    break
+    return sorted(set(waiting.values()))
+
+
+def _outcome(state: _FlowState) -> str:
+    """What became of the flow, in the words of its summary, comment and log line."""
+    run = state.run
+    if run.error is not None:
+        return f"failed ({run.error.reason or run.error.source})"
+    if state.unchanged:
+        return "forwarded unchanged (ignore-error): the policy cannot run on a streamed body"
+    if run.response is not None:
+        return "answered by the policy"
+    if run.injections:
+        verb = "token added to " if state.sent else "token not sent upstream, meant for "
+        return verb + ", ".join(sorted({i.header for i in run.injections}))
+    if run.token_failures:
+        return "no token (ignore-error), forwarded unchanged"
+    return "policy applied"
+
+
+def _claims(run: engine.PolicyRun) -> dict[str, Any]:
+    """The claims of the first token injected (none: empty)."""
+    return next((i.claims for i in run.injections if i.claims), {})
+
+
+def _identity(run: engine.PolicyRun) -> str:
+    return next((i.identity for i in run.injections if i.identity), "")
 
 
 def _scrubbed(value: bytes, secrets: set[str]) -> bytes:

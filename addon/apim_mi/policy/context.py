@@ -81,7 +81,11 @@ class MultiMap:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return name.lower() in [n.lower() for n, _ in self._pairs]
+        key = name.lower()
+        for n, _ in self._pairs:  # noqa: SIM110 (a loop: no list, no generator, stops at the first)
+            if n.lower() == key:
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self.names())

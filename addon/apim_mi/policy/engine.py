@@ -124,7 +124,9 @@ class PolicyRun:
         self.trace.add(section, source, {"message": message, "emulator": "apim-mi diagnostic"})
 
 
-Handler = Callable[[PolicyRun, Statement, Scope], Awaitable[None]]
+#: A statement's handler: a coroutine function, or (for a statement that never waits) a plain function that returns
+#: None, or the awaitable of what it hands on (``choose``'s branch); either way, no coroutine per flow when none waits.
+Handler = Callable[[PolicyRun, Statement, Scope], Awaitable[None] | None]
 
 
 _HANDLERS: Mapping[str, Handler] | None = None
@@ -279,6 +281,7 @@ def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:
 
 async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
     """Statements in document order; stops as soon as one answers the request (return-response)."""
+    section, request = scope.section, scope.request
     for step in steps(run.policy, statements, scope.path):
         if run.response is not None:
             return
@@ -294,14 +297,16 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
                 stmt.name,
                 f"Policy '{stmt.name}' is not supported by apim-mi (declared at {stmt.location}).{why}",
                 "PolicyNotSupported",
-                section=scope.section,
+                section=section,
                 path=path,
                 policy_id=stmt.policy_id,
             )
         try:
-            await handler(run, stmt, Scope(scope.section, path, scope.request))
+            pending = handler(run, stmt, Scope(section, path, request))
+            if pending is not None:
+                await pending
         except PolicyError as e:
-            e.section = e.section or scope.section
+            e.section = e.section or section
             e.path = e.path or path
             e.policy_id = e.policy_id or stmt.policy_id
             raise

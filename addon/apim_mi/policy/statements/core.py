@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -174,7 +175,7 @@ def _exists_action(stmt: Statement) -> str:
     return (stmt.attr("exists-action") or "override").lower()
 
 
-async def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name_value = stmt.attrs.get("name")
     if name_value is not None and name_value.expression is None:
         name = name_value.text
@@ -205,7 +206,7 @@ def _set_header_entry(name: str, action: str, exists: bool, values: list[str]) -
     }  # fmt: skip
 
 
-async def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     name = stmt.attr("name") or ""
     run.context.variables[name] = evaluate_now(run, stmt.attrs.get("value"), "set-variable", scope)
 
@@ -214,8 +215,9 @@ def _branches(stmt: Statement) -> tuple[list[Statement], Statement | None]:
     return stmt.children_named("when"), stmt.child("otherwise")
 
 
-async def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    """First ``when`` whose condition is true, else ``otherwise``."""
+def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[None] | None:
+    """First ``when`` whose condition is true, else ``otherwise``: the conditions are evaluated now, the branch's
+    statements are returned to run."""
     whens, otherwise = prepared(stmt, _branches)
     for i, branch in enumerate(whens, start=1):
         cond = evaluate_now(run, branch.attrs.get("condition"), "choose", scope)
@@ -223,13 +225,13 @@ async def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
             raise PolicyError("choose", f"The condition of when[{i}] did not evaluate to a boolean (got {cond!r}).",
                               "ExpressionValueEvaluationFailure")
         if cond:
-            await run_statements(run, branch.children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
-            return
+            return run_statements(run, branch.children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
     if otherwise is not None:
-        await run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request))
+        return run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request))
+    return None
 
 
-async def base(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+def base(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """``<base/>`` is replaced during composition; one left at the global scope does nothing."""
 
 
