@@ -142,40 +142,33 @@ class Later:
         return self.fn(*self.args)
 
 
-class Entry:
-    """One recorded step: kept as given (section, source, data, seconds since receipt) and finished (timestamps
-    formatted, ``Later`` data computed, canonical key order, secrets scrubbed) only when the trace is read."""
+class Entry(tuple[Any, ...]):
+    """One recorded step, ``(trace, section, source, data, seconds since receipt)`` as given: a tuple, so recording
+    one is a single allocation. It is finished (timestamps formatted, ``Later`` data computed, canonical key order,
+    secrets scrubbed) only when the trace is read; ``entry["elapsed"]`` is a field of the finished entry."""
 
-    __slots__ = ("data", "elapsed", "section", "source", "trace")
-
-    def __init__(self, trace: Trace, section: str, source: str, data: Any, elapsed: float) -> None:
-        self.trace = trace
-        self.section = section
-        self.source = source
-        self.data = data
-        self.elapsed = elapsed
+    __slots__ = ()
 
     def finished(self, secrets: set[str] | frozenset[str]) -> dict[str, Any]:
-        data = self.data
+        trace, _, source, data, el = self
         if type(data) is Later:
             data = data()
-        el = self.elapsed
         if secrets:
-            source = scrub(self.source, secrets)
+            source = scrub(source, secrets)
             data = scrub(data, secrets, ordered=True)
         else:
-            source = self.source
             data = canonical(data)
         return {
             "source": source,
-            "timestamp": format_timestamp(self.trace.started + el),
+            "timestamp": format_timestamp(trace.started + el),
             "elapsed": format_elapsed(el),
             "data": data,
         }
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: str) -> Any:  # type: ignore[override]
         """The finished entry's field (``entry["elapsed"]``), as the APIM document will show it."""
-        return self.finished(self.trace.secrets)[key]
+        trace = tuple.__getitem__(self, 0)
+        return self.finished(trace.secrets)[key]
 
 
 @dataclass
@@ -226,13 +219,13 @@ class Trace:
         return self.clock() - self._t0
 
     def add(self, section: str, source: str, data: Any) -> Entry:
-        entry = Entry(self, section, source, data, self.clock() - self._t0)
+        entry = Entry((self, section, source, data, self.clock() - self._t0))
         self._added.append(entry)
         return entry
 
     def add_at(self, at: float, section: str, source: str, data: Any) -> None:
         """``add`` of a step that happened at ``at`` (a ``clock()`` value)."""
-        self._added.append(Entry(self, section, source, data, at - self._t0))
+        self._added.append(Entry((self, section, source, data, at - self._t0)))
 
     def __len__(self) -> int:
         return len(self._added)
@@ -244,11 +237,11 @@ class Trace:
         if self._built is None or self._built_for != (len(self._added), len(secrets)):
             built: dict[str, list[dict[str, Any]]] = {s: [] for s in SECTIONS}
             for entry in self._added:
-                finished = entry.finished(secrets)
-                section = built.get(entry.section)
+                _, name, _, _, _ = entry
+                section = built.get(name)
                 if section is None:
-                    section = built[entry.section] = []
-                section.append(finished)
+                    section = built[name] = []
+                section.append(entry.finished(secrets))
             self._built, self._built_for = built, (len(self._added), len(secrets))
         return self._built
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ApimMiError, PolicyError
 from ..trace import Trace
@@ -184,8 +184,9 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
     expression = value.expression
     if expression is None:
         return value.text
+    context = run.context
     try:
-        result = expression.evaluate(run.context)
+        result = expression.evaluate(context)
     except ExpressionRuntimeError as e:
         record_code_traces(run, source, scope)
         raise PolicyError(
@@ -195,9 +196,10 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
             section=scope.section,
             path=scope.path,
         ) from None
-    if run.context.traces:
+    if context.traces:
         record_code_traces(run, source, scope)
-    if type(result) is str or result is None or isinstance(result, bool | int | float):  # as the policy string shows
+    t = type(result)
+    if t is str or t is bool or result is None or isinstance(result, int | float):  # as the policy string shows
         shown = result
     else:
         shown = to_policy_string(result)
@@ -217,8 +219,7 @@ def evaluate_string_now(run: PolicyRun, value: Value | None, source: str, scope:
     return to_policy_string(result)
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """A statement resolved for running: its handler (None: not supported) and its path (``choose[1]/when[2]``)."""
 
     stmt: Statement
@@ -282,11 +283,10 @@ def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:
 async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
     """Statements in document order; stops as soon as one answers the request (return-response)."""
     section, request = scope.section, scope.request
-    for step in steps(run.policy, statements, scope.path):
+    for stmt, handler, path, too_deep in steps(run.policy, statements, scope.path):
         if run.response is not None:
             return
-        stmt, handler, path = step.stmt, step.handler, step.path
-        if step.too_deep:
+        if too_deep:
             raise ExecutionLimitError(f"policy nesting deeper than 64 levels at {stmt.location}")
         if handler is None:
             from .catalog import CATALOG

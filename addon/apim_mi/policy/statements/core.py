@@ -22,7 +22,7 @@ from ..engine import (
     run_statements,
 )
 from ..model import Statement, Value
-from ._common import apply_exists_action, value_children
+from ._common import apply_exists_action
 
 if TYPE_CHECKING:
     from ..context import Headers
@@ -171,30 +171,54 @@ def _target_headers(run: PolicyRun, scope: Scope, source: str) -> Headers:
     return response.headers
 
 
-def _exists_action(stmt: Statement) -> str:
-    return (stmt.attr("exists-action") or "override").lower()
+@dataclass(frozen=True, slots=True)
+class _SetHeader:
+    """A set-header element, resolved once (``engine.prepared``): its name when literal, its exists-action and the
+    texts of its ``<value>`` children."""
+
+    name: str | None  # None: an expression, evaluated per flow
+    action: str
+    values: tuple[Value | None, ...]
+
+
+def _set_header(stmt: Statement) -> _SetHeader:
+    name = stmt.attrs.get("name")
+    return _SetHeader(name.text if name is not None and name.expression is None else None,
+                      (stmt.attr("exists-action") or "override").lower(),
+                      tuple(v.text for v in stmt.children_named("value")))  # fmt: skip
 
 
 def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    name_value = stmt.attrs.get("name")
-    if name_value is not None and name_value.expression is None:
-        name = name_value.text
-    else:
-        name = evaluate_string_now(run, name_value, "set-header", scope) or ""
-    action = prepared(stmt, _exists_action)
-    values = value_children(run, stmt, "set-header", scope)
+    plan = prepared(stmt, _set_header)
+    name = plan.name
+    if name is None:
+        name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
+    action = plan.action
+    values = []  # null results are dropped
+    for v in plan.values:
+        text = evaluate_string_now(run, v, "set-header", scope)
+        if text is not None:
+            values.append(text)
     written = name + "".join(values)
     if "\r" in written or "\n" in written:
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
     headers = _target_headers(run, scope, "set-header")
     exists = apply_exists_action(headers, name, values, action)
-    secrets = run.trace.secrets
-    carries_token = bool(secrets) and any([s in value for s in secrets for value in values])
-    if scope.request is not None and carries_token and (action != "skip" or not exists):
+    if scope.request is not None and _carries_token(values, run.trace.secrets) and (action != "skip" or not exists):
         if exists and action == "override":
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
         run.injections.append(Injection(name, "", "", {}))
     run.trace.add(scope.section, "set-header", Later(_set_header_entry, name, action, exists, values))
+
+
+def _carries_token(values: list[str], secrets: set[str]) -> bool:
+    """Whether a value holds a token the policy obtained."""
+    if secrets:
+        for value in values:
+            for secret in secrets:
+                if secret in value:
+                    return True
+    return False
 
 
 def _set_header_entry(name: str, action: str, exists: bool, values: list[str]) -> dict[str, Any]:
