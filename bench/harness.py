@@ -50,12 +50,13 @@ class Settings:
     lifetime: int
     expiry_conns: int
     expiry_parallel: bool
+    copies: int = 1  # mitmdump processes per throughput variant; rounds go round them
 
     @classmethod
     def make(cls, smoke: bool) -> Settings:
         if smoke:
             return cls(True, 1.0, 1, (1, 8), 1000, 20, 1, 1, 200, 16, 2, True)  # lifetime 16 s: smoke ≤ 60 s
-        return cls(False, 5.0, 3, (1, 16), 10_000, 200, 3, 1, 200, 40, 8, False)
+        return cls(False, 5.0, 3, (1, 16), 10_000, 200, 3, 1, 200, 40, 8, False, copies=2)
 
 
 def log(msg: str) -> None:
@@ -149,57 +150,66 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
         "addon, APIM policy": ["-s", ADDON, "--set", f"mi_rules={files['policy']}"],
         "addon, APIM instance (APIOps)": ["-s", ADDON, "--set", f"mi_rules={files['apiops']}"],
     }
-    procs: dict[str, Proc] = {}
+    # Each variant runs in ``s.copies`` processes and the rounds go round them: one process's luck (hash seed,
+    # memory layout) moves its CPU per request by a few per cent, as much as a small change in the addon.
+    procs: dict[str, list[Proc]] = {}
     errors: dict[str, str] = {}
     from concurrent.futures import ThreadPoolExecutor
 
-    def start(item: tuple[int, tuple[str, list[str]]]) -> Proc:
-        i, (_name, args) = item
+    def start(item: tuple[str, list[str]]) -> Proc:
+        tag, args = item
         extra = ["--set", "mi_credential=managed-identity"] if ADDON in args else []
         return common.start_mitmdump(
-            f"t{i}", backend.port, [*args, *extra], env=ctx["env"], confdir=ctx["tmp"] / f"confdir-t{i}", pin=ctx["pin"]
+            tag, backend.port, [*args, *extra], env=ctx["env"], confdir=ctx["tmp"] / f"confdir-{tag}", pin=ctx["pin"]
         )
 
-    with ThreadPoolExecutor(len(variants)) as pool:  # start them side by side: the 10 000-rule file takes seconds
-        futures = {name: pool.submit(start, (i, (name, args))) for i, (name, args) in enumerate(variants.items())}
-    for name, fut in futures.items():
+    copies = range(s.copies)
+    with ThreadPoolExecutor(len(variants) * s.copies) as pool:  # side by side: the 10 000-rule file takes seconds
+        futures = {name: [pool.submit(start, (f"t{i}-{k}", args)) for k in copies]
+                   for i, (name, args) in enumerate(variants.items())}  # fmt: skip
+    for name, futs in futures.items():
         try:
-            procs[name] = fut.result()
+            procs[name] = [fut.result() for fut in futs]
         except Exception as e:
             errors[name] = str(e)[-1500:]
             log(f"variant '{name}' unavailable: {str(e)[-300:]}")
+            for fut in futs:
+                if fut.exception() is None:
+                    fut.result().stop()
     try:
         # correctness first: every addon variant must inject a token on the timed path
         injected: dict[str, float] = {}
-        for name, p in procs.items():
-            before = backend_stats(backend.port)
-            status, body = common.http_get(p.port, "/api/warmup")
-            after = backend_stats(backend.port)
-            auth = after["with_authorization"] - before["with_authorization"]
-            if status != 200 or (name != "bare mitmdump" and auth != 1):
-                errors[name] = f"warm-up request answered {status} (token injected: {bool(auth)}): {body[:300]!r}"
+        for name, ps in procs.items():
+            for p in ps:
+                before = backend_stats(backend.port)
+                status, body = common.http_get(p.port, "/api/warmup")
+                after = backend_stats(backend.port)
+                auth = after["with_authorization"] - before["with_authorization"]
+                if status != 200 or (name != "bare mitmdump" and auth != 1):
+                    errors[name] = f"warm-up request answered {status} (token injected: {bool(auth)}): {body[:300]!r}"
         for name in list(errors):
-            if name in procs:
-                procs.pop(name).stop()
-        for p in procs.values():  # a short warm-up of each at full load
-            run_wrk(p.port, max(s.concs), 1)
+            for p in procs.pop(name, []):
+                p.stop()
+        for ps in procs.values():  # a short warm-up of each at full load
+            for p in ps:
+                run_wrk(p.port, max(s.concs), 1)
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {c: [] for c in s.concs} for n in procs}
         names = list(procs)
         for r in range(s.rounds):
             for conc in s.concs:
                 order = names[r % len(names) :] + names[: r % len(names)]  # rotate: ABCD, BCDA, ...
                 for name in order:
+                    proc = procs[name][r % len(procs[name])]
                     before = backend_stats(backend.port)
-                    cpu0 = procs[name].cpu_seconds()
-                    res = run_wrk(procs[name].port, conc, s.wrk_seconds)
-                    res["cpu_us_per_request"] = (procs[name].cpu_seconds() - cpu0) * 1e6 / max(res["requests"], 1)
-                    time.sleep(
-                        0.3
-                    )  # requests still in flight when wrk stops reach the backend now, not in the next window
+                    cpu0 = proc.cpu_seconds()
+                    res = run_wrk(proc.port, conc, s.wrk_seconds)
+                    res["cpu_us_per_request"] = (proc.cpu_seconds() - cpu0) * 1e6 / max(res["requests"], 1)
+                    time.sleep(0.3)  # requests still in flight when wrk stops reach the backend now, not next window
                     after = backend_stats(backend.port)
                     seen = after["requests"] - before["requests"]
                     res["injected_share"] = (after["with_authorization"] - before["with_authorization"]) / max(seen, 1)
                     res["round"] = r
+                    res["process"] = r % len(procs[name])
                     runs[name][conc].append(res)
                     log(
                         f"throughput r{r} c={conc} {name}: {res['rps']:.0f} req/s p50 {res['p50_us'] / 1000:.2f} ms "
@@ -207,10 +217,11 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
                     )
         for name in names:
             injected[name] = min(x["injected_share"] for c in s.concs for x in runs[name][c])
-        rss = {name: p.rss_mib() for name, p in procs.items()}
+        rss = {name: max(p.rss_mib() for p in ps) for name, ps in procs.items()}
     finally:
-        for p in procs.values():
-            p.stop()
+        for ps in procs.values():
+            for p in ps:
+                p.stop()
     return {"runs": runs, "errors": errors, "injected": injected, "rss_mib": rss, "variants": list(variants),
             "hook_times": live_hook_times(s, ctx)}  # fmt: skip
 
@@ -654,7 +665,8 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
     )
     w(
         f"- Throughput: `wrk -t1 -c<N> -d{int(s.wrk_seconds)}s` keep-alive, {s.rounds} round(s) × c ∈ {list(s.concs)}, "
-        "variants rotated every round; the backend counts `Authorization` headers to prove injection on every timed "
+        f"variants rotated every round, each variant in {meta.get('copies', 1)} mitmdump process(es) that the rounds go "
+        "round (one process's hash seed and memory layout move its CPU per request by a few per cent); the backend counts `Authorization` headers to prove injection on every timed "
         f"request. The {big} file has the matching rule last, with 1 % of the others on the same host. The APIM "
         "instance is an APIOps extraction (`bench/rulegen.py`): its gateway routes each request to API `/api`, "
         "operation `GET /orders/{id}`, whose policy adds the token."
@@ -1123,11 +1135,14 @@ def main() -> int:
     ap.add_argument("--sections", default="throughput,cold,expiry,micro,streaming")
     ap.add_argument("--from-json", type=Path, default=None, help="re-render the report and plot from saved results")
     ap.add_argument("--rounds", type=int, default=None, help="throughput rounds (default 3; more on a busy machine)")
+    ap.add_argument("--copies", type=int, default=None, help="mitmdump processes per throughput variant (default 2)")
     ap.add_argument("--pyspy", type=Path, default=None, help="a bench/pyspy.py report to include (with --from-json)")
     args = ap.parse_args()
     s = Settings.make(args.smoke)
     if args.rounds:
         s.rounds = args.rounds
+    if args.copies:
+        s.copies = args.copies
     png = args.png or args.out.with_suffix(".png")
     if args.from_json:
         res = json.loads(args.from_json.read_text())
@@ -1149,6 +1164,7 @@ def main() -> int:
             "python": platform.python_version(),
             "pinning": pin_desc,
             "smoke": s.smoke,
+            "copies": s.copies,
             "loadavg": [round(os.getloadavg()[0], 2)],
             **_versions(),
         }
