@@ -417,3 +417,19 @@ def test_the_plan_is_only_for_a_policy_that_only_adds_the_token() -> None:
     assert plan(mi + '<set-header name="x" exists-action="delete" />') is None
     assert plan('<authentication-managed-identity resource="@(&quot;api://a&quot;)" />') is None
     assert plan('<authentication-managed-identity resource="api://a" output-token-variable-name="t" />') is None
+
+
+def test_a_token_is_carried_as_the_header_field_and_its_echoes() -> None:
+    from apim_mi import diagnostics, fastpath
+    from apim_mi.tokens import Token
+
+    value = "aGVhZGVy.cGF5bG9hZC1wYXJ0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"  # a stand-in: no real token in the tests
+    carried = fastpath.carried(Token(value, 2e9, 1e9))
+    assert carried.field == (b"Authorization", b"Bearer " + value.encode())
+    assert carried.echoes == (value.encode(), b"c2lnbmF0dXJlLW9mLXRoZS10b2tlbg")
+    sent = fastpath.with_token(((b"host", b"x"),), carried.field)
+    assert sent == ((b"host", b"x"), carried.field) and fastpath.redacted(sent)[-1] == (b"Authorization",
+                                                                                      b"Bearer [token redacted]")
+    assert diagnostics.reflects(b'{"seen": "' + value.encode() + b'"}', carried.echoes)
+    assert diagnostics.reflects(b"sig c2lnbmF0dXJlLW9mLXRoZS10b2tlbg", carried.echoes)
+    assert not diagnostics.reflects(b"nothing", carried.echoes) and not diagnostics.reflects(None, carried.echoes)

@@ -80,6 +80,24 @@ async def test_single_flight_on_cold_cache() -> None:
     assert cred.closed
 
 
+async def test_a_hit_for_an_audience_is_counted_only_when_the_token_is_for_it() -> None:
+    """What the fast path asks: the cached token, only if its aud is the resource (else the engine path fetches and
+    warns, and counts the hit there, once)."""
+    clock = Clock()
+    p = provider(ScriptedCredential(clock), clock)
+    assert p.cached(KEY, "api://app") is None  # nothing cached yet: nothing counted
+    token = (await p.get(KEY)).token
+    hits = p.counters["cache_hits"]
+    assert p.cached(KEY, "api://other") is None and p.counters["cache_hits"] == hits
+    assert p.cached(KEY, "api://app") is token and p.counters["cache_hits"] == hits + 1
+    assert p.cached(KEY) is token and p.counters["cache_hits"] == hits + 2
+    assert p.fresh(KEY) is token and p.counters["cache_hits"] == hits + 2  # looking is not a hit
+    assert TokenKey("emulator", "", "api://app") == KEY and hash(TokenKey("emulator", "", "api://app")) == hash(KEY)
+    clock.now = token.expires_on
+    assert p.cached(KEY, "api://app") is None and p.fresh(KEY) is None
+    await p.close()
+
+
 async def test_background_refresh_serves_the_valid_token_meanwhile() -> None:
     clock = Clock()
     cred = ScriptedCredential(clock, script=[3600, 3600], delay=0.05)
