@@ -940,7 +940,7 @@ class ApimMi:
         run.trace.add("backend", "forward-request", inspector.response_later(flow))
         self._diagnose_backend(flow, state)
         run.streaming = True
-        run.context.response = flowcontext.response_from_flow(resp)
+        run.context.response, received = flowcontext.response_context(resp)
         if run.policy.sections.get("outbound"):
             await engine.run_outbound(run)
         if run.response is not None:  # outbound answered: mitmproxy reads the backend body, ``response`` replaces it
@@ -952,7 +952,7 @@ class ApimMi:
             run.warn("outbound", "apim-mi", "Outbound set a body on a streamed answer; the backend's body streams "
                      "unchanged (buffer the answer: drop buffer-response=\"false\" or raise stream_large_bodies).")
             answer.body = None
-        flowcontext.apply_response(answer, flow)
+        flowcontext.apply_response(answer, flow, received)
         for name, value in run.response_headers:  # what policies add to any answer (cors, remaining tokens)
             resp.headers[name] = value
         if not already or resp.stream is True:  # another addon's stream callable stays, untapped
@@ -1025,7 +1025,8 @@ class ApimMi:
             return
         if not (run.policy.sections.get("outbound") or run.on_response):
             return
-        run.context.response = response = flowcontext.response_from_flow(flow.response)
+        run.context.response, received = flowcontext.response_context(flow.response)
+        response = run.context.response
         if run.on_response:
             body = flow.response.get_content(strict=False)
             await engine.deliver(run, engine.Delivered(
@@ -1034,7 +1035,7 @@ class ApimMi:
         if run.response is not None:
             flow.response = flowcontext.make_response(run.response)
         else:
-            flowcontext.apply_response(run.context.response, flow)
+            flowcontext.apply_response(run.context.response, flow, received)
 
     async def _end_stream(self, flow: http.HTTPFlow, state: _FlowState, tap: streaming.Tap | None) -> None:
         """The last chunk has reached the client: the trace says how much and how long (when apim-mi's tap counted
@@ -1282,11 +1283,17 @@ def _outcome(state: _FlowState) -> str:
 
 def _claims(run: engine.PolicyRun) -> dict[str, Any]:
     """The claims of the first token injected (none: empty)."""
-    return next((i.claims for i in run.injections if i.claims), {})
+    for injection in run.injections:
+        if injection.claims:
+            return injection.claims
+    return {}
 
 
 def _identity(run: engine.PolicyRun) -> str:
-    return next((i.identity for i in run.injections if i.identity), "")
+    for injection in run.injections:
+        if injection.identity:
+            return injection.identity
+    return ""
 
 
 def _scrubbed(value: bytes, secrets: set[str]) -> bytes:

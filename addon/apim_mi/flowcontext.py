@@ -239,13 +239,17 @@ def content_of(message: http.Message) -> bytes | None:
     return message.raw_content
 
 
-def response_from_flow(resp: http.Response) -> Response:
-    return Response(
+def response_context(resp: http.Response) -> tuple[Response, list[tuple[str, str]]]:
+    """The policy's ``context.Response`` for the backend's answer, and its header pairs as read (for
+    ``apply_response``)."""
+    pairs = decoded(resp.headers.fields)
+    response = Response(
         status_code=resp.status_code,
         status_reason=resp.reason,
-        headers=Headers.of(decoded(resp.headers.fields)),
+        headers=Headers.of(list(pairs)),
         body=Body(resp.raw_content or b""),
     )
+    return response, pairs
 
 
 def make_response(response: Response) -> http.Response:
@@ -260,13 +264,16 @@ def make_response(response: Response) -> http.Response:
     return resp
 
 
-def apply_response(response: Response, flow: http.HTTPFlow) -> None:
-    """Writes outbound changes (status, headers, body) back to the response the client will get."""
+def apply_response(response: Response, flow: http.HTTPFlow, received: list[tuple[str, str]] | None = None) -> None:
+    """Writes outbound changes (status, headers, body) back to the response the client will get; with
+    ``received`` (from ``response_context``), headers the policy left as they were are not written again."""
     assert flow.response is not None
     resp = flow.response
     resp.status_code = response.status_code
     if response.status_reason:
         resp.reason = response.status_reason
-    resp.headers.fields = encoded(response.headers.pairs())
+    pairs = response.headers.pairs()
+    if received is None or pairs != received:
+        resp.headers.fields = encoded(pairs)
     if response.body is not None and response.body.content != (resp.raw_content or b""):
         resp.content = response.body.content

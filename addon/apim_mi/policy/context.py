@@ -42,28 +42,28 @@ class MultiMap:
         values = self.get_all(name)
         return ",".join(values) if values else default
 
-    def set(self, name: str, values: list[str]) -> None:
-        """Replace every value of ``name`` (keeping the position of its first occurrence)."""
+    def set(self, name: str, values: list[str]) -> bool:
+        """Replace every value of ``name`` (keeping the position of its first occurrence); returns whether the name
+        was there."""
         key = name.lower()
         new = [(name, str(v)) for v in values]
-        out: list[tuple[str, str]] = []
-        placed = False
-        for pair in self._pairs:
-            if pair[0].lower() != key:
-                out.append(pair)
-            elif not placed:
-                out.extend(new)
-                placed = True
-        if not placed:
-            out.extend(new)
-        self._pairs = out
+        pairs = self._pairs
+        for i, (n, _) in enumerate(pairs):
+            if n.lower() == key:
+                self._pairs = [*pairs[:i], *new, *[p for p in pairs[i + 1 :] if p[0].lower() != key]]
+                return True
+        self._pairs = pairs + new
+        return False
 
     def append(self, name: str, value: str) -> None:
         self._pairs.append((name, str(value)))
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str) -> bool:
+        """Drop every value of ``name``; returns whether there was one."""
         key = name.lower()
-        self._pairs = [(n, v) for n, v in self._pairs if n.lower() != key]
+        pairs = self._pairs
+        self._pairs = [(n, v) for n, v in pairs if n.lower() != key]
+        return len(self._pairs) != len(pairs)
 
     def pairs(self) -> list[tuple[str, str]]:
         return list(self._pairs)

@@ -192,19 +192,14 @@ def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -
 def apply_exists_action(target: Any, name: str, values: list[str], action: str) -> bool:
     """``exists-action`` (override / skip / append / delete) on a header or query collection, as APIM applies it
     (override with no value removes the name); returns whether the name was there before."""
-    exists = name in target
     if action == "delete":
-        target.remove(name)
-    elif action == "skip" and exists:
-        pass
-    elif action == "append":
+        return target.remove(name)  # type: ignore[no-any-return]
+    if action == "append":
+        exists = name in target
         for value in values:
             target.append(name, value)
-    elif values and not exists:
-        for value in values:  # what set() does to a name that is not there
-            target.append(name, value)
-    elif values:
-        target.set(name, values)
-    else:
-        target.remove(name)
-    return exists
+        return exists
+    if action == "skip" and name in target:
+        return True
+    # override (or skip of a name that is not there): the values replace the name's; none remove it
+    return target.set(name, values) if values else target.remove(name)  # type: ignore[no-any-return]
