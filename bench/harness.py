@@ -941,7 +941,19 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
   then counts the hit (`TokenProvider.cached(key, audience)`); a token's header field and echoes (what of it an answer
   that echoes it would show) are made once per token (`fastpath.Carried`), not a 1 KB encode and concatenation per
   request; `TokenKey` is a named tuple, hashed and compared in C; the match target is read from the request's data in
-  one pass. The fast path's hooks went from about 33 µs to about 25 µs (micro).
+  one pass. The fast path's hooks went from about 39.5 µs to about 33 µs (micro, paired sampling: see below).
+- **The engine path, second pass**: `_record` split into the count-and-log line when the request leaves and the
+  summary at the end; set-header, set-variable and base run without a coroutine and `choose` hands its branch back to
+  the engine; trace entries are tuples (one allocation per step); set-header's attributes are resolved once per
+  statement; outbound writes back only the headers it changed; exists-action scans a header list once. 8 504 → 7 867
+  bytecode instructions per APIM-policy flow (counted with `sys.monitoring`: the same on every run); the policy's
+  hooks went from about 191 µs to about 174 µs (micro, paired sampling).
+- **Micro, paired sampling** (`bench/micro.py`, `cpu_median_over_us`): the hooks' cost is the median of the hooks
+  minus the median of making the flow, the two sampled in turn, call by call. Sampled in two blocks one after the
+  other, as before, a drifting shared machine moved the difference by up to a quarter between runs (1 rule read
+  34.9 µs, then 44.9 µs); paired, it stays within a few per cent. Paired figures are not comparable with the earlier
+  ones: for the code at the start of this session they read 39.3–39.8 µs for 1 rule (32.5 before) and 188–194 µs
+  for the APIM policy (159.7 before).
 - **Hooks without coroutines**: `request` and `response` (like `requestheaders` and `responseheaders` before) are
   plain functions that return a coroutine only when the engine path has async work; a flow no rule matches, or one the
   fast path takes, costs mitmproxy no coroutine.
@@ -983,26 +995,31 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
   `bench/pyspy.py`. The micro policy case now reuses one `GatewayState` across flows, as the addon does (it made one
   per flow, whose random seeding alone was ≈ 11 µs of the "before" figure).
 
-### What is left: the throughput and CPU targets are not met
+### What is left: three throughput and CPU targets and the APIM-policy hooks are not met
 
-- **Where 1 rule stands.** In the run above, the addon with one rule costs about 75–90 µs of proxy CPU per request
-  more than bare mitmdump, against about 10–15 µs for the trivial addon and for apim-mi's hook set doing nothing:
-  mitmproxy's dispatch of the four per-flow hooks is not what is missing. The hooks' own work, timed inside the live
-  proxy (the table above, which includes the timer's own system calls), is about 38 µs; the in-process micro figure
-  is about 30 µs. A ratio of 0.95 leaves an addon about 50 µs per request at this machine's ≈ 1 ms of bare CPU, so
-  it needs the fast path's whole cost, including what it causes outside its hooks, near 35 µs. The rest of the gap
-  was looked for and not found in this work: `py-spy` attributes about 1 % of the samples to apim-mi's frames;
-  garbage collection, timed with `gc.callbacks` in the live proxy, costs about 32 µs per flow with one rule and about
-  30 µs for bare mitmdump (56 µs with the APIM policy); a gen-0 threshold of 20 000, `gc.freeze()` and a 1 KB token
-  in the no-op hook set each moved the ratio by less than this machine's round-to-round noise (±0.03).
-- **The APIM policy** runs on the engine path: about 160 µs of hooks in-process (target 120) and about 170 µs inside
-  the live proxy, of which `engine.run_inbound` is about 40 %, the context about 10 %, and the rest the trace entries
-  APIM writes (14 for this policy: every expression, every set-header), the sent-token check, redaction, outbound's
-  response context and the summary. Garbage collection adds about 26 µs per flow over bare mitmdump: the trace's
-  entries live as long as the flow, which only the collector frees.
-- **Ideas not built**: a `requestheaders` hook that removes itself when no body can stream (it is called on every
-  flow to catch `stream_large_bodies` and other addons' request streaming); trace entries as plain tuples instead of
-  objects (fewer objects for the collector); writing back an outbound response only when outbound changed it.
+- **This run** (CPU per request at c=16, each variant in four processes, one round each): bare mitmdump 1 196 µs
+  (about 14 % more than earlier runs on this machine: it was slower all afternoon), the trivial addon and apim-mi's
+  hook set doing nothing within ±12 µs of it, 1 rule +96 µs (0.93), 10 000 rules +62 µs (0.96), the APIM policy
+  +276 µs (0.81). The 10 000-rule variant does strictly more than the 1-rule one on the same fast path, so the
+  34 µs between them is process luck that four processes did not average away; the fast path costs about 60–95 µs
+  of proxy CPU per request, against 46 µs of its hooks' own time inside the live proxy (`bench/timed.py`) and about
+  30 µs in-process. A ratio of 0.95 allows about 60 µs here.
+- **Live costs are larger than in-process costs, and not evenly.** Side by side (three processes each, hash seeds
+  1–3): a pure-Python loop worth 6 µs and 31 µs in-process cost about 7 µs and 37 µs in the live proxy, but the fast
+  path's `request` work (about 8 µs in-process) cost about 38 µs, and its `responseheaders` and `response` work
+  (about 5 µs) about 26 µs. Code that runs once per flow, touching many objects and functions between mitmproxy's
+  own work, pays for cold caches; trimming it (this session: the route per rule, one token lookup, a token carried
+  once) moved the live 1-rule cost by about 10–26 µs, within the spread of one run.
+- **The APIM policy** runs on the engine path: about 174 µs of hooks in-process (target 120), 193 µs inside the live
+  proxy. No single hot spot is left: the cost is spread over about 330 Python calls and 7 900 bytecode instructions
+  per flow (trace entries: 17, every statement's dispatch, the context model and its write-back, the sent-token check
+  and redaction, outbound's response context). 120 µs needs about 2 000 fewer instructions per flow: a structural
+  change, such as a plan for policies made only of set-variable, choose, authentication-managed-identity,
+  set-header and forward-request that skips the per-statement dispatch and builds the context model's parts only when
+  an expression reads them.
+- **Ideas not built**: a `requestheaders` hook that removes itself when no body can stream (apim-mi's hook set doing
+  nothing measured within the noise of bare mitmdump here, so the gain is small); one pass over the request's header
+  fields for the engine path's sent-token check and redaction together.
 """
 
 
