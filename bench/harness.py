@@ -1019,7 +1019,7 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alt
   set-header and forward-request that skips the per-statement dispatch and builds the context model's parts only when
   an expression reads them.
 - **Ideas not built**: a `requestheaders` hook that removes itself when no body can stream (apim-mi's hook set doing
-  nothing measured within the noise of bare mitmdump here, so the gain is small); one pass over the request's header
+  nothing measures the same as the trivial addon with its one hook, so the gain is small); one pass over the request's header
   fields for the engine path's sent-token check and redaction together.
 """
 
