@@ -33,7 +33,7 @@ from .policy.ai import counts_tokens
 from .policy.ai.usage import load_encoding
 from .policy.gateway import GatewayState
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
-from .tokens import Token, TokenProvider, azure_credential_factory
+from .tokens import Token, TokenKey, TokenProvider, azure_credential_factory
 from .trace import METADATA_KEY, REDACTED, FlowRecord, Trace, scrub
 
 log = logging.getLogger("apim_mi")
@@ -124,7 +124,7 @@ class ApimMi:
         self._ready_seen: asyncio.Future[None] | None = None  # the start the fast path found complete
         #: Each rule's fast-path route (None: the engine path), by rule index, for the current rules and credential.
         self._routes: dict[int, tuple[Rule, fastpath.Route | None]] = {}
-        self._last_carried: fastpath.Carried | None = None
+        self._carried_by_key: dict[TokenKey, fastpath.Carried] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -600,7 +600,7 @@ class ApimMi:
         token = self.tokens.cached(route.key, route.plan.resource)  # the hit counted only when the token is used here
         if token is None:
             return False
-        carried, seen = self._carried(token), flowcontext.RequestSnapshot(req)
+        carried, seen = self._carried(route.key, token), flowcontext.RequestSnapshot(req)
         quick = fastpath.Quick(route, carried, began, time.time(), data.timestamp_start, seen)
         req.headers.fields = quick.sent_fields = fastpath.with_token(fields, carried.field)
         quick.forwarded = time.perf_counter()
@@ -621,7 +621,7 @@ class ApimMi:
         route = quick.route
         rule_name = route.rule.name
         self._count("injected", rule_name)
-        _log_injected(flow, quick.seen, rule_name, route.key.identity, quick.token.claims.get("aud", ""),
+        _log_injected(flow, quick.seen, rule_name, route.key.identity, quick.carried.token.claims.get("aud", ""),
                       fastpath.OUTCOME)
         if self._redact_on:
             flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
@@ -637,17 +637,17 @@ class ApimMi:
             quick.response = (status, resp.reason, resp.headers.fields)
         elapsed_ms = (now - quick.began) * 1000
         rule, _, key = quick.route
-        flow.comment = _comment(rule.name, key.identity, quick.token.claims.get("aud", ""), fastpath.OUTCOME, status,
-                                elapsed_ms, ())  # fmt: skip
+        aud = quick.carried.token.claims.get("aud", "")
+        flow.comment = _comment(rule.name, key.identity, aud, fastpath.OUTCOME, status, elapsed_ms, ())
         keys = ("summary", "trace") if self._trace_on else ("summary",)
         flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
         del self._flows[flow.id]
 
-    def _carried(self, token: Token) -> fastpath.Carried:
-        """``fastpath.carried`` for the token, kept for the last token asked about (one per rule in practice)."""
-        carried = self._last_carried
+    def _carried(self, key: TokenKey, token: Token) -> fastpath.Carried:
+        """``fastpath.carried`` for the token, kept per token key until the key's token changes (or is flushed)."""
+        carried = self._carried_by_key.get(key)
         if carried is None or carried.token is not token:
-            carried = self._last_carried = fastpath.carried(token)
+            carried = self._carried_by_key[key] = fastpath.carried(token)
         return carried
 
     def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
@@ -659,7 +659,8 @@ class ApimMi:
         services = self._services(rule)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name, forward=True,
                                forward_timeout=plan.timeout)  # fmt: skip
-        run.injections.append(engine.Injection(fastpath.HEADER, key.identity, plan.resource, quick.token.claims))
+        claims = quick.carried.token.claims
+        run.injections.append(engine.Injection(fastpath.HEADER, key.identity, plan.resource, claims))
         state = _FlowState(rule, run, quick.began, str(request_id), seen=quick.sent())
         if quick.checked:
             state.sent = state.recorded = True
@@ -738,7 +739,7 @@ class ApimMi:
     async def _run_inbound(self, flow: http.HTTPFlow, rule: Rule, routed: Any, early: bool) -> None:
         ready = self._ready
         assert ready is not None
-        if not ready.done() or ready.cancelled() or ready.exception() is not None:
+        if ready is not self._ready_seen and not self._ready_ok(ready):
             try:
                 await asyncio.wait_for(asyncio.shield(ready), ctx.options.mi_timeout)
             except (TimeoutError, Exception) as e:
@@ -761,7 +762,7 @@ class ApimMi:
         self._flows[flow.id] = state
         trace.add("inbound", "api-inspector", inspector.request_later(flow, seen))
         trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
-                  else inspector.configuration_later(flow, rule, seen))
+                  else inspector.configuration_later(rule, seen))
         if flow.id in self._diverted:  # parked at the sink, then streamed: the policy needs the body it cannot have
             need = self._body_use(rule)[0]
             await engine.handle_error(run, uploads.body_error(f"The policy needs the request body ({need}). "
@@ -1217,6 +1218,7 @@ class ApimMi:
     def flush(self) -> str:
         """Forget every cached token."""
         n = self.tokens.flush() if self.tokens is not None else 0
+        self._carried_by_key.clear()
         log.info("apim-mi: flushed %d cached token(s)", n)
         return f"flushed {n} token(s)"
 
@@ -1336,8 +1338,9 @@ def _quick_document(quick: fastpath.Quick, elapsed_ms: float, keys: tuple[str, .
     """A fast-path flow's ``summary`` and ``trace``, made when something first reads them."""
     request_id = uuid.uuid4()
     rule, _, key = quick.route
-    summary = _summary(rule.name, fastpath.OUTCOME, key.identity, quick.token.claims, elapsed_ms, (), str(request_id))
-    document = {"summary": _shown(summary, {quick.token.value})}
+    token = quick.carried.token
+    summary = _summary(rule.name, fastpath.OUTCOME, key.identity, token.claims, elapsed_ms, (), str(request_id))
+    document = {"summary": _shown(summary, {token.value})}
     if "trace" in keys:
         document["trace"] = quick.trace(request_id.hex).to_json()
     return document

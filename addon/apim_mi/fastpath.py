@@ -16,7 +16,6 @@ addon carries on with the general path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import diagnostics, flowcontext, inspector, streaming
@@ -93,17 +92,13 @@ class Route(NamedTuple):
 
 
 def route(rule: Rule, source: str | CredentialSpec) -> Route | None:
-    """The rule's ``Route`` under ``source``, or None when the engine path runs it."""
+    """The rule's ``Route`` under ``source``, or None when the engine path runs it (also for a federated
+    credential: two tokens, two trace entries)."""
     plan = plan_of(rule.policy)
-    key = key_of(plan, source) if plan is not None else None
-    return Route(rule, plan, key) if plan is not None and key is not None else None
-
-
-@lru_cache(maxsize=1024)
-def key_of(plan: Plan, source: str | CredentialSpec) -> TokenKey | None:
-    """The token's cache key under ``source``; None for a federated credential (two tokens, two trace entries)."""
+    if plan is None:
+        return None
     key = token_key(source, plan.client_id, plan.resource)
-    return None if key.assertion is not None else key
+    return Route(rule, plan, key) if key.assertion is None else None
 
 
 def plain_request(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
@@ -154,13 +149,12 @@ class Quick:
     """What happened to a fast-path flow, and when (``clock()`` values): enough to write its trace later."""
 
     __slots__ = ("answered", "began", "carried", "checked", "epoch", "forwarded", "received", "response", "route",
-                 "seen", "sent_fields", "token")  # fmt: skip
+                 "seen", "sent_fields")  # fmt: skip
 
     def __init__(self, route: Route, carried: Carried, began: float, epoch: float, received: float | None,
                  seen: flowcontext.RequestSnapshot) -> None:  # fmt: skip
         self.route = route
-        self.carried = carried
-        self.token = carried.token
+        self.carried = carried  # the token, as it went into the header
         self.began = began  # clock() when the policy began
         self.epoch = epoch  # time.time() then
         self.received = received  # the request's timestamp_start
@@ -183,15 +177,16 @@ class Quick:
         """The engine path's trace of this flow: the request and configuration, the token obtained and added,
         the request forwarded, and the answer once there was one."""
         trace = Trace.began(trace_id, self.received, self.epoch, self.began)
-        trace.secrets.add(self.token.value)
+        token = self.carried.token
+        trace.secrets.add(token.value)
         at, seen, route = self.began, self.seen, self.route
         trace.add_at(at, "inbound", "api-inspector", Later(inspector.request_seen, seen))
         trace.add_at(at, "inbound", "api-inspector", Later(inspector.configuration_seen, route.rule, seen))
         at = self.forwarded
-        trace.add_at(at, "inbound", MI, obtained(route.key, self.token.claims, True))
+        trace.add_at(at, "inbound", MI, obtained(route.key, token.claims, True))
         trace.add_at(at, "inbound", MI, dict(ADDED))
         trace.add_at(at, "backend", "forward-request", Later(
-            inspector.forward_seen, route.plan.timeout, self.sent(), (self.token.value,)))  # fmt: skip
+            inspector.forward_seen, route.plan.timeout, self.sent(), (token.value,)))  # fmt: skip
         if self.answered is not None and self.response is not None:
             trace.add_at(self.answered, "backend", "forward-request",
                          Later(inspector.response_entry, *self.response))  # fmt: skip

@@ -109,9 +109,10 @@ def request_seen(seen: flowcontext.RequestSnapshot) -> dict[str, Any]:
     return request_entry(seen.request().method, seen.url, seen.fields)
 
 
-def configuration_later(flow: http.HTTPFlow, rule: Rule, seen: flowcontext.RequestSnapshot | None = None) -> Later:
-    """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule."""
-    return Later(configuration_seen, rule, seen or flowcontext.RequestSnapshot(flow.request))
+def configuration_later(rule: Rule, seen: flowcontext.RequestSnapshot) -> Later:
+    """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule and the
+    request as received (``seen``)."""
+    return Later(configuration_seen, rule, seen)
 
 
 def configuration_seen(rule: Rule, seen: flowcontext.RequestSnapshot) -> dict[str, Any]:

@@ -179,13 +179,9 @@ class TokenProvider:
 
     # -- public -------------------------------------------------------------------------------------------------
 
-    def fresh(self, key: TokenKey) -> Token | None:
-        """The cached token for ``key`` while it may be handed out, else None (only looks)."""
-        entry = self._live(key, self._clock())
-        return entry.token if entry is not None else None
-
     def cached(self, key: TokenKey, audience: str | None = None) -> Token | None:
-        """``fresh``, handed out: a cache hit, counted, and a background refresh starts when it is due. With
+        """The cached token for ``key`` while it may be handed out, else None; handed out, it is a cache hit, counted,
+        and a background refresh starts when it is due. With
         ``audience``, only a token whose ``aud`` claim is that audience (or that has none) is handed out."""
         now = self._clock()
         entry = self._live(key, now)
