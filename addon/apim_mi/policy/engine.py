@@ -261,14 +261,15 @@ def prepared[T](stmt: Statement, build: Callable[[Statement], T]) -> T:
         found = cache.get(build, _ABSENT)
         if found is not _ABSENT:
             return found  # type: ignore[no-any-return]
-    return memo(stmt, build, lambda: build(stmt))
+    return memo(stmt, build, build, stmt)
 
 
 _ABSENT = object()
 
 
-def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:
-    """Like ``prepared``, for a value that ``key`` names (e.g. one attribute's parsed literal); a ``compute`` that
+def memo[T](stmt: Statement, key: Hashable, compute: Callable[..., T], *args: Any) -> T:
+    """Like ``prepared``, for a value that ``key`` names (e.g. one attribute's parsed literal): ``compute(*args)``
+    on first use (arguments rather than a closure, so a kept value costs no closure per flow); a ``compute`` that
     raises is not kept, so the error is raised again on the next flow."""
     cache = stmt.compiled
     if cache is None:
@@ -276,7 +277,7 @@ def memo[T](stmt: Statement, key: Hashable, compute: Callable[[], T]) -> T:
     try:
         return cache[key]  # type: ignore[no-any-return]
     except KeyError:
-        value = cache[key] = compute()
+        value = cache[key] = compute(*args)
         return value
 
 

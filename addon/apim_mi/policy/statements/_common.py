@@ -122,11 +122,7 @@ def literal_attr[T](
 def literal_attrs[T](stmt: Statement, build: Callable[[Statement], T], *names: str) -> T | None:
     """``build(stmt)`` kept with the statement when none of ``names`` is an expression and ``build`` (made of
     ``literal_attr``) accepts the literals; None, then the handler evaluates its attributes on each flow."""
-    key = (literal_attrs, build)
-    cache = stmt.compiled
-    if cache is not None and key in cache:
-        return cache[key]  # type: ignore[no-any-return]
-    return memo(stmt, key, lambda: _all_literal(stmt, build, names))
+    return memo(stmt, (literal_attrs, build), _all_literal, stmt, build, names)
 
 
 def _all_literal[T](stmt: Statement, build: Callable[[Statement], T], names: tuple[str, ...]) -> T | None:
@@ -175,18 +171,24 @@ def body_bytes(value: Any) -> bytes:
     return to_policy_string(value).encode()
 
 
-def _value_elements(stmt: Statement) -> list[Statement]:
-    return stmt.children_named("value")
+def value_texts(stmt: Statement) -> tuple[Value | None, ...]:
+    """The texts of the ``<value>`` children (a ``prepared`` builder)."""
+    return tuple(v.text for v in stmt.children_named("value"))
+
+
+def evaluated(run: PolicyRun, texts: tuple[Value | None, ...], source: str, scope: Scope) -> list[str]:
+    """``value_texts`` evaluated as strings; null results are dropped."""
+    values: list[str] = []
+    for text in texts:
+        value = evaluate_string_now(run, text, source, scope)
+        if value is not None:
+            values.append(value)
+    return values
 
 
 def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -> list[str]:
     """The ``<value>`` children of set-header / set-query-parameter, evaluated; null results are dropped."""
-    values: list[str] = []
-    for v in prepared(stmt, _value_elements):
-        text = evaluate_string_now(run, v.text, source, scope)
-        if text is not None:
-            values.append(text)
-    return values
+    return evaluated(run, prepared(stmt, value_texts), source, scope)
 
 
 def apply_exists_action(target: Any, name: str, values: list[str], action: str) -> bool:

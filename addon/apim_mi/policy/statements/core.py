@@ -22,7 +22,7 @@ from ..engine import (
     run_statements,
 )
 from ..model import Statement, Value
-from ._common import apply_exists_action
+from ._common import apply_exists_action, evaluated, value_texts
 
 if TYPE_CHECKING:
     from ..context import Headers
@@ -185,7 +185,7 @@ def _set_header(stmt: Statement) -> _SetHeader:
     name = stmt.attrs.get("name")
     return _SetHeader(name.text if name is not None and name.expression is None else None,
                       (stmt.attr("exists-action") or "override").lower(),
-                      tuple(v.text for v in stmt.children_named("value")))  # fmt: skip
+                      value_texts(stmt))  # fmt: skip
 
 
 def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
@@ -194,11 +194,7 @@ def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     if name is None:
         name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
     action = plan.action
-    values = []  # null results are dropped
-    for v in plan.values:
-        text = evaluate_string_now(run, v, "set-header", scope)
-        if text is not None:
-            values.append(text)
+    values = evaluated(run, plan.values, "set-header", scope)
     written = name + "".join(values)
     if "\r" in written or "\n" in written:
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
