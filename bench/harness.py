@@ -1168,6 +1168,8 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=None, help="mitmdump processes per throughput variant (default 2)")
     ap.add_argument("--pyspy", type=Path, default=None, help="a bench/pyspy.py report to include (with --from-json)")
     args = ap.parse_args()
+    if args.copies is not None and args.copies < 1:
+        ap.error(f"--copies must be at least 1 (got {args.copies})")
     s = Settings.make(args.smoke)
     if args.rounds:
         s.rounds = args.rounds

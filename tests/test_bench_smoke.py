@@ -81,3 +81,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     if importlib.util.find_spec("matplotlib") is not None:
         png = out.with_suffix(".png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_fewer_than_one_process_per_variant() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "harness.py"), "--copies", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2
+    assert "--copies must be at least 1 (got 0)" in proc.stderr and "Traceback" not in proc.stderr
