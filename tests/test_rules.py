@@ -6,8 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from apim_mi import matcher
 from apim_mi.errors import LoadError
-from apim_mi.matcher import Matcher, RequestTarget, host_matches, path_matches
+from apim_mi.matcher import Matcher, RequestLine, RequestTarget, host_matches, path_matches
 from apim_mi.rules import load_rules, load_rules_text, parse_host, rules_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +164,38 @@ def test_first_match_in_file_order_and_shadowing() -> None:
     assert m.match(t("plain.example", port=8443)).name == "port"  # type: ignore[union-attr]
     assert m.match(t("plain.example")) is None
     assert [(a.name, b.name) for a, b in m.shadowed()] == [("shadowed", "wildcard")]
+
+
+def test_request_lines_are_matched_once_and_remembered_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``match_line`` answers what ``match`` answers for the decoded line (query dropped, %-escapes decoded, method
+    upper-cased), remembers it per line, forgets everything once the memo is full, and never keeps a long path."""
+    cfg = load("""
+        rules:
+          - name: orders
+            match: {host: api.contoso.com, path: /orders, methods: [POST]}
+            resource: r1
+          - name: any
+            match: {host: "*.contoso.com"}
+            resource: r2
+    """)
+    m = Matcher(cfg.rules)
+    line = RequestLine(b"https", "api.contoso.com", 443, b"/ord%65rs/1?x=1", b"post")
+    assert line.target() == t("api.contoso.com", "/orders/1", "POST")
+    calls: list[RequestTarget] = []
+    match = m.match
+    monkeypatch.setattr(m, "match", lambda target: calls.append(target) or match(target))
+    assert m.match_line(line).name == "orders"  # type: ignore[union-attr]
+    assert m.match_line(line).name == "orders"  # type: ignore[union-attr]
+    assert m.match_line(line._replace(method=b"GET")).name == "any"  # type: ignore[union-attr]
+    assert m.match_line(line._replace(host="contoso.com")) is None
+    assert m.match_line(line._replace(host="contoso.com")) is None
+    assert len(calls) == 3  # a remembered line (a rule, or no rule) is not matched again
+    monkeypatch.setattr(matcher, "MEMO_SIZE", 3)
+    m.match_line(line._replace(path=b"/a"))  # the fourth line: the memo starts again
+    assert len(m._lines) == 1
+    long = line._replace(path=b"/" + b"x" * matcher.MEMO_PATH)
+    assert m.match_line(long).name == "any" and long not in m._lines  # type: ignore[union-attr]
+    assert Matcher(cfg.rules)._lines == {}  # reloaded rules: a new matcher, nothing remembered
 
 
 def test_matcher_scales_to_10000_rules() -> None:

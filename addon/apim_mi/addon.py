@@ -621,7 +621,7 @@ class ApimMi:
         route = quick.route
         rule_name = route.rule.name
         self._count("injected", rule_name)
-        _log_injected(flow, quick.seen, rule_name, route.key.identity, quick.carried.token.claims.get("aud", ""),
+        _log_injected(flow, quick.seen, rule_name, route.identity, quick.carried.token.claims.get("aud", ""),
                       fastpath.OUTCOME)
         if self._redact_on:
             flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
@@ -636,9 +636,9 @@ class ApimMi:
             status = resp.status_code
             quick.response = (status, resp.reason, resp.headers.fields)
         elapsed_ms = (now - quick.began) * 1000
-        rule, _, key = quick.route
+        route = quick.route
         aud = quick.carried.token.claims.get("aud", "")
-        flow.comment = _comment(rule.name, key.identity, aud, fastpath.OUTCOME, status, elapsed_ms, ())
+        flow.comment = _comment(route.rule.name, route.identity, aud, fastpath.OUTCOME, status, elapsed_ms, ())
         keys = ("summary", "trace") if self._trace_on else ("summary",)
         flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
         del self._flows[flow.id]
@@ -655,12 +655,12 @@ class ApimMi:
         request_id = uuid.uuid4()
         trace = quick.trace(request_id.hex)
         context = flowcontext.request_context(flow, request_id)[0]
-        rule, plan, key = quick.route
+        rule, plan, _, identity = quick.route
         services = self._services(rule)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name, forward=True,
                                forward_timeout=plan.timeout)  # fmt: skip
         claims = quick.carried.token.claims
-        run.injections.append(engine.Injection(fastpath.HEADER, key.identity, plan.resource, claims))
+        run.injections.append(engine.Injection(fastpath.HEADER, identity, plan.resource, claims))
         state = _FlowState(rule, run, quick.began, str(request_id), seen=quick.sent())
         if quick.checked:
             state.sent = state.recorded = True
@@ -694,7 +694,7 @@ class ApimMi:
         """(whether matching worked, the flow's rule); a matcher bug must not forward a flow that may match, so it
         fails closed."""
         try:
-            return True, self.matcher.match(flowcontext.target_of(flow))
+            return True, self.matcher.match_line(flowcontext.line_of(flow))
         except Exception as e:
             self._fail_closed(flow, None, f"rule matching failed: {e!r}")
             return False, None
@@ -1337,9 +1337,9 @@ def _comment(rule_name: str, identity: str, aud: Any, outcome: str, status: int 
 def _quick_document(quick: fastpath.Quick, elapsed_ms: float, keys: tuple[str, ...]) -> dict[str, Any]:
     """A fast-path flow's ``summary`` and ``trace``, made when something first reads them."""
     request_id = uuid.uuid4()
-    rule, _, key = quick.route
+    rule, _, _, identity = quick.route
     token = quick.carried.token
-    summary = _summary(rule.name, fastpath.OUTCOME, key.identity, token.claims, elapsed_ms, (), str(request_id))
+    summary = _summary(rule.name, fastpath.OUTCOME, identity, token.claims, elapsed_ms, (), str(request_id))
     document = {"summary": _shown(summary, {token.value})}
     if "trace" in keys:
         document["trace"] = quick.trace(request_id.hex).to_json()

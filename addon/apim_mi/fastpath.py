@@ -89,6 +89,7 @@ class Route(NamedTuple):
     rule: Rule
     plan: Plan
     key: TokenKey
+    identity: str  # the key's, as the summary, comment and log line name it
 
 
 def route(rule: Rule, source: str | CredentialSpec) -> Route | None:
@@ -98,7 +99,7 @@ def route(rule: Rule, source: str | CredentialSpec) -> Route | None:
     if plan is None:
         return None
     key = token_key(source, plan.client_id, plan.resource)
-    return Route(rule, plan, key) if key.assertion is None else None
+    return Route(rule, plan, key, key.identity) if key.assertion is None else None
 
 
 def plain_request(fields: tuple[tuple[bytes, bytes], ...]) -> bool:

@@ -12,19 +12,17 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy.net.http import url
 
 from .clientcerts import presented
-from .matcher import RequestTarget, normalize_path
+from .matcher import RequestLine
 from .policy.context import Body, Context, Headers, Query, Request, Response, Url
 
 if TYPE_CHECKING:
     from mitmproxy import http
 
 
-def target_of(flow: http.HTTPFlow) -> RequestTarget:
+def line_of(flow: http.HTTPFlow) -> RequestLine:
     """Matching looks at where the connection really goes (``request.host``), never at a Host header."""
     data = flow.request.data  # what req.scheme/.path/.method decode, read once (asked for every flow)
-    return RequestTarget(data.scheme.decode("utf-8", "surrogateescape"), data.host, data.port,
-                         normalize_path(data.path.decode("utf-8", "surrogateescape")),
-                         data.method.decode("utf-8", "surrogateescape").upper())  # fmt: skip
+    return RequestLine(data.scheme, data.host, data.port, data.path, data.method)
 
 
 @lru_cache(maxsize=1024)

@@ -16,6 +16,11 @@ from urllib.parse import unquote
 
 from .rules import MatchSpec, Rule
 
+#: Request lines ``Matcher.match_line`` remembers (then it forgets them all and starts again), and the longest
+#: path it remembers: clients repeat a few URLs, and a bound keeps a scan of unique URLs from growing the memo.
+MEMO_SIZE = 2048
+MEMO_PATH = 512
+
 
 class RequestTarget(NamedTuple):
     """What matching looks at; built from a flow by the addon, or by hand in tests and the CLI (a tuple: made on
@@ -26,6 +31,23 @@ class RequestTarget(NamedTuple):
     port: int
     path: str
     method: str
+
+
+class RequestLine(NamedTuple):
+    """A request as mitmproxy holds it (``request.data``'s scheme, host, port, path and method, undecoded): the key
+    ``Matcher.match_line`` remembers its answers by, so a repeated request line is matched with one dict lookup."""
+
+    scheme: bytes
+    host: str
+    port: int
+    path: bytes
+    method: bytes
+
+    def target(self) -> RequestTarget:
+        """What matching looks at: decoded, the query dropped, the method upper-case."""
+        return RequestTarget(self.scheme.decode("utf-8", "surrogateescape"), self.host, self.port,
+                             normalize_path(self.path.decode("utf-8", "surrogateescape")),
+                             self.method.decode("utf-8", "surrogateescape").upper())  # fmt: skip
 
 
 @lru_cache(maxsize=4096)
@@ -131,6 +153,7 @@ class Matcher:
         self._exact: dict[str, _Bucket] = {}
         self._suffix: dict[str, _Bucket] = {}
         self._any = _Bucket()
+        self._lines: dict[RequestLine, Rule | None] = {}
         for rule in self.rules:
             host = rule.match.host
             if host == "*":
@@ -167,6 +190,19 @@ class Matcher:
                     best = rule
                     break
         return best
+
+    def match_line(self, line: RequestLine) -> Rule | None:
+        """``match`` of a request line, remembered (a pure function of the line and this matcher's rules)."""
+        lines = self._lines
+        try:
+            return lines[line]
+        except KeyError:
+            rule = self.match(line.target())
+            if len(line.path) <= MEMO_PATH:
+                if len(lines) >= MEMO_SIZE:
+                    lines.clear()
+                lines[line] = rule
+            return rule
 
     def shadowed(self) -> list[tuple[Rule, Rule]]:
         """(rule, earlier rule) pairs where the earlier rule matches everything the later one could."""
