@@ -589,10 +589,10 @@ class ApimMi:
         if route is None or (ready is not self._ready_seen and not self._ready_ok(ready)):
             return False
         req = flow.request
-        fields = req.headers.fields
+        data = req.data  # the raw values (mitmproxy's properties decode or look up on every access)
+        fields = data.headers.fields
         if not fastpath.plain_request(fields):
             return False
-        data = req.data
         if self._insecure_transport(req.scheme, data.host, rule):
             return False
         began = time.perf_counter()
@@ -602,7 +602,7 @@ class ApimMi:
             return False
         carried, seen = self._carried(route.key, token), flowcontext.RequestSnapshot(req)
         quick = fastpath.Quick(route, carried, began, time.time(), data.timestamp_start, seen)
-        req.headers.fields = quick.sent_fields = fastpath.with_token(fields, carried.field)
+        data.headers.fields = quick.sent_fields = fastpath.with_token(fields, carried.field)
         quick.forwarded = time.perf_counter()
         self._flows[flow.id] = quick
         return True
@@ -624,7 +624,7 @@ class ApimMi:
         _log_injected(flow, quick.seen, rule_name, route.identity, quick.carried.token.claims.get("aud", ""),
                       fastpath.OUTCOME)
         if self._redact_on:
-            flow.request.headers.fields = fastpath.redacted(quick.sent_fields)
+            flow.request.data.headers.fields = fastpath.redacted(quick.sent_fields)
 
     def _quick_finish(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> None:
         """The flow is over: its comment now, its summary and trace once something reads them."""
@@ -633,8 +633,8 @@ class ApimMi:
         status = None
         if resp is not None:
             quick.answered = now
-            status = resp.status_code
-            quick.response = (status, resp.reason, resp.headers.fields)
+            status = resp.data.status_code
+            quick.response = (status, resp.reason, resp.data.headers.fields)
         elapsed_ms = (now - quick.began) * 1000
         route = quick.route
         aud = quick.carried.token.claims.get("aud", "")

@@ -118,7 +118,7 @@ def buffered(response: http.Response | None) -> bool:
 def accepted(response: http.Response | None, echoes: tuple[bytes, ...]) -> bool:
     """An answer with nothing to diagnose: not a 401/403 (the engine path says why the token was refused) and no
     echo of the token (``diagnostics.echoes`` of it: a warning), still buffered."""
-    if response is None or response.status_code in diagnostics.REJECTIONS or response.stream:
+    if response is None or response.data.status_code in diagnostics.REJECTIONS or response.stream:
         return False
     return not diagnostics.reflects(flowcontext.content_of(response), echoes)
 
@@ -168,7 +168,7 @@ class Quick:
 
     def went_out(self, request: http.Request) -> bool:
         """The request's headers are the ones the fast path wrote: the token went upstream, nothing changed since."""
-        return request.headers.fields is self.sent_fields
+        return request.data.headers.fields is self.sent_fields
 
     def sent(self) -> flowcontext.RequestSnapshot:
         """The request as it went upstream: as received, plus the token."""

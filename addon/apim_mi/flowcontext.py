@@ -231,7 +231,7 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
 def content_of(message: http.Message) -> bytes | None:
     """``message.get_content(strict=False)``; without a Content-Encoding (most answers) the raw body, with no header
     lookup."""
-    for name, _ in message.headers.fields:
+    for name, _ in message.data.headers.fields:
         if name.lower() == b"content-encoding":
             return message.get_content(strict=False)
     return message.raw_content

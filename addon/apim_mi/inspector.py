@@ -38,6 +38,7 @@ Fields = tuple[tuple[bytes, bytes], ...]
 
 TRACE_HOST = "apim-mi.trace"
 REVERSE_PREFIX = "/" + TRACE_HOST
+_REVERSE_PREFIX = REVERSE_PREFIX.encode()
 KEEP = 100
 SERVICE_NAME = "apim-mi"
 TRACE_HEADER = "Ocp-Apim-Trace"
@@ -195,9 +196,10 @@ class Inspector:
     @staticmethod
     def _endpoint_path(flow: http.HTTPFlow) -> str | None:
         req = flow.request
-        if req.host.lower().rstrip(".") == TRACE_HOST:
+        data = req.data  # asked for every request: the raw values, not the decoding properties
+        if data.host.lower().rstrip(".") == TRACE_HOST:
             return req.path.split("?", 1)[0]
-        if not req.path.startswith(REVERSE_PREFIX):
+        if not data.path.startswith(_REVERSE_PREFIX):
             return None
         from mitmproxy.proxy.mode_specs import ReverseMode
 

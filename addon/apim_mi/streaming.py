@@ -30,7 +30,7 @@ KEEP_LIMIT = 1 << 20
 def is_event_stream(response: http.Response) -> bool:
     """Content-Type ``text/event-stream``, as ``headers.get`` gives it (several values joined), read from the raw
     fields: asked for every matched answer."""
-    values = [value for name, value in response.headers.fields if name.lower() == b"content-type"]
+    values = [value for name, value in response.data.headers.fields if name.lower() == b"content-type"]
     return bool(values) and b", ".join(values).split(b";", 1)[0].strip().lower() == _EVENT_STREAM
 
 

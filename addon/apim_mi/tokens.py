@@ -184,11 +184,9 @@ class TokenProvider:
         and a background refresh starts when it is due. With
         ``audience``, only a token whose ``aud`` claim is that audience (or that has none) is handed out."""
         now = self._clock()
-        entry = self._live(key, now)
-        if entry is None:
+        entry = self._entries.get(key)
+        if entry is None or (token := entry.token) is None or now >= token.expires_on - EXPIRY_SKEW:
             return None
-        token = entry.token
-        assert token is not None
         if audience is not None and (aud := token.claims.get("aud")) and aud != audience:
             return None
         entry.hits += 1
@@ -196,13 +194,6 @@ class TokenProvider:
         if now >= self._refresh_at(token) and now >= entry.next_refresh and entry.refresh is None:
             entry.refresh = asyncio.get_running_loop().create_task(self._refresh(key, entry))
         return token
-
-    def _live(self, key: TokenKey, now: float) -> _Entry | None:
-        """``key``'s entry while its token may be handed out."""
-        entry = self._entries.get(key)
-        if entry is None or entry.token is None or now >= entry.token.expires_on - EXPIRY_SKEW:
-            return None
-        return entry
 
     async def get(self, key: TokenKey) -> TokenResult:
         """A valid token for ``key``: cached, or fetched once for all concurrent callers, within ``timeout``."""
