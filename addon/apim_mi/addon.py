@@ -1018,7 +1018,7 @@ class ApimMi:
         run = state.run
         run.trace.add("backend", "forward-request", inspector.response_later(flow))
         self._diagnose_backend(flow, state)
-        error = engine.backend_error_status(run, flow.response.status_code)
+        error = engine.backend_error_status(run, flow.response.data.status_code)
         if error is not None:
             await engine.handle_error(run, error)
             assert run.response is not None
@@ -1082,7 +1082,7 @@ class ApimMi:
         """Whether the request that went upstream carried every injected token: nothing claims an injection the
         backend never saw (another addon may change the request after the policy ran)."""
         run = state.run
-        missing = _not_carried(flow.request.headers.fields, run.injections, run.trace.secrets)
+        missing = _not_carried(flow.request.data.headers.fields, run.injections, run.trace.secrets)
         state.sent = not missing
         if missing and run.error is None:
             run.error = PolicyError("apim-mi", f"The request went upstream without the token in "
@@ -1107,7 +1107,7 @@ class ApimMi:
         assert flow.response is not None
         run = state.run
         found: list[str] = []
-        if flow.response.status_code in diagnostics.REJECTIONS:
+        if flow.response.data.status_code in diagnostics.REJECTIONS:
             audiences = [str(i.claims.get("aud") or i.resource) for i in run.injections if i.claims or i.resource]
             found = diagnostics.diagnose_rejection(
                 flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
@@ -1129,7 +1129,7 @@ class ApimMi:
         if not names:
             return
         secrets = state.run.trace.secrets
-        headers = flow.request.headers
+        headers = flow.request.data.headers
         headers.fields = tuple([(n, _scrubbed(v, secrets)) if n.lower() in names else (n, v)
                                 for n, v in headers.fields])  # fmt: skip
 
@@ -1160,7 +1160,7 @@ class ApimMi:
         flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
         resp = flow.response
         flow.comment = _comment(run.rule_name, summary["identity"], summary["aud"], outcome,
-                                resp.status_code if resp is not None else None, elapsed_ms,
+                                resp.data.status_code if resp is not None else None, elapsed_ms,
                                 shown["warnings"])  # fmt: skip
 
     def _log_line(self, flow: http.HTTPFlow, state: _FlowState) -> None:

@@ -177,12 +177,12 @@ def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | Non
     req = flow.request
     parsed, raw_url = _url_of(req)
     peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"
-    pairs = decoded(req.headers.fields)
+    pairs = decoded(req.data.headers.fields)
     request = Request(
         method=req.method,
         url=parsed,
         headers=Headers.of(list(pairs)),
-        body=Body(req.raw_content or b"") if body is None else body,
+        body=Body(req.data.content or b"") if body is None else body,
         ip_address=peer,
         original_url=parsed.copy(),
         certificate=presented(flow.client_conn.certificate_list),
@@ -221,9 +221,9 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
         req.data.method = method
     pairs = request.headers.pairs()
     if received is None or pairs != received.headers:
-        req.headers.fields = encoded(pairs)
+        req.data.headers.fields = encoded(pairs)
         changed = changed or received is None or _hosts(pairs) != _hosts(received.headers)
-    if request.body is not None and not request.body.streamed and request.body.content != (req.raw_content or b""):
+    if request.body is not None and not request.body.streamed and request.body.content != (req.data.content or b""):
         req.content = request.body.content
     return changed
 
@@ -234,18 +234,19 @@ def content_of(message: http.Message) -> bytes | None:
     for name, _ in message.data.headers.fields:
         if name.lower() == b"content-encoding":
             return message.get_content(strict=False)
-    return message.raw_content
+    return message.data.content
 
 
 def response_context(resp: http.Response) -> tuple[Response, list[tuple[str, str]]]:
     """The policy's ``context.Response`` for the backend's answer, and its header pairs as read (for
     ``apply_response``)."""
-    pairs = decoded(resp.headers.fields)
+    data = resp.data  # the raw values: mitmproxy's properties are a Python call each
+    pairs = decoded(data.headers.fields)
     response = Response(
-        status_code=resp.status_code,
+        status_code=data.status_code,
         status_reason=resp.reason,
         headers=Headers.of(list(pairs)),
-        body=Body(resp.raw_content or b""),
+        body=Body(data.content or b""),
     )
     return response, pairs
 
@@ -267,11 +268,11 @@ def apply_response(response: Response, flow: http.HTTPFlow, received: list[tuple
     ``received`` (from ``response_context``), headers the policy left as they were are not written again."""
     assert flow.response is not None
     resp = flow.response
-    resp.status_code = response.status_code
+    resp.data.status_code = response.status_code  # what the property's setter does, without the call
     if response.status_reason:
         resp.reason = response.status_reason
     pairs = response.headers.pairs()
     if received is None or pairs != received:
-        resp.headers.fields = encoded(pairs)
-    if response.body is not None and response.body.content != (resp.raw_content or b""):
+        resp.data.headers.fields = encoded(pairs)
+    if response.body is not None and response.body.content != (resp.data.content or b""):
         resp.content = response.body.content

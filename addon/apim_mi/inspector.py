@@ -135,7 +135,7 @@ def response_later(flow: http.HTTPFlow) -> Later:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    return Later(response_entry, resp.status_code, resp.reason, resp.headers.fields)
+    return Later(response_entry, resp.data.status_code, resp.reason, resp.data.headers.fields)
 
 
 def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -257,7 +257,7 @@ class Inspector:
 
     def begin(self, flow: http.HTTPFlow) -> None:
         """Takes the trace request headers off a matched flow (APIM consumes them) and remembers what was asked."""
-        headers = flow.request.headers
+        headers = flow.request.data.headers
         if not any(n.lower() in ASK_NAMES for n, _ in headers.fields):
             return
         legacy = any(v.strip().lower() == "true" for v in headers.get_all(TRACE_HEADER))

@@ -203,11 +203,9 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
         shown = result
     else:
         shown = to_policy_string(result)
-    run.trace.add(
-        scope.section,
-        source,
-        {"message": "Expression was successfully evaluated.", "expression": expression_text(value), "value": shown},
-    )
+    run.trace.add(scope.section, source, {
+        "message": "Expression was successfully evaluated.", "expression": _expression_text(value.text), "value": shown
+    })  # fmt: skip
     return result
 
 
