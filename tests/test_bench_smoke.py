@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,17 @@ def test_bench_refuses_fewer_than_one_process_per_variant() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2
     assert "--copies must be at least 1 (got 0)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instruction_counts_per_flow() -> None:
+    """``bench/instructions.py`` counts the hooks' instructions per flow under valgrind: a positive count for each
+    variant, and more for the APIM policy (the engine path) than for one shorthand rule (the fast path)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "instructions.py"), "--flows", "30"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = {m[1]: int(m[2].replace(",", "")) for m in re.finditer(r"^(\w+): ([\d,]+) instructions per flow",
+                                                                     proc.stdout, re.M)}  # fmt: skip
+    assert set(counts) == {"one", "policy"}, proc.stdout
+    assert 0 < counts["one"] < counts["policy"], counts
