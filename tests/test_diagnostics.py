@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from apim_mi.diagnostics import (
     diagnose_rejection,
+    echoes,
     expected_audiences,
     near_miss,
     parse_www_authenticate,
-    reflects_secret,
+    reflects,
     rejected_audience,
 )
 
@@ -142,8 +143,10 @@ def test_long_headers_are_cut() -> None:
 
 def test_reflected_token_in_a_body() -> None:
     token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhcGk6Ly94In0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
-    assert reflects_secret(b'{"authorization": "Bearer ' + token.encode() + b'"}', {token})
-    assert reflects_secret(b"sig only: c2lnbmF0dXJlLW9mLXRoZS10b2tlbg", {token})
-    assert not reflects_secret(b'{"claims": {"aud": "api://x"}}', {token})
-    assert not reflects_secret(None, {token}) and not reflects_secret(b"x" * 10, {""})
-    assert not reflects_secret(token.encode(), {token}, limit=10)  # too big to scan
+    needles = echoes(token)
+    assert needles == (token.encode(), b"c2lnbmF0dXJlLW9mLXRoZS10b2tlbg")  # the whole token and its signature
+    assert reflects(b'{"authorization": "Bearer ' + token.encode() + b'"}', needles)
+    assert reflects(b"sig only: c2lnbmF0dXJlLW9mLXRoZS10b2tlbg", needles)
+    assert not reflects(b'{"claims": {"aud": "api://x"}}', needles)
+    assert not reflects(None, needles) and echoes("") == () and echoes("short.a.b") == ()
+    assert not reflects(token.encode(), needles, limit=10)  # too big to scan

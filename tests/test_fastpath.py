@@ -397,7 +397,7 @@ def test_fast_path_shows_what_the_engine_path_shows(harness: dict[str, Any], sce
 def test_what_needs_the_engine_never_takes_the_fast_path(harness: dict[str, Any], headers: Any) -> None:
     addon, (flow,) = _flows(harness, RULES, (b"/api/x", headers))
     record = flow.metadata[METADATA_KEY]
-    assert dict.get(record, "summary") is not None  # made as the flow passed: the engine path
+    assert record._fill.func.__name__ == "_engine_document"  # the engine path's record, made when read
     assert record["summary"]["outcome"] == "token added to Authorization" and addon._flows == {}
 
 
@@ -433,3 +433,27 @@ def test_a_token_is_carried_as_the_header_field_and_its_echoes() -> None:
     assert diagnostics.reflects(b'{"seen": "' + value.encode() + b'"}', carried.echoes)
     assert diagnostics.reflects(b"sig c2lnbmF0dXJlLW9mLXRoZS10b2tlbg", carried.echoes)
     assert not diagnostics.reflects(b"nothing", carried.echoes) and not diagnostics.reflects(None, carried.echoes)
+
+
+def test_an_internal_error_in_outbound_is_what_the_summary_and_comment_say(harness: dict[str, Any],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """apim-mi failing inside outbound answers APIM's 500, and the flow's summary and comment (made once the flow
+    ends, the summary when read) say so instead of the policy's outcome."""
+    from apim_mi.policy import engine
+
+    async def broken(run: Any) -> None:
+        raise RuntimeError("outbound broke")
+
+    monkeypatch.setattr(engine, "run_outbound", broken)
+    rules = RULES.replace(f'    resource: "{DEMO_AUDIENCE}"\n', f"""    policy: |
+      <policies>
+        <inbound><authentication-managed-identity resource="{DEMO_AUDIENCE}" /></inbound>
+        <backend><forward-request /></backend>
+        <outbound><set-header name="X-Out" exists-action="override"><value>1</value></set-header></outbound>
+      </policies>
+""")
+    _, (flow,) = _flows(harness, rules, (b"/api/x", ()))
+    assert flow.response.status_code == 500 and b"Internal server error" in flow.response.content
+    outcome = "failed: internal error RuntimeError('outbound broke')"
+    assert flow.metadata[METADATA_KEY]["summary"]["outcome"] == outcome
+    assert outcome in flow.comment and flow.marked == ":x:"

@@ -15,8 +15,8 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,8 @@ class _FlowState:
     started: float
     request_id: str = ""
     redacted: bool = False
-    summary: dict[str, Any] = field(default_factory=dict)
+    #: apim-mi failed inside (outbound): what the summary, comment and log line say instead of the policy's outcome.
+    failure: str = ""
     tap: streaming.Tap | None = None  # the answer streams through it
     answer: http.Response | None = None  # decided in responseheaders, given in response
     #: The policy ran in ``requestheaders`` (a streamed request body): the token is checked in ``request``.
@@ -125,6 +126,7 @@ class ApimMi:
         #: Each rule's fast-path route (None: the engine path), by rule index, for the current rules and credential.
         self._routes: dict[int, tuple[Rule, fastpath.Route | None]] = {}
         self._carried_by_key: dict[TokenKey, fastpath.Carried] = {}
+        self._echoes_of: dict[str, tuple[bytes, ...]] = {}  # secret -> what of it an echoing answer would show
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -926,7 +928,7 @@ class ApimMi:
             await self._stream_outbound(flow, state)
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
-            state.summary["outcome"] = f"failed: internal error {e!r}"
+            state.failure = f"failed: internal error {e!r}"
             state.answer = _apim_500(str(state.run.context.request_id))
             if flow.response is not None:
                 flow.response.stream = False
@@ -995,7 +997,7 @@ class ApimMi:
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
             flow.response = _apim_500(str(state.run.context.request_id))
-            state.summary["outcome"] = f"failed: internal error {e!r}"
+            state.failure = f"failed: internal error {e!r}"
         finally:
             self._finish(flow, state)
 
@@ -1112,7 +1114,7 @@ class ApimMi:
             found = diagnostics.diagnose_rejection(
                 flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
             )
-        if run.injections and diagnostics.reflects_secret(flowcontext.content_of(flow.response), run.trace.secrets):
+        if run.injections and diagnostics.reflects(flowcontext.content_of(flow.response), self._echoes(run)):
             found.append(diagnostics.REFLECTED)
         for message in found:
             run.warn("backend", "apim-mi", message)
@@ -1120,6 +1122,20 @@ class ApimMi:
                         flowcontext.pretty_url(flow.request), run.rule_name, flow.response.status_code, message)
         if found and not flow.marked:
             flow.marked = ":warning:"
+
+    def _echoes(self, run: engine.PolicyRun) -> list[bytes]:
+        """``diagnostics.echoes`` of the flow's secrets, made once per secret (kept until the tokens are flushed, at
+        most ``_ECHOES_KEPT`` of them)."""
+        kept = self._echoes_of
+        needles: list[bytes] = []
+        for secret in run.trace.secrets:
+            found = kept.get(secret)
+            if found is None:
+                if len(kept) >= _ECHOES_KEPT:
+                    kept.clear()
+                found = kept[secret] = diagnostics.echoes(secret) if secret else ()
+            needles.extend(found)
+        return needles
 
     def _redact(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         if state.redacted or not self._redact_on:
@@ -1139,7 +1155,7 @@ class ApimMi:
         ends soon: when its request leaves, only the line is written (and counted)."""
         run = state.run
         elapsed_ms = (time.perf_counter() - state.started) * 1000
-        if run.error is not None:
+        if run.error is not None or state.failure:
             flow.marked = ":x:"
         resp = flow.response
         if final or state.early or (resp is not None and not fastpath.buffered(resp)):
@@ -1149,19 +1165,20 @@ class ApimMi:
             self._log_line(flow, state)
 
     def _summarise(self, flow: http.HTTPFlow, state: _FlowState, elapsed_ms: float, final: bool) -> None:
-        """The flow's summary into ``flow.metadata`` (at its end with the APIM trace, built when something reads it)
-        and ``flow.comment``."""
+        """``flow.comment`` now; the flow's summary in ``flow.metadata`` (at its end with the APIM trace) once
+        something reads it. The comment is scrubbed as a whole, which hides what scrubbing its parts hides."""
         run = state.run
-        outcome = _outcome(state)
-        claims = _claims(run)
-        summary = _summary(run.rule_name, outcome, _identity(run), claims, elapsed_ms, run.warnings, state.request_id)
-        state.summary = summary
-        shown = _shown(summary, run.trace.secrets)
-        flow.metadata[METADATA_KEY] = FlowRecord(shown, run.trace if final and self._trace_on else None)
+        outcome, claims, identity = _outcome(state), _claims(run), _identity(run)
         resp = flow.response
-        flow.comment = _comment(run.rule_name, summary["identity"], summary["aud"], outcome,
-                                resp.data.status_code if resp is not None else None, elapsed_ms,
-                                shown["warnings"])  # fmt: skip
+        secrets = run.trace.secrets
+        comment = _comment(run.rule_name, identity, claims.get("aud", ""), outcome,
+                           resp.data.status_code if resp is not None else None, elapsed_ms, run.warnings)  # fmt: skip
+        flow.comment = scrub(comment, secrets) if secrets else comment
+        keys = ("summary", "trace") if final and self._trace_on else ("summary",)
+        summary = partial(_summary, run.rule_name, outcome, identity, claims, elapsed_ms, tuple(run.warnings),
+                          state.request_id)  # fmt: skip
+        flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_engine_document, summary, secrets, run.trace, keys),
+                                                       keys)  # fmt: skip
 
     def _log_line(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         """The flow's one line (and its counter) once the request left or was answered."""
@@ -1219,6 +1236,7 @@ class ApimMi:
         """Forget every cached token."""
         n = self.tokens.flush() if self.tokens is not None else 0
         self._carried_by_key.clear()
+        self._echoes_of.clear()
         log.info("apim-mi: flushed %d cached token(s)", n)
         return f"flushed {n} token(s)"
 
@@ -1227,6 +1245,9 @@ class ApimMi:
         """Re-read the rules file now (a broken file keeps the last good rules)."""
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
 
+
+#: Secrets whose echoes ``_echoes`` keeps (then it starts again): the live tokens, a few per identity.
+_ECHOES_KEPT = 64
 
 def _log_injected(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None, rule_name: str, identity: str,
                   aud: Any, outcome: str) -> None:  # fmt: skip
@@ -1260,7 +1281,7 @@ def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engin
         name = name.lower()
         if name in waiting:
             for token in tokens:
-                if token in value:
+                if value.endswith(token) or token in value:  # "Bearer <token>" needs no search
                     del waiting[name]
                     break
     return sorted(set(waiting.values()))
@@ -1269,6 +1290,8 @@ def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engin
 def _outcome(state: _FlowState) -> str:
     """What became of the flow, in the words of its summary, comment and log line."""
     run = state.run
+    if state.failure:
+        return state.failure
     if run.error is not None:
         return f"failed ({run.error.reason or run.error.source})"
     if state.unchanged:
@@ -1299,8 +1322,29 @@ def _identity(run: engine.PolicyRun) -> str:
 
 
 def _scrubbed(value: bytes, secrets: set[str]) -> bytes:
-    """A header value (as mitmproxy keeps it) with every secret replaced."""
+    """A header value (as mitmproxy keeps it) with every secret replaced. A value that is a short prefix and a token
+    (``Bearer <token>``), holding it only there, is cut instead of searched: a search for a 1 KB token costs
+    microseconds, and the answer is the same."""
+    for secret in secrets:
+        token = secret.encode()
+        head = len(value) - len(token)
+        if token and 0 <= head < 16 and value.endswith(token) and _only_at_end(value, token, head):
+            return _scrubbed(value[:head], secrets) + _REDACTED if head else _REDACTED
     return scrub(value.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
+
+
+def _only_at_end(value: bytes, token: bytes, head: int) -> bool:
+    """``value`` (``head`` bytes, then ``token``) holds no earlier occurrence of ``token`` (one that would overlap
+    the last: only a token that repeats itself can). Only positions holding the token's first byte are compared."""
+    i = value.find(token[:1], 0, head)
+    while i >= 0:
+        if value.startswith(token, i):
+            return False
+        i = value.find(token[:1], i + 1, head)
+    return True
+
+
+_REDACTED = REDACTED.encode()
 
 
 def _summary(rule_name: str, outcome: str, identity: str, claims: dict[str, Any], elapsed_ms: float,
@@ -1332,6 +1376,15 @@ def _comment(rule_name: str, identity: str, aud: Any, outcome: str, status: int 
     if warnings:
         comment += "".join(f"\nwarning: {w}" for w in warnings)
     return comment
+
+
+def _engine_document(summary: Callable[[], dict[str, Any]], secrets: set[str], trace: Trace,
+                     keys: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """An engine-path flow's ``summary`` (and ``trace``), made when something first reads them."""
+    document = {"summary": _shown(summary(), secrets)}
+    if "trace" in keys:
+        document["trace"] = trace.to_json()
+    return document
 
 
 def _quick_document(quick: fastpath.Quick, elapsed_ms: float, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -196,14 +196,6 @@ REFLECTED = (
 SCAN_LIMIT = 4 * 1024 * 1024
 
 
-def reflects_secret(body: bytes | None, secrets: Iterable[str], limit: int = SCAN_LIMIT) -> bool:
-    """Whether a (decoded) response body contains one of the secrets, or a token's signature part; bodies over
-    ``limit`` bytes are not scanned."""
-    if not body or len(body) > limit:
-        return False
-    return reflects(body, [n for secret in secrets if secret for n in echoes(secret)], limit)
-
-
 def echoes(secret: str) -> tuple[bytes, ...]:
     """What of a secret a body that echoes it would show: all of it and, for a JWT, its signature (parts under 16
     bytes are too common to mean anything)."""
