@@ -142,33 +142,29 @@ class Later:
         return self.fn(*self.args)
 
 
-class Entry(tuple[Any, ...]):
-    """One recorded step, ``(trace, section, source, data, seconds since receipt)`` as given: a tuple, so recording
-    one is a single allocation. It is finished (timestamps formatted, ``Later`` data computed, canonical key order,
-    secrets scrubbed) only when the trace is read; ``entry["elapsed"]`` is a field of the finished entry."""
+#: One recorded step, ``(section, source, data, seconds since receipt)`` as given: a plain tuple, so recording one
+#: is a single allocation, and it holds nothing that holds the trace (no reference cycle: a flow's trace is freed
+#: with the flow, without waiting for the garbage collector).
+Entry = tuple[str, str, Any, float]
 
-    __slots__ = ()
 
-    def finished(self, secrets: set[str] | frozenset[str]) -> dict[str, Any]:
-        trace, _, source, data, el = self
-        if type(data) is Later:
-            data = data()
-        if secrets:
-            source = scrub(source, secrets)
-            data = scrub(data, secrets, ordered=True)
-        else:
-            data = canonical(data)
-        return {
-            "source": source,
-            "timestamp": format_timestamp(trace.started + el),
-            "elapsed": format_elapsed(el),
-            "data": data,
-        }
-
-    def __getitem__(self, key: str) -> Any:  # type: ignore[override]
-        """The finished entry's field (``entry["elapsed"]``), as the APIM document will show it."""
-        trace = tuple.__getitem__(self, 0)
-        return self.finished(trace.secrets)[key]
+def finished(entry: Entry, started: float, secrets: set[str] | frozenset[str]) -> dict[str, Any]:
+    """The entry as the APIM document shows it: timestamps formatted, ``Later`` data computed, canonical key order,
+    secrets scrubbed (``started``: the trace's start, epoch seconds)."""
+    _, source, data, el = entry
+    if type(data) is Later:
+        data = data()
+    if secrets:
+        source = scrub(source, secrets)
+        data = scrub(data, secrets, ordered=True)
+    else:
+        data = canonical(data)
+    return {
+        "source": source,
+        "timestamp": format_timestamp(started + el),
+        "elapsed": format_elapsed(el),
+        "data": data,
+    }
 
 
 @dataclass
@@ -218,14 +214,12 @@ class Trace:
     def elapsed(self) -> float:
         return self.clock() - self._t0
 
-    def add(self, section: str, source: str, data: Any) -> Entry:
-        entry = Entry((self, section, source, data, self.clock() - self._t0))
-        self._added.append(entry)
-        return entry
+    def add(self, section: str, source: str, data: Any) -> None:
+        self._added.append((section, source, data, self.clock() - self._t0))
 
     def add_at(self, at: float, section: str, source: str, data: Any) -> None:
         """``add`` of a step that happened at ``at`` (a ``clock()`` value)."""
-        self._added.append(Entry((self, section, source, data, at - self._t0)))
+        self._added.append((section, source, data, at - self._t0))
 
     def __len__(self) -> int:
         return len(self._added)
@@ -236,12 +230,12 @@ class Trace:
         secrets = self.secrets
         if self._built is None or self._built_for != (len(self._added), len(secrets)):
             built: dict[str, list[dict[str, Any]]] = {s: [] for s in SECTIONS}
+            started = self.started
             for entry in self._added:
-                _, name, _, _, _ = entry
-                section = built.get(name)
+                section = built.get(entry[0])
                 if section is None:
-                    section = built[name] = []
-                section.append(entry.finished(secrets))
+                    section = built[entry[0]] = []
+                section.append(finished(entry, started, secrets))
             self._built, self._built_for = built, (len(self._added), len(secrets))
         return self._built
 
