@@ -85,11 +85,14 @@ class _Collect(logging.Handler):
 
 
 def main() -> None:
+    from apim_mi import flowcontext
     from apim_mi.addon import ApimMi
     from apim_mi.tokens import TokenProvider
     from apim_mi.trace import METADATA_KEY, render
     from mitmproxy import io
     from mitmproxy.test import taddons, tflow, tutils
+
+    flowcontext.new_request_id = uuid.uuid4  # the same deterministic ids, in the same order, as uuid4 above
 
     lines: list[str] = []
     logger = logging.getLogger("apim_mi")

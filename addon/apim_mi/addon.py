@@ -55,7 +55,7 @@ class _FlowState:
     rule: Rule
     run: engine.PolicyRun
     started: float
-    request_id: str = ""
+    request_id: uuid.UUID | None = None  # the policy run's (context.RequestId); made a string when read
     redacted: bool = False
     #: apim-mi failed inside (outbound): what the summary, comment and log line say instead of the policy's outcome.
     failure: str = ""
@@ -654,7 +654,7 @@ class ApimMi:
 
     def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
         """A fast-path flow that needs the engine path from here on: the state that path would have by now."""
-        request_id = uuid.uuid4()
+        request_id = flowcontext.new_request_id()
         trace = quick.trace(request_id.hex)
         context = flowcontext.request_context(flow, request_id)[0]
         rule, plan, _, identity = quick.route
@@ -663,7 +663,7 @@ class ApimMi:
                                forward_timeout=plan.timeout)  # fmt: skip
         claims = quick.carried.token.claims
         run.injections.append(engine.Injection(fastpath.HEADER, identity, plan.resource, claims))
-        state = _FlowState(rule, run, quick.began, str(request_id), seen=quick.sent())
+        state = _FlowState(rule, run, quick.began, request_id, seen=quick.sent())
         if quick.checked:
             state.sent = state.recorded = True
             state.redacted = self._redact_on
@@ -748,7 +748,7 @@ class ApimMi:
                 self._fail_closed(flow, rule, f"apim-mi is not ready: {e!r}")
                 return
         assert self.tokens is not None
-        request_id = uuid.uuid4()
+        request_id = flowcontext.new_request_id()
         seen = flowcontext.RequestSnapshot(flow.request)
         self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
         body = uploads.StreamedBody(uploads.way_out(self._stream_limit_text)) if early else None
@@ -760,7 +760,7 @@ class ApimMi:
         trace = Trace.since(request_id.hex, flow.request.timestamp_start)
         services = self._services(rule)
         run = engine.PolicyRun(rule.policy, context, trace, services, rule_name=rule.name)
-        state = _FlowState(rule, run, time.perf_counter(), str(request_id), early=early)
+        state = _FlowState(rule, run, time.perf_counter(), request_id, early=early)
         self._flows[flow.id] = state
         trace.add("inbound", "api-inspector", inspector.request_later(flow, seen))
         trace.add("inbound", "api-inspector", flows.configuration_data(flow, routed) if routed is not None
@@ -1348,12 +1348,12 @@ _REDACTED = REDACTED.encode()
 
 
 def _summary(rule_name: str, outcome: str, identity: str, claims: dict[str, Any], elapsed_ms: float,
-             warnings: Sequence[str], request_id: str) -> dict[str, Any]:  # fmt: skip
+             warnings: Sequence[str], request_id: str | uuid.UUID | None) -> dict[str, Any]:  # fmt: skip
     """``flow.metadata['apim_mi']['summary']``: what happened, in a few fields (claims, never the token)."""
     return {
         "rule": rule_name, "outcome": outcome, "identity": identity, "aud": claims.get("aud", ""),
         "exp": claims.get("exp"), "elapsed_ms": round(elapsed_ms, 3), "warnings": list(warnings),
-        "requestId": request_id,
+        "requestId": str(request_id) if request_id is not None else "",
     }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -17,6 +18,19 @@ from .policy.context import Body, Context, Headers, Query, Request, Response, Ur
 
 if TYPE_CHECKING:
     from mitmproxy import http
+
+
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET = (4 << 76) | (0x8000 << 48)
+
+
+def new_request_id() -> uuid.UUID:
+    """A random version 4 UUID, as ``uuid.uuid4()`` makes one, without ``UUID.__init__``'s argument checks (one per
+    policy run): the value is set the way ``UUID.__init__`` sets it."""
+    request_id = object.__new__(uuid.UUID)
+    object.__setattr__(request_id, "int", int.from_bytes(os.urandom(16)) & _V4_CLEAR | _V4_SET)
+    object.__setattr__(request_id, "is_safe", uuid.SafeUUID.unknown)
+    return request_id
 
 
 def line_of(flow: http.HTTPFlow) -> RequestLine:
