@@ -48,7 +48,7 @@ _MI_ENV = (
 )  # fmt: skip
 
 
-@dataclass
+@dataclass(slots=True)
 class _FlowState:
     """What the addon keeps in memory (never in flow.metadata) between a flow's hooks."""
 

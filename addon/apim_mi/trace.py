@@ -167,7 +167,7 @@ def finished(entry: Entry, started: float, secrets: set[str] | frozenset[str]) -
     }
 
 
-@dataclass
+@dataclass(slots=True)
 class Trace:
     """Entries of one request, timed from when the proxy received it (``started``, epoch seconds).
 
