@@ -204,6 +204,8 @@ def _host_port(parts: SplitResult) -> tuple[str, int | None]:
 class Body:
     """A message body (``IMessageBody``). Reading it without ``preserveContent`` consumes it, as in APIM."""
 
+    __slots__ = ("consumed", "content", "content_type")
+
     #: True for a request body mitmproxy streams, which is not there when the policy runs (apim_mi.streaming).
     streamed = False
 
