@@ -137,8 +137,7 @@ def t(host: str, path: str = "/", method: str = "GET", scheme: str = "https", po
     return RequestTarget(scheme, host, port, path, method)
 
 
-def test_first_match_in_file_order_and_shadowing() -> None:
-    cfg = load("""
+SHADOWING = """
         rules:
           - name: specific
             match: {host: api.contoso.com, path: /orders, methods: [POST]}
@@ -155,7 +154,11 @@ def test_first_match_in_file_order_and_shadowing() -> None:
           - name: port
             match: {host: "plain.example:8443"}
             resource: r5
-    """)
+    """
+
+
+def test_first_match_in_file_order_and_shadowing() -> None:
+    cfg = load(SHADOWING)
     m = Matcher(cfg.rules)
     assert m.match(t("api.contoso.com", "/orders", "POST")).name == "specific"  # type: ignore[union-attr]
     assert m.match(t("API.contoso.com", "/orders", "GET")).name == "wildcard"  # type: ignore[union-attr]
@@ -169,24 +172,16 @@ def test_first_match_in_file_order_and_shadowing() -> None:
 def test_request_lines_are_matched_once_and_remembered_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """``match_line`` answers what ``match`` answers for the decoded line (query dropped, %-escapes decoded, method
     upper-cased), remembers it per line, forgets everything once the memo is full, and never keeps a long path."""
-    cfg = load("""
-        rules:
-          - name: orders
-            match: {host: api.contoso.com, path: /orders, methods: [POST]}
-            resource: r1
-          - name: any
-            match: {host: "*.contoso.com"}
-            resource: r2
-    """)
+    cfg = load(SHADOWING)
     m = Matcher(cfg.rules)
     line = RequestLine(b"https", "api.contoso.com", 443, b"/ord%65rs/1?x=1", b"post")
     assert line.target() == t("api.contoso.com", "/orders/1", "POST")
     calls: list[RequestTarget] = []
     match = m.match
     monkeypatch.setattr(m, "match", lambda target: calls.append(target) or match(target))
-    assert m.match_line(line).name == "orders"  # type: ignore[union-attr]
-    assert m.match_line(line).name == "orders"  # type: ignore[union-attr]
-    assert m.match_line(line._replace(method=b"GET")).name == "any"  # type: ignore[union-attr]
+    assert m.match_line(line).name == "specific"  # type: ignore[union-attr]
+    assert m.match_line(line).name == "specific"  # type: ignore[union-attr]
+    assert m.match_line(line._replace(method=b"GET")).name == "wildcard"  # type: ignore[union-attr]
     assert m.match_line(line._replace(host="contoso.com")) is None
     assert m.match_line(line._replace(host="contoso.com")) is None
     assert len(calls) == 3  # a remembered line (a rule, or no rule) is not matched again
@@ -194,7 +189,7 @@ def test_request_lines_are_matched_once_and_remembered_within_bounds(monkeypatch
     m.match_line(line._replace(path=b"/a"))  # the fourth line: the memo starts again
     assert len(m._lines) == 1
     long = line._replace(path=b"/" + b"x" * matcher.MEMO_PATH)
-    assert m.match_line(long).name == "any" and long not in m._lines  # type: ignore[union-attr]
+    assert m.match_line(long).name == "wildcard" and long not in m._lines  # type: ignore[union-attr]
     assert Matcher(cfg.rules)._lines == {}  # reloaded rules: a new matcher, nothing remembered
 
 
