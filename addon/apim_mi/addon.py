@@ -642,7 +642,7 @@ class ApimMi:
         aud = quick.carried.token.claims.get("aud", "")
         flow.comment = _comment(route.rule.name, route.identity, aud, fastpath.OUTCOME, status, elapsed_ms, ())
         keys = ("summary", "trace") if self._trace_on else ("summary",)
-        flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_quick_document, quick, elapsed_ms, keys), keys)
+        flow.metadata[METADATA_KEY] = FlowRecord(partial(_quick_document, quick, elapsed_ms, keys), keys)
         del self._flows[flow.id]
 
     def _carried(self, key: TokenKey, token: Token) -> fastpath.Carried:
@@ -1177,8 +1177,7 @@ class ApimMi:
         keys = ("summary", "trace") if final and self._trace_on else ("summary",)
         summary = partial(_summary, run.rule_name, outcome, identity, claims, elapsed_ms, tuple(run.warnings),
                           state.request_id)  # fmt: skip
-        flow.metadata[METADATA_KEY] = FlowRecord.later(partial(_engine_document, summary, secrets, run.trace, keys),
-                                                       keys)  # fmt: skip
+        flow.metadata[METADATA_KEY] = FlowRecord(partial(_engine_document, summary, secrets, run.trace, keys), keys)
 
     def _log_line(self, flow: http.HTTPFlow, state: _FlowState) -> None:
         """The flow's one line (and its counter) once the request left or was answered."""

@@ -317,40 +317,28 @@ def outline(trace: dict[str, Any]) -> str:
 
 
 class FlowRecord(dict[str, Any]):
-    """``flow.metadata['apim_mi']``: ``{"summary": …, "trace": …}``, where the APIM document under ``trace`` is built
-    from the flow's ``Trace`` only when something reads it (the content view, a saved flow, a script); a record made
-    with ``later`` builds the summary then too.
+    """``flow.metadata['apim_mi']``: ``{"summary": …, "trace": …}``, made by ``fill`` only when something reads it
+    (the content view, a saved flow, a script), so a flow nobody looks at never builds its summary or APIM document.
 
     Every read (``[]``, ``get``, ``in``, iteration, ``json.dumps``, ``==``, copies) and every write builds it
     first; ``copy.deepcopy`` (what ``flow.get_state()`` does for ``mitmdump -w``, flow copies and replays) and pickling
     return the plain dict, so saved flows hold exactly today's document and read back as plain dicts.
     """
 
-    __slots__ = ("_fill", "_keys", "_trace")
+    __slots__ = ("_fill", "_keys")
 
-    def __init__(self, summary: dict[str, Any], trace: Trace | None) -> None:
-        super().__init__(summary=summary)
-        self._trace = trace
-        self._fill: Callable[[], dict[str, Any]] | None = None
-        self._keys: tuple[str, ...] = ("trace",) if trace is not None else ()
-
-    @classmethod
-    def later(cls, fill: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> FlowRecord:
+    def __init__(self, fill: Callable[[], dict[str, Any]], keys: tuple[str, ...]) -> None:
         """A record whose items (``keys``, in that order) ``fill`` returns when it is first read."""
-        record = cls.__new__(cls)
-        record._trace, record._fill, record._keys = None, fill, keys
-        dict.__setitem__(record, keys[0], None)  # not empty: C code (json) that skips an empty dict calls items()
-        return record
+        self._fill: Callable[[], dict[str, Any]] | None = fill
+        self._keys = keys
+        dict.__setitem__(self, keys[0], None)  # not empty: C code (json) that skips an empty dict calls items()
 
     def build(self) -> FlowRecord:
         if self._keys:
             self._keys = ()
-            trace, fill = self._trace, self._fill
-            self._trace = self._fill = None
+            fill, self._fill = self._fill, None
             if fill is not None:
                 dict.update(self, fill())
-            if trace is not None:
-                dict.__setitem__(self, "trace", trace.to_json())
         return self
 
     def __getitem__(self, key: str) -> Any:
