@@ -141,13 +141,9 @@ def _handlers() -> Mapping[str, Handler]:
     return _HANDLERS
 
 
-def expression_text(value: Value) -> str:
-    """The expression as APIM's trace shows it: the code inside ``@( )``."""
-    return _expression_text(value.text)
-
-
 @lru_cache(maxsize=4096)
-def _expression_text(text: str) -> str:
+def expression_text(text: str) -> str:
+    """The expression (a value's ``text``) as APIM's trace shows it: the code inside ``@( )``."""
     src = text.strip()
     if src.startswith("@(") and src.endswith(")"):
         return src[2:-1]
@@ -204,7 +200,7 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
     else:
         shown = to_policy_string(result)
     run.trace.add(scope.section, source, {
-        "message": "Expression was successfully evaluated.", "expression": _expression_text(value.text), "value": shown
+        "message": "Expression was successfully evaluated.", "expression": expression_text(value.text), "value": shown
     })  # fmt: skip
     return result
 
