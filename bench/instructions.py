@@ -117,11 +117,15 @@ def main() -> None:
     if args.child:
         drive(args.child, args.flows, args.hooks)
         return
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant {', '.join(map(repr, unknown))}: choose from {', '.join(VARIANTS)}")
+    if args.flows < 1:
+        ap.error(f"--flows must be at least 1 (got {args.flows})")
     if shutil.which("valgrind") is None:
         raise SystemExit("bench/instructions.py needs valgrind (Debian: apt-get install valgrind)")
-    for variant in args.variants.split(","):
-        if variant not in VARIANTS:
-            raise SystemExit(f"unknown variant {variant!r}: {', '.join(VARIANTS)}")
+    for variant in variants:
         with ThreadPoolExecutor(2) as pool:  # the two runs side by side: the counts do not depend on the load
             runs = [pool.submit(count, variant, args.flows, hooks) for hooks in (True, False)]
             per_flow = (runs[0].result() - runs[1].result()) / args.flows

@@ -103,3 +103,14 @@ def test_instruction_counts_per_flow() -> None:
                                                                      proc.stdout, re.M)}  # fmt: skip
     assert set(counts) == {"one", "policy"}, proc.stdout
     assert 0 < counts["one"] < counts["policy"], counts
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--variants", "one,nope"], "unknown variant 'nope': choose from one, policy"),
+    (["--flows", "0"], "--flows must be at least 1 (got 0)"),
+])  # fmt: skip
+def test_instruction_counts_refuse_bad_arguments(args: list[str], message: str) -> None:
+    """A bad variant or flow count is a usage error (exit 2) before anything runs, not a traceback midway."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "instructions.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
