@@ -34,6 +34,7 @@ import streaming
 from common import BENCH, PYTHON, ROOT, Conn, Proc, clean_env, pct, spread
 
 ADDON = str(ROOT / "addon" / "mi.py")
+BARE = "bare mitmdump"
 
 
 @dataclass
@@ -142,7 +143,7 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     files = ctx["files"]
     big = f"{s.big_rules:,} rules".replace(",", " ")
     variants = {
-        "bare mitmdump": [],
+        BARE: [],
         "trivial addon": ["-s", str(BENCH / "trivial.py")],
         HOOK_SET: ["-s", str(BENCH / "hookset.py")],
         "addon, 1 rule": ["-s", ADDON, "--set", f"mi_rules={files['one']}"],
@@ -185,7 +186,7 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
                 status, body = common.http_get(p.port, "/api/warmup")
                 after = backend_stats(backend.port)
                 auth = after["with_authorization"] - before["with_authorization"]
-                if status != 200 or (name != "bare mitmdump" and auth != 1):
+                if status != 200 or (name != BARE and auth != 1):
                     errors[name] = f"warm-up request answered {status} (token injected: {bool(auth)}): {body[:300]!r}"
         for name in list(errors):
             for p in procs.pop(name, []):
@@ -195,26 +196,41 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
                 run_wrk(p.port, max(s.concs), 1)
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {n: {c: [] for c in s.concs} for n in procs}
         names = list(procs)
+        others = [n for n in names if n != BARE]
+
+        def timed(name: str, r: int, conc: int) -> dict[str, Any]:
+            proc = procs[name][r % len(procs[name])]
+            before = backend_stats(backend.port)
+            cpu0 = proc.cpu_seconds()
+            res = run_wrk(proc.port, conc, s.wrk_seconds)
+            res["cpu_us_per_request"] = (proc.cpu_seconds() - cpu0) * 1e6 / max(res["requests"], 1)
+            time.sleep(0.3)  # requests still in flight when wrk stops reach the backend now, not next window
+            after = backend_stats(backend.port)
+            seen = after["requests"] - before["requests"]
+            res["injected_share"] = (after["with_authorization"] - before["with_authorization"]) / max(seen, 1)
+            res["round"] = r
+            res["process"] = r % len(procs[name])
+            runs[name][conc].append(res)
+            log(
+                f"throughput r{r} c={conc} {name}: {res['rps']:.0f} req/s p50 {res['p50_us'] / 1000:.2f} ms "
+                f"p99 {res['p99_us'] / 1000:.2f} ms errors {res['errors']} injected {res['injected_share']:.2f}"
+            )
+            return res
+
+        # Paired: every variant's run sits next to a bare run of its own (bare first in even rounds, second in odd
+        # ones), and its ratios are to that run. The machine's speed drifts by more than the targets' margins
+        # within the half minute a rotation of all the variants takes; between two neighbouring runs it hardly does.
         for r in range(s.rounds):
             for conc in s.concs:
-                order = names[r % len(names) :] + names[: r % len(names)]  # rotate: ABCD, BCDA, ...
+                order = others[r % len(others) :] + others[: r % len(others)]  # rotate: ABCD, BCDA, ...
                 for name in order:
-                    proc = procs[name][r % len(procs[name])]
-                    before = backend_stats(backend.port)
-                    cpu0 = proc.cpu_seconds()
-                    res = run_wrk(proc.port, conc, s.wrk_seconds)
-                    res["cpu_us_per_request"] = (proc.cpu_seconds() - cpu0) * 1e6 / max(res["requests"], 1)
-                    time.sleep(0.3)  # requests still in flight when wrk stops reach the backend now, not next window
-                    after = backend_stats(backend.port)
-                    seen = after["requests"] - before["requests"]
-                    res["injected_share"] = (after["with_authorization"] - before["with_authorization"]) / max(seen, 1)
-                    res["round"] = r
-                    res["process"] = r % len(procs[name])
-                    runs[name][conc].append(res)
-                    log(
-                        f"throughput r{r} c={conc} {name}: {res['rps']:.0f} req/s p50 {res['p50_us'] / 1000:.2f} ms "
-                        f"p99 {res['p99_us'] / 1000:.2f} ms errors {res['errors']} injected {res['injected_share']:.2f}"
-                    )
+                    if BARE not in procs:
+                        timed(name, r, conc)
+                        continue
+                    pair = (BARE, name) if r % 2 == 0 else (name, BARE)
+                    first, second = timed(pair[0], r, conc), timed(pair[1], r, conc)
+                    bare, mine = (first, second) if pair[0] == BARE else (second, first)
+                    mine["bare"] = {k: bare[k] for k in ("rps", "p50_us", "p99_us", "cpu_us_per_request")}
         for name in names:
             injected[name] = min(x["injected_share"] for c in s.concs for x in runs[name][c])
         rss = {name: max(p.rss_mib() for p in ps) for name, ps in procs.items()}
@@ -254,7 +270,7 @@ def _ratio(a: float | None, b: float | None) -> float:
 
 def summarize_throughput(t: dict[str, Any], s: Settings) -> dict[str, Any]:
     runs = t["runs"]
-    base = "bare mitmdump"
+    base = BARE
     out: dict[str, Any] = {}
     if base not in runs:
         return out
@@ -262,7 +278,9 @@ def summarize_throughput(t: dict[str, Any], s: Settings) -> dict[str, Any]:
     for name, by_conc in runs.items():
         row: dict[str, Any] = {}
         for conc, rs in by_conc.items():
-            b = runs[base][conc]
+            # each run's own bare neighbour (paired runs); a report of an older run pairs them by position
+            b = [x.get("bare") or y for x, y in zip(rs, runs[base][conc], strict=False)] if name != base else rs
+            rs = rs[: len(b)]
             row[conc] = {
                 "rps": spread([x["rps"] for x in rs]),
                 "p50_ms": spread([x["p50_us"] / 1000 for x in rs]),
@@ -537,9 +555,12 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
     w("")
     w(
         f"Generated by `scripts/bench{' --smoke' if s.smoke else ''}` on {res['meta']['date']} "
-        f"({res['meta']['machine']}). Every number is measured in this one run; ratios compare variants measured "
-        "side by side, alternating (ABCD, BCDA, …), so they hold when the machine's speed drifts. "
-        "Median [min–max] over the rounds."
+        f"({res['meta']['machine']}). Every number is measured in this one run; "
+        + ("each throughput ratio compares a variant's run with a bare mitmdump run right next to it (paired, the "
+           "order alternating round to round; the variants rotated, ABCD, BCDA, …), so it holds when the machine's "
+           "speed drifts. " if res["meta"].get("paired") else "ratios compare variants measured side by side, alternating "
+           "(ABCD, BCDA, …), so they hold when the machine's speed drifts. ")
+        + "Median [min–max] over the rounds."
         + (" **Smoke mode: tiny sizes, numbers are not meaningful.**" if s.smoke else "")
     )
     w("")
@@ -665,7 +686,9 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
     )
     w(
         f"- Throughput: `wrk -t1 -c<N> -d{int(s.wrk_seconds)}s` keep-alive, {s.rounds} round(s) × c ∈ {list(s.concs)}, "
-        f"variants rotated every round, each variant in {meta.get('copies', 1)} mitmdump process(es) that the rounds go "
+        + ("each variant's run paired with a bare run of its own (bare first in even rounds, second in odd ones), "
+           if meta.get("paired") else "")
+        + f"variants rotated every round, each variant in {meta.get('copies', 1)} mitmdump process(es) that the rounds go "
         "round (one process's hash seed and memory layout move its CPU per request by a few per cent); the backend counts `Authorization` headers to prove injection on every timed "
         f"request. The {big} file has the matching rule last, with 1 % of the others on the same host. The APIM "
         "instance is an APIOps extraction (`bench/rulegen.py`): its gateway routes each request to API `/api`, "
@@ -1224,6 +1247,7 @@ def main() -> int:
             "smoke": s.smoke,
             "copies": s.copies,
             "rounds": s.rounds,
+            "paired": True,
             "loadavg": [round(os.getloadavg()[0], 2)],
             **_versions(),
         }

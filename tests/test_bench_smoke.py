@@ -70,6 +70,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
                 assert math.isfinite(s["rps"]) and s["rps"] > 0 and s["errors"] == 0, (name, s)
                 if name != "bare mitmdump":
                     assert s["injected_share"] == 1.0, (name, s)  # a token on every timed request
+                    assert s["bare"]["rps"] > 0 and s["bare"]["cpu_us_per_request"] > 0, (name, s)  # its own pair
     cold = results["cold"]["runs"]
     assert cold["apim-mi addon"][0]["token_requests"] == 1  # single-flight, even in smoke
     assert all(r["failed"] == 0 for rs in cold.values() for r in rs)

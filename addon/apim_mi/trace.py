@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 SECTIONS: tuple[str, ...] = ("inbound", "backend", "outbound", "on-error")
@@ -128,23 +129,15 @@ def scrub(data: Any, secrets: set[str] | frozenset[str], ordered: bool = False) 
     return data
 
 
-class Later:
-    """Trace data computed only when the trace is read: ``fn(*args)``, where ``args`` are snapshots (immutable values
-    such as mitmproxy's header ``fields`` tuple) taken when the entry was added."""
+#: Trace data computed only when the trace is read: ``Later(fn, *args)`` is ``fn(*args)`` then, where ``args`` are
+#: snapshots (immutable values such as mitmproxy's header ``fields`` tuple) taken when the entry was added.
+#: ``functools.partial`` itself: made in C, with no Python frame per entry.
+Later = partial
 
-    __slots__ = ("args", "fn")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn = fn
-        self.args = args
-
-    def __call__(self) -> Any:
-        return self.fn(*self.args)
-
-
-#: One recorded step, ``(section, source, data, seconds since receipt)`` as given: a plain tuple, so recording one
-#: is a single allocation, and it holds nothing that holds the trace (no reference cycle: a flow's trace is freed
-#: with the flow, without waiting for the garbage collector).
+#: One recorded step, ``(section, source, data, seconds since receipt)`` as given. The trace keeps its entries'
+#: items in one flat list (four per entry), not a tuple each: a flow's trace lives as long as the flow, so every
+#: object it holds is one more for the garbage collector to visit while the flow is in flight; and it holds nothing
+#: that holds the trace (no reference cycle).
 Entry = tuple[str, str, Any, float]
 
 
@@ -152,7 +145,7 @@ def finished(entry: Entry, started: float, secrets: set[str] | frozenset[str]) -
     """The entry as the APIM document shows it: timestamps formatted, ``Later`` data computed, canonical key order,
     secrets scrubbed (``started``: the trace's start, epoch seconds)."""
     _, source, data, el = entry
-    if type(data) is Later:
+    if type(data) is partial:
         data = data()
     if secrets:
         source = scrub(source, secrets)
@@ -181,7 +174,7 @@ class Trace:
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
     secrets: set[str] = field(default_factory=set, repr=False)
     _t0: float = field(default=math.nan, repr=False)  # clock() when it started; NaN: now
-    _added: list[Entry] = field(default_factory=list, repr=False)
+    _added: list[Any] = field(default_factory=list, repr=False)  # four items per entry (``Entry``), flat
     # the finished entries by section, and (entries, secrets) counts they were built with
     _built: dict[str, list[dict[str, Any]]] | None = field(default=None, repr=False)
     _built_for: tuple[int, int] = field(default=(-1, -1), repr=False)
@@ -215,14 +208,14 @@ class Trace:
         return self.clock() - self._t0
 
     def add(self, section: str, source: str, data: Any) -> None:
-        self._added.append((section, source, data, self.clock() - self._t0))
+        self._added += (section, source, data, self.clock() - self._t0)
 
     def add_at(self, at: float, section: str, source: str, data: Any) -> None:
         """``add`` of a step that happened at ``at`` (a ``clock()`` value)."""
-        self._added.append((section, source, data, at - self._t0))
+        self._added += (section, source, data, at - self._t0)
 
     def __len__(self) -> int:
-        return len(self._added)
+        return len(self._added) // 4
 
     @property
     def entries(self) -> dict[str, list[dict[str, Any]]]:
@@ -230,8 +223,9 @@ class Trace:
         secrets = self.secrets
         if self._built is None or self._built_for != (len(self._added), len(secrets)):
             built: dict[str, list[dict[str, Any]]] = {s: [] for s in SECTIONS}
-            started = self.started
-            for entry in self._added:
+            started, added = self.started, self._added
+            for i in range(0, len(added), 4):
+                entry: Entry = (added[i], added[i + 1], added[i + 2], added[i + 3])
                 section = built.get(entry[0])
                 if section is None:
                     section = built[entry[0]] = []
