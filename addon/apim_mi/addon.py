@@ -126,7 +126,8 @@ class ApimMi:
         #: Each rule's fast-path route (None: the engine path), by rule index, for the current rules and credential.
         self._routes: dict[int, tuple[Rule, fastpath.Route | None]] = {}
         self._carried_by_key: dict[TokenKey, fastpath.Carried] = {}
-        self._echoes_of: dict[str, tuple[bytes, ...]] = {}  # secret -> what of it an echoing answer would show
+        #: secret -> (the secret as bytes, what of it an echoing answer would show): made once per token
+        self._secret_forms: dict[str, tuple[bytes, tuple[bytes, ...]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -1084,7 +1085,7 @@ class ApimMi:
         """Whether the request that went upstream carried every injected token: nothing claims an injection the
         backend never saw (another addon may change the request after the policy ran)."""
         run = state.run
-        missing = _not_carried(flow.request.data.headers.fields, run.injections, run.trace.secrets)
+        missing = _not_carried(flow.request.data.headers.fields, run.injections, run.trace.secrets, self._bytes_of)
         state.sent = not missing
         if missing and run.error is None:
             run.error = PolicyError("apim-mi", f"The request went upstream without the token in "
@@ -1123,18 +1124,25 @@ class ApimMi:
         if found and not flow.marked:
             flow.marked = ":warning:"
 
+    def _forms(self, secret: str) -> tuple[bytes, tuple[bytes, ...]]:
+        """The secret as bytes and its ``diagnostics.echoes``, made once per secret (kept until the tokens are
+        flushed, at most ``_SECRETS_KEPT`` of them): a token is a kilobyte, and every flow that carries it asks."""
+        kept = self._secret_forms
+        found = kept.get(secret)
+        if found is None:
+            if len(kept) >= _SECRETS_KEPT:
+                kept.clear()
+            found = kept[secret] = (secret.encode(), diagnostics.echoes(secret) if secret else ())
+        return found
+
+    def _bytes_of(self, secret: str) -> bytes:
+        return self._forms(secret)[0]
+
     def _echoes(self, run: engine.PolicyRun) -> list[bytes]:
-        """``diagnostics.echoes`` of the flow's secrets, made once per secret (kept until the tokens are flushed, at
-        most ``_ECHOES_KEPT`` of them)."""
-        kept = self._echoes_of
+        """``diagnostics.echoes`` of the flow's secrets."""
         needles: list[bytes] = []
         for secret in run.trace.secrets:
-            found = kept.get(secret)
-            if found is None:
-                if len(kept) >= _ECHOES_KEPT:
-                    kept.clear()
-                found = kept[secret] = diagnostics.echoes(secret) if secret else ()
-            needles.extend(found)
+            needles.extend(self._forms(secret)[1])
         return needles
 
     def _redact(self, flow: http.HTTPFlow, state: _FlowState) -> None:
@@ -1146,7 +1154,7 @@ class ApimMi:
             return
         secrets = state.run.trace.secrets
         headers = flow.request.data.headers
-        headers.fields = tuple([(n, _scrubbed(v, secrets)) if n.lower() in names else (n, v)
+        headers.fields = tuple([(n, _scrubbed(v, secrets, self._bytes_of)) if n.lower() in names else (n, v)
                                 for n, v in headers.fields])  # fmt: skip
 
     def _record(self, flow: http.HTTPFlow, state: _FlowState, final: bool = False) -> None:
@@ -1175,8 +1183,7 @@ class ApimMi:
                            resp.data.status_code if resp is not None else None, elapsed_ms, run.warnings)  # fmt: skip
         flow.comment = scrub(comment, secrets) if secrets else comment
         keys = ("summary", "trace") if final and self._trace_on else ("summary",)
-        summary = partial(_summary, run.rule_name, outcome, identity, claims, elapsed_ms, tuple(run.warnings),
-                          state.request_id)  # fmt: skip
+        summary = (run.rule_name, outcome, identity, claims, elapsed_ms, tuple(run.warnings), state.request_id)
         flow.metadata[METADATA_KEY] = FlowRecord(partial(_engine_document, summary, secrets, run.trace, keys), keys)
 
     def _log_line(self, flow: http.HTTPFlow, state: _FlowState) -> None:
@@ -1195,8 +1202,9 @@ class ApimMi:
                         run.rule_name, scrub(cause, run.trace.secrets))  # fmt: skip
         elif run.injections and state.sent:
             self._count("injected", run.rule_name)
-            _log_injected(flow, state.seen, run.rule_name, _identity(run), _claims(run).get("aud", ""),
-                          _outcome(state))  # fmt: skip
+            if logs.wanted(log, logging.INFO):  # its parts are worked out only for a line that is shown
+                _log_injected(flow, state.seen, run.rule_name, _identity(run), _claims(run).get("aud", ""),
+                              _outcome(state))  # fmt: skip
         elif logs.wanted(log, logging.INFO):
             log.info("apim-mi: %s %s [%s] %s", flow.request.method, _Url(flow, state.seen), run.rule_name,
                      _outcome(state))  # fmt: skip
@@ -1235,7 +1243,7 @@ class ApimMi:
         """Forget every cached token."""
         n = self.tokens.flush() if self.tokens is not None else 0
         self._carried_by_key.clear()
-        self._echoes_of.clear()
+        self._secret_forms.clear()
         log.info("apim-mi: flushed %d cached token(s)", n)
         return f"flushed {n} token(s)"
 
@@ -1246,7 +1254,7 @@ class ApimMi:
 
 
 #: Secrets whose echoes ``_echoes`` keeps (then it starts again): the live tokens, a few per identity.
-_ECHOES_KEPT = 64
+_SECRETS_KEPT = 64
 
 def _log_injected(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None, rule_name: str, identity: str,
                   aud: Any, outcome: str) -> None:  # fmt: skip
@@ -1269,13 +1277,13 @@ class _Url:
         return self.seen.url if self.seen is not None else flowcontext.pretty_url(self.flow.request)
 
 
-def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engine.Injection],
-                 secrets: set[str]) -> list[str]:  # fmt: skip
-    """The injected headers (sorted) that no field of ``fields`` carries a token in."""
+def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engine.Injection], secrets: set[str],
+                 encoded: Callable[[str], bytes] = str.encode) -> list[str]:  # fmt: skip
+    """The injected headers (sorted) that no field of ``fields`` carries a token in (``encoded``: a secret's bytes)."""
     if not injections:
         return []
     waiting = {i.header.lower().encode(): i.header for i in injections}
-    tokens = [secret.encode() for secret in secrets if secret]
+    tokens = [encoded(secret) for secret in secrets if secret]
     for name, value in fields:
         name = name.lower()
         if name in waiting:
@@ -1320,15 +1328,21 @@ def _identity(run: engine.PolicyRun) -> str:
     return ""
 
 
-def _scrubbed(value: bytes, secrets: set[str]) -> bytes:
-    """A header value (as mitmproxy keeps it) with every secret replaced. A value that is a short prefix and a token
-    (``Bearer <token>``), holding it only there, is cut instead of searched: a search for a 1 KB token costs
-    microseconds, and the answer is the same."""
+def _scrubbed(value: bytes, secrets: set[str], encoded: Callable[[str], bytes] = str.encode) -> bytes:
+    """A header value (as mitmproxy keeps it) with every secret replaced (``encoded``: a secret's bytes). A value
+    that is a short prefix and a token (``Bearer <token>``), holding it only there, is cut instead of searched: a
+    search for a 1 KB token costs microseconds, and the answer is the same. A prefix shorter than every secret cannot
+    hold one."""
     for secret in secrets:
-        token = secret.encode()
+        token = encoded(secret)
         head = len(value) - len(token)
         if token and 0 <= head < 16 and value.endswith(token) and _only_at_end(value, token, head):
-            return _scrubbed(value[:head], secrets) + _REDACTED if head else _REDACTED
+            if not head:
+                return _REDACTED
+            prefix = value[:head]  # at most ``head`` characters once decoded
+            if all(len(other) > head for other in secrets):
+                return prefix + _REDACTED
+            return _scrubbed(prefix, secrets, encoded) + _REDACTED
     return scrub(value.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
 
 
@@ -1377,10 +1391,11 @@ def _comment(rule_name: str, identity: str, aud: Any, outcome: str, status: int 
     return comment
 
 
-def _engine_document(summary: Callable[[], dict[str, Any]], secrets: set[str], trace: Trace,
+def _engine_document(summary: tuple[Any, ...], secrets: set[str], trace: Trace,
                      keys: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
-    """An engine-path flow's ``summary`` (and ``trace``), made when something first reads them."""
-    document = {"summary": _shown(summary(), secrets)}
+    """An engine-path flow's ``summary`` (``_summary``'s arguments) and ``trace``, made when something first reads
+    them."""
+    document = {"summary": _shown(_summary(*summary), secrets)}
     if "trace" in keys:
         document["trace"] = trace.to_json()
     return document

@@ -202,7 +202,7 @@ def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | Non
         certificate=presented(flow.client_conn.certificate_list),
     )
     received = Received(raw_url, req.data.method, pairs, parsed, _url_key(parsed))
-    return Context(request=request, request_id=request_id), received
+    return Context(request=request, request_id=request_id, received=req.data.timestamp_start), received
 
 
 def _hosts(pairs: list[tuple[str, str]]) -> list[str]:

@@ -170,16 +170,14 @@ class Url:
         return f"{host}:{self.port}"
 
     def copy(self) -> Url:
-        return Url(
-            self.scheme,
-            self.host,
-            self.port,
-            self.path,
-            Query.of(self.query.pairs()),
-            self.fragment,
-            self._raw_query,
-            self._raw_pairs,
-        )
+        """A copy whose query can change on its own (one per request, for ``OriginalUrl``: made without
+        ``__init__``'s call, which costs more than the copy)."""
+        u = object.__new__(Url)
+        query = object.__new__(type(self.query))
+        query._pairs = list(self.query._pairs)
+        u.scheme, u.host, u.port, u.path, u.query = self.scheme, self.host, self.port, self.path, query
+        u.fragment, u._raw_query, u._raw_pairs = self.fragment, self._raw_query, self._raw_pairs
+        return u
 
     def __str__(self) -> str:
         frag = f"#{self.fragment}" if self.fragment else ""
@@ -371,27 +369,81 @@ class Workspace:
     name: str = ""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Context:
-    """Everything a policy expression can see as ``context``."""
+    """Everything a policy expression can see as ``context``.
+
+    ``timestamp`` and ``deployment`` are made when first read (most policies never read them, and every request
+    builds a context): the time is ``received`` (epoch seconds: APIM's "point in time when the request was
+    received"), or the first read's without one; the ``Deployment`` is the default one."""
 
     request: Request
-    response: Response | None = None
-    variables: dict[str, Any] = field(default_factory=dict)
-    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
-    last_error: LastError | None = None
-    api: Api | None = None
-    operation: Operation | None = None
-    product: Product | None = None
-    subscription: Subscription | None = None
-    user: User | None = None
-    deployment: Deployment = field(default_factory=Deployment)
-    workspace: Workspace | None = None
-    tracing: bool = False
-    traces: list[str] = field(default_factory=list)
+    response: Response | None
+    variables: dict[str, Any]
+    request_id: uuid.UUID
+    last_error: LastError | None
+    api: Api | None
+    operation: Operation | None
+    product: Product | None
+    subscription: Subscription | None
+    user: User | None
+    workspace: Workspace | None
+    tracing: bool
+    traces: list[str]
+    _received: float | None = field(repr=False, compare=False)
+    _timestamp: datetime | None = field(repr=False)
+    _deployment: Deployment | None = field(repr=False)
 
-    NET_PROPERTIES: ClassVar[frozenset[str]] = frozenset({"elapsed"})
+    NET_PROPERTIES: ClassVar[frozenset[str]] = frozenset({"elapsed", "timestamp", "deployment"})
+
+    def __init__(
+        self,
+        request: Request,
+        response: Response | None = None,
+        variables: dict[str, Any] | None = None,
+        request_id: uuid.UUID | None = None,
+        timestamp: datetime | None = None,
+        last_error: LastError | None = None,
+        api: Api | None = None,
+        operation: Operation | None = None,
+        product: Product | None = None,
+        subscription: Subscription | None = None,
+        user: User | None = None,
+        deployment: Deployment | None = None,
+        workspace: Workspace | None = None,
+        tracing: bool = False,
+        traces: list[str] | None = None,
+        received: float | None = None,
+    ) -> None:
+        self.request, self.response = request, response
+        self.variables = {} if variables is None else variables
+        self.request_id = uuid.uuid4() if request_id is None else request_id
+        self._received, self._timestamp, self._deployment = received, timestamp, deployment
+        self.last_error, self.api, self.operation, self.product = last_error, api, operation, product
+        self.subscription, self.user, self.workspace, self.tracing = subscription, user, workspace, tracing
+        self.traces = [] if traces is None else traces
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the request was received (``context.Timestamp``), UTC."""
+        if self._timestamp is None:
+            received = self._received
+            self._timestamp = datetime.now(UTC) if received is None else datetime.fromtimestamp(received, UTC)
+        return self._timestamp
+
+    @timestamp.setter
+    def timestamp(self, value: datetime) -> None:
+        self._timestamp = value
+
+    @property
+    def deployment(self) -> Deployment:
+        if self._deployment is None:
+            self._deployment = Deployment()
+        return self._deployment
+
+    @deployment.setter
+    def deployment(self, value: Deployment) -> None:
+        self._deployment = value
 
     @property
     def service_name(self) -> str:

@@ -119,6 +119,13 @@ def _null_target(obj: Any, null_cond: bool) -> Any:
     raise null_reference()
 
 
+def _literal_values(args: tuple[A.Arg, ...]) -> tuple[Any, ...] | None:
+    """The values of positional arguments that are all literals (``args`` then returns a list of them), else None."""
+    if any(a.name or a.mode in ("out", "ref") or not isinstance(a.value, A.Literal) for a in args):
+        return None
+    return tuple(a.value.value for a in args)  # type: ignore[attr-defined]
+
+
 def _checked(result: Any) -> Any:
     if isinstance(result, str) and len(result) > MAX_STRING:
         check_len(result)
@@ -174,6 +181,11 @@ class _Compiler:
             return None
         return resolve_type_name(n.name)
 
+    def _is_context(self, n: A.Expr) -> bool:
+        """Whether ``n`` is the name ``context`` outside a block (no local can shadow it): what ``e_name``
+        compiles to ``lambda c, s: c``."""
+        return not self.locals and isinstance(n, A.Name) and n.name == "context"
+
     def e_typeexpr(self, n: A.TypeExpr) -> Fn:
         full = resolve_type_name(n.type.name) or n.type.name
         return lambda c, s: TypeHandle(full)
@@ -213,6 +225,18 @@ class _Compiler:
             chain.append((root.name, root.type_args, root.null_cond))
             root = root.target
         fn, steps = self.expr(root), tuple(reversed(chain))
+        if self._is_context(root):
+
+            def context_member(c: Any, s: Any) -> Any:  # ``member`` with the root's value known: the context
+                obj = c
+                for step, targs, null_cond in steps:
+                    if obj is None:
+                        _null_target(obj, null_cond)
+                    attr = _CONTEXT_ATTRS.get((type(obj), step))
+                    obj = getattr(obj, attr) if attr is not None else member_of(obj, step, targs)
+                return obj
+
+            return context_member
 
         def member(c: Any, s: Any) -> Any:
             obj = fn(c, s)
@@ -295,22 +319,26 @@ class _Compiler:
 
                 return static
             target, null_cond = self.expr(t.target), t.null_cond
+            literals = _literal_values(n.args)
 
             def method(c: Any, s: Any) -> Any:
                 obj = target(c, s)
                 if obj is None:
                     _null_target(obj, null_cond)
-                values = args(c, s)
+                values = list(literals) if literals is not None else args(c, s)  # what ``args`` would return
                 cls = type(obj)
                 fn = None if cls in _SPECIAL else _METHODS.get((cls, name))
                 if fn is None:
                     return _checked(call_member(obj, name, values, targs))
                 try:  # the method call_member finds first for any other type (call_method's cache)
-                    return _checked(fn(obj, values, targs))
+                    result = fn(obj, values, targs)
                 except MemberNotFound as e:
                     if str(e) == name:
                         raise EvalError(f"'{net_type_name(obj)}' does not contain a definition for '{name}'") from None
                     raise
+                if type(result) is str and len(result) <= MAX_STRING:  # ``_checked``'s answer, without the call
+                    return result
+                return _checked(result)
 
             return method
         fn = self.expr(t)

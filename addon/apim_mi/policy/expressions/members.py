@@ -136,6 +136,8 @@ def req(v: Any, param: str = "value") -> Any:
 
 def s_(v: Any, param: str = "value") -> str:
     """A string argument (null rejected)."""
+    if type(v) is str:  # what the checks below return for a plain string, without them
+        return v
     req(v, param)
     if isinstance(v, JValue) and isinstance(v.value, str):
         return v.value
