@@ -189,11 +189,14 @@ def test_a_secret_registered_after_an_entry_is_still_scrubbed() -> None:
 def test_the_context_url_is_what_parsing_the_request_url_gives(scheme: str, host: str, port: int, path: str) -> None:
     req = tutils.treq(host=host, port=port, path=path.encode())
     req.scheme = scheme
-    url, raw = flowcontext._url_of(req)
+    url, raw, received = flowcontext._url_of(req)
     expected = Url.parse(flowcontext.request_url(req))
     assert url == expected and url._raw_query == expected._raw_query and str(url) == str(expected)
     if raw is None:
         assert str(url) == flowcontext.request_url(req)
+    # what context.Request.OriginalUrl is made from when first read: the same URL, as a new object
+    original = Url.parse(received) if isinstance(received, str) else Url.plain(*received)
+    assert original == url and original is not url and str(original) == str(url)
 
 
 def test_a_policy_that_leaves_the_url_alone_does_not_rewrite_it() -> None:
@@ -470,3 +473,19 @@ def test_a_request_id_is_a_random_version_4_uuid() -> None:
         assert type(request_id) is uuid.UUID and request_id.version == 4 and request_id.variant == uuid.RFC_4122
         assert uuid.UUID(str(request_id)) == request_id and request_id.is_safe is uuid.uuid4().is_safe
     assert len({i.int >> 120 for i in ids}) > 100  # the random bits reach the top byte
+
+
+def test_the_original_url_made_when_read_is_the_url_as_received() -> None:
+    """``context.Request.OriginalUrl`` and the body are made from the flow only when read: a policy that rewrote the
+    URL in place first still sees the URL as received, and a body never read is never written back."""
+    flow = tflow.tflow(req=tutils.treq(host="api.test", port=443, path=b"/a/b?x=1"))
+    flow.request.scheme = "https"
+    ctx, received = flowcontext.request_context(flow, __import__("uuid").uuid4())
+    request = ctx.request
+    request.url.path = "/rewritten"
+    request.url.query.set("x", ["2"])
+    assert str(request.original_url) == "https://api.test/a/b?x=1"
+    assert request.body_if_read() is None and request.body is not None and request.body.content == b"content"
+    assert request.body_if_read() is request.body
+    flowcontext.apply_request(request, flow, received)
+    assert flow.request.path == "/rewritten?x=2" and flow.request.content == b"content"

@@ -14,7 +14,7 @@ from mitmproxy.net.http import url
 
 from .clientcerts import presented
 from .matcher import RequestLine
-from .policy.context import Body, Context, Headers, Query, Request, Response, Url
+from .policy.context import Body, Context, Headers, Request, Response, Url
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -165,10 +165,11 @@ def _url_key(u: Url) -> tuple[Any, ...]:
     return (u.scheme, u.host, u.port, u.path, u.fragment, u._raw_query)
 
 
-def _url_of(req: http.Request) -> tuple[Url, str | None]:
-    """``Url.parse(request_url(req))``, and that string; for a plain URL (http/https, lower-case name, a path with
-    neither fragment nor control characters) built from mitmproxy's parsed parts instead, with the string left
-    unbuilt (None): it is ``str()`` of the result."""
+def _url_of(req: http.Request) -> tuple[Url, str | None, str | tuple[str, str, int, str]]:
+    """``Url.parse(request_url(req))``, that string, and what ``Request.of_flow`` makes the original URL from; for a
+    plain URL (http/https, lower-case name, a path with neither fragment nor control characters) built from
+    mitmproxy's parsed parts instead (``Url.plain``), with the string left unbuilt (None): it is ``str()`` of the
+    result."""
     scheme, host, path = req.scheme, req.host, req.path
     if (
         (scheme == "http" or scheme == "https")
@@ -178,29 +179,25 @@ def _url_of(req: http.Request) -> tuple[Url, str | None]:
         and host == host.lower()
         and not _NOT_PLAIN.search(path)
     ):
-        p, _, q = path.partition("?")
-        query = Query.parse(q)
-        return Url(scheme, host, req.port, p, query, "", q, query.pairs()), None
+        parts = (scheme, host, req.port, path)
+        return Url.plain(*parts), None, parts
     raw = request_url(req)
-    return Url.parse(raw), raw
+    return Url.parse(raw), raw, raw
 
 
 def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | None = None) -> tuple[Context, Received]:
     """The policy's ``context`` for a flow, and what was read (for ``apply_request``). ``body``: instead of the
     flow's (a streamed body, not there yet)."""
     req = flow.request
-    parsed, raw_url = _url_of(req)
-    peer = flow.client_conn.peername[0] if flow.client_conn.peername else "127.0.0.1"
+    parsed, raw_url, original = _url_of(req)
+    client = flow.client_conn
+    peer = client.peername[0] if client.peername else "127.0.0.1"
     pairs = decoded(req.data.headers.fields)
-    request = Request(
-        method=req.method,
-        url=parsed,
-        headers=Headers.of(list(pairs)),
-        body=Body(req.data.content or b"") if body is None else body,
-        ip_address=peer,
-        original_url=parsed.copy(),
-        certificate=presented(flow.client_conn.certificate_list),
-    )
+    certificates = client.certificate_list
+    request = Request.of_flow(req.method, parsed, Headers.of(list(pairs)), req.data.content or b"", peer,
+                              presented(certificates) if certificates else None, original)  # fmt: skip
+    if body is not None:
+        request.body = body
     received = Received(raw_url, req.data.method, pairs, parsed, _url_key(parsed))
     return Context(request=request, request_id=request_id, received=req.data.timestamp_start), received
 
@@ -237,8 +234,9 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
     if received is None or pairs != received.headers:
         req.data.headers.fields = encoded(pairs)
         changed = changed or received is None or _hosts(pairs) != _hosts(received.headers)
-    if request.body is not None and not request.body.streamed and request.body.content != (req.data.content or b""):
-        req.content = request.body.content
+    body = request.body_if_read()  # never read: still the flow's
+    if body is not None and not body.streamed and body.content != (req.data.content or b""):
+        req.content = body.content
     return changed
 
 

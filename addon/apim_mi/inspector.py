@@ -258,7 +258,10 @@ class Inspector:
     def begin(self, flow: http.HTTPFlow) -> None:
         """Takes the trace request headers off a matched flow (APIM consumes them) and remembers what was asked."""
         headers = flow.request.data.headers
-        if not any(n.lower() in ASK_NAMES for n, _ in headers.fields):
+        for n, _ in headers.fields:  # a loop, not any() over a generator: asked on every engine-path flow
+            if n.lower() in ASK_NAMES:
+                break
+        else:
             return
         legacy = any(v.strip().lower() == "true" for v in headers.get_all(TRACE_HEADER))
         debug = headers.get(DEBUG_HEADER)

@@ -160,6 +160,10 @@ def finished(entry: Entry, started: float, secrets: set[str] | frozenset[str]) -
     }
 
 
+# The clocks a trace reads, as they were when this module was loaded (a test may replace ``time``'s).
+_NOW, _CLOCK = time.time, time.perf_counter
+
+
 @dataclass(slots=True)
 class Trace:
     """Entries of one request, timed from when the proxy received it (``started``, epoch seconds).
@@ -170,8 +174,8 @@ class Trace:
     """
 
     trace_id: str
-    started: float = field(default_factory=time.time)
-    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+    started: float = field(default_factory=_NOW)
+    clock: Callable[[], float] = field(default=_CLOCK, repr=False)
     secrets: set[str] = field(default_factory=set, repr=False)
     _t0: float = field(default=math.nan, repr=False)  # clock() when it started; NaN: now
     _added: list[Any] = field(default_factory=list, repr=False)  # four items per entry (``Entry``), flat
@@ -183,26 +187,24 @@ class Trace:
     def since(cls, trace_id: str, received: float | None) -> Trace:
         """A trace whose clock started when the request was received (``received``: epoch seconds, e.g.
         ``flow.request.timestamp_start``), so ``elapsed`` counts from receipt as in APIM."""
-        trace = cls(trace_id=trace_id)
-        trace._from(received)
-        return trace
+        return cls.began(trace_id, received, _NOW(), _CLOCK())
 
     @classmethod
     def began(cls, trace_id: str, received: float | None, now: float, now_clock: float) -> Trace:
         """``since`` for a trace built after the fact: ``now`` (epoch seconds) and ``now_clock`` (``clock()``) are
         when the request's processing began; entries then come with their times (``add_at``)."""
-        trace = cls(trace_id=trace_id, started=now, _t0=now_clock)
-        trace._from(received)
+        trace = object.__new__(cls)  # what __init__ would set, without its default factories (one trace per flow)
+        trace.trace_id, trace.clock, trace.secrets, trace._added = trace_id, _CLOCK, set(), []
+        trace._built, trace._built_for = None, (-1, -1)
+        if received is not None and 0 <= now - received < 3600:  # counted from receipt
+            now_clock -= now - received
+            now = received
+        trace.started, trace._t0 = now, now_clock
         return trace
 
     def __post_init__(self) -> None:
         if math.isnan(self._t0):
             self._t0 = self.clock()
-
-    def _from(self, received: float | None) -> None:
-        if received is not None and 0 <= self.started - received < 3600:
-            self._t0 -= self.started - received
-            self.started = received
 
     def elapsed(self) -> float:
         return self.clock() - self._t0

@@ -153,6 +153,14 @@ class Url:
             port = DEFAULT_PORTS.get(scheme, 80)
         return cls(scheme, host, port, parts.path or "/", q, parts.fragment, raw_query, q.pairs())
 
+    @classmethod
+    def plain(cls, scheme: str, host: str, port: int, path: str) -> Url:
+        """The URL of a plain request from mitmproxy's parts (http/https, a lower-case name, a path that starts with
+        ``/`` and has neither fragment nor control characters): what ``parse`` gives for it, without its parsing."""
+        p, _, q = path.partition("?")
+        query = Query.parse(q)
+        return cls(scheme, host, port, p, query, "", q, query.pairs())
+
     @property
     def query_string(self) -> str:
         """``?a=1&b=2``, or empty without a query."""
@@ -223,21 +231,88 @@ class Body:
         return f"Body({self.content[:40]!r}{'…' if len(self.content) > 40 else ''}, consumed={self.consumed})"
 
 
-@dataclass(slots=True)
+#: A lazy part of a ``Request`` not made yet (``Request.of_flow``).
+_UNREAD: Any = object()
+
+
+@dataclass(slots=True, init=False)
 class Request:
+    """``context.Request``. ``body`` and ``original_url`` of a request read from a flow (``of_flow``) are made when
+    first read: most policies read neither, and every request builds one."""
+
     method: str
     url: Url
-    headers: Headers = field(default_factory=Headers)
-    body: Body | None = None
-    ip_address: str = "127.0.0.1"
-    original_url: Url | None = None
-    matched_parameters: dict[str, str] = field(default_factory=dict)
-    certificate: Any = None
-    private_endpoint_connection: Any = None
+    headers: Headers
+    _body: Body | None = field(repr=False)
+    ip_address: str
+    _original_url: Url | None = field(repr=False)
+    matched_parameters: dict[str, str]
+    certificate: Any
+    private_endpoint_connection: Any
+    #: what the lazy parts are made from: (content, the original URL's ``Url.parse`` text or its plain parts)
+    _source: tuple[Any, ...] = field(repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.original_url is None:
-            self.original_url = self.url.copy()
+    NET_PROPERTIES: ClassVar[frozenset[str]] = frozenset({"body", "original_url"})
+
+    def __init__(
+        self,
+        method: str,
+        url: Url,
+        headers: Headers | None = None,
+        body: Body | None = None,
+        ip_address: str = "127.0.0.1",
+        original_url: Url | None = None,
+        matched_parameters: dict[str, str] | None = None,
+        certificate: Any = None,
+        private_endpoint_connection: Any = None,
+    ) -> None:
+        self.method, self.url, self.headers = method, url, Headers() if headers is None else headers
+        self._body, self.ip_address = body, ip_address
+        self._original_url = url.copy() if original_url is None else original_url
+        self.matched_parameters = {} if matched_parameters is None else matched_parameters
+        self.certificate, self.private_endpoint_connection, self._source = certificate, private_endpoint_connection, ()
+
+    @classmethod
+    def of_flow(cls, method: str, url: Url, headers: Headers, content: bytes, ip_address: str, certificate: Any,
+                original: str | tuple[str, str, int, str]) -> Request:  # fmt: skip
+        """A request read from a flow: its body is made from ``content`` and its original URL from ``original`` (the
+        URL as received: ``Url.parse``'s text, or ``Url.plain``'s parts) when first read."""
+        request = object.__new__(cls)
+        request.method, request.url, request.headers, request.ip_address = method, url, headers, ip_address
+        request._body = request._original_url = _UNREAD
+        request.matched_parameters, request.certificate, request.private_endpoint_connection = {}, certificate, None
+        request._source = (content, original)
+        return request
+
+    @property
+    def body(self) -> Body | None:
+        body = self._body
+        if body is _UNREAD:
+            body = self._body = Body(self._source[0])
+        return body
+
+    @body.setter
+    def body(self, value: Body | None) -> None:
+        self._body = value
+
+    def body_if_read(self) -> Body | None:
+        """``body``, or None when it was never read (nor set): then it is still the flow's."""
+        body = self._body
+        return None if body is _UNREAD else body
+
+    @property
+    def original_url(self) -> Url | None:
+        """The URL as received (``context.Request.OriginalUrl``)."""
+        original = self._original_url
+        if original is _UNREAD:
+            received = self._source[1]
+            original = Url.parse(received) if type(received) is str else Url.plain(*received)
+            self._original_url = original
+        return original
+
+    @original_url.setter
+    def original_url(self, value: Url | None) -> None:
+        self._original_url = value
 
 
 @dataclass(slots=True)

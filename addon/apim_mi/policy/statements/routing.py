@@ -9,6 +9,7 @@ has no API definition, so the "API suffix" APIM strips before appending the oper
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -213,26 +214,38 @@ def _literal_forward(stmt: Statement) -> tuple[float, bool, bool, bool]:
     )
 
 
-async def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    """Marks the request for forwarding (the proxy sends it once the backend section is done) with its options."""
+def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[None] | None:
+    """Marks the request for forwarding (the proxy sends it once the backend section is done) with its options.
+    With literal options (nearly always) no coroutine is made unless there is async work: a backend call by the
+    engine, or a backend entity's credentials."""
     literal = literal_attrs(stmt, _literal_forward, *_FORWARD)
-    if literal is not None:
-        forward_timeout, run.fail_on_error_status, run.buffer_response, follow_redirects = literal
-    else:
-        timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
-        forward_timeout = _forward_timeout(timeout_ms, await int_attr(run, stmt, "timeout", scope))
-        run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
-        run.buffer_response = await bool_attr(run, stmt, "buffer-response", scope)
-        follow_redirects = await bool_attr(run, stmt, "follow-redirects", scope)
+    if literal is None:
+        return _forward_evaluated(run, stmt, scope)
+    forward_timeout, run.fail_on_error_status, run.buffer_response, follow_redirects = literal
+    return _forward(run, scope, forward_timeout, follow_redirects)
+
+
+async def _forward_evaluated(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+    timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
+    forward_timeout = _forward_timeout(timeout_ms, await int_attr(run, stmt, "timeout", scope))
+    run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
+    run.buffer_response = await bool_attr(run, stmt, "buffer-response", scope)
+    follow_redirects = await bool_attr(run, stmt, "follow-redirects", scope)
+    pending = _forward(run, scope, forward_timeout, follow_redirects)
+    if pending is not None:
+        await pending
+
+
+def _forward(run: PolicyRun, scope: Scope, forward_timeout: float, follow_redirects: bool) -> Awaitable[None] | None:
     if follow_redirects:
         run.warn(scope.section, "forward-request", "follow-redirects=\"true\" is not supported by apim-mi: a 3xx "
                  "from the backend reaches outbound and the client as it is.")
     if needs_engine_call(run, scope):
-        await call_backend(run, scope, forward_timeout)
-        return
+        return call_backend(run, scope, forward_timeout)
     run.forward = True
     run.forward_timeout = forward_timeout
-    await apply_entity(run, scope)
+    entity = run.extras.get(ENTITY)
+    return apply_entity(run, scope) if entity and not entity[0].is_pool else None  # what apply_entity acts on
 
 
 HANDLERS = {
