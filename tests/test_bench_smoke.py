@@ -115,3 +115,33 @@ def test_instruction_counts_refuse_bad_arguments(args: list[str], message: str) 
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "instructions.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_gc_stats_counts_the_collections_that_ran(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench/gcstats.py`` adds up the collector's own time by generation, from the collections that really ran,
+    and writes it every ``GCSTATS_EVERY`` answered flows."""
+    import gc
+
+    from mitmproxy.test import tflow
+
+    out = tmp_path / "gc.json"
+    monkeypatch.setenv("GCSTATS_OUT", str(out))
+    monkeypatch.setenv("GCSTATS_EVERY", "2")
+    spec = importlib.util.spec_from_file_location("gcstats", ROOT / "bench" / "gcstats.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stats = module.addons[0]
+    try:
+        gc.collect(0)
+        gc.collect(1)
+        gc.collect(2)
+        stats.response(tflow.tflow(resp=True))
+        assert not out.exists()  # one flow: not yet
+        stats.response(tflow.tflow(resp=True))
+    finally:
+        gc.callbacks.remove(stats._callback)
+    written = json.loads(out.read_text())
+    assert written["flows"] == 2 and all(n >= 1 for n in written["collections"]), written
+    assert written["gc_us"] > 0 and written["per_flow_us"] == written["gc_us"] / 2
+    assert abs(sum(written["us_by_gen"]) - written["gc_us"]) < 1e-6 * written["gc_us"] + 1e-9
