@@ -224,22 +224,11 @@ class _Compiler:
         ):
             chain.append((root.name, root.type_args, root.null_cond))
             root = root.target
-        fn, steps = self.expr(root), tuple(reversed(chain))
-        if self._is_context(root):
-
-            def context_member(c: Any, s: Any) -> Any:  # ``member`` with the root's value known: the context
-                obj = c
-                for step, targs, null_cond in steps:
-                    if obj is None:
-                        _null_target(obj, null_cond)
-                    attr = _CONTEXT_ATTRS.get((type(obj), step))
-                    obj = getattr(obj, attr) if attr is not None else member_of(obj, step, targs)
-                return obj
-
-            return context_member
+        steps = tuple(reversed(chain))
+        fn = None if self._is_context(root) else self.expr(root)  # None: the root is the context itself, no call
 
         def member(c: Any, s: Any) -> Any:
-            obj = fn(c, s)
+            obj = c if fn is None else fn(c, s)
             for step, targs, null_cond in steps:
                 if obj is None:
                     _null_target(obj, null_cond)
