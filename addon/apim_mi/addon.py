@@ -624,8 +624,9 @@ class ApimMi:
         route = quick.route
         rule_name = route.rule.name
         self._count("injected", rule_name)
-        _log_injected(flow, quick.seen, rule_name, route.identity, quick.carried.token.claims.get("aud", ""),
-                      fastpath.OUTCOME)
+        if logs.wanted(log, logging.INFO):
+            _log_injected(flow, quick.seen, rule_name, route.identity, quick.carried.token.claims.get("aud", ""),
+                          fastpath.OUTCOME)  # fmt: skip
         if self._redact_on:
             flow.request.data.headers.fields = fastpath.redacted(quick.sent_fields)
 
@@ -650,7 +651,7 @@ class ApimMi:
         """``fastpath.carried`` for the token, kept per token key until the key's token changes (or is flushed)."""
         carried = self._carried_by_key.get(key)
         if carried is None or carried.token is not token:
-            carried = self._carried_by_key[key] = fastpath.carried(token)
+            carried = self._carried_by_key[key] = fastpath.carried(token, self._forms(token.value))
         return carried
 
     def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
@@ -1132,7 +1133,7 @@ class ApimMi:
         if found is None:
             if len(kept) >= _SECRETS_KEPT:
                 kept.clear()
-            found = kept[secret] = (secret.encode(), diagnostics.echoes(secret) if secret else ())
+            found = kept[secret] = diagnostics.forms(secret)
         return found
 
     def _bytes_of(self, secret: str) -> bytes:
@@ -1253,16 +1254,15 @@ class ApimMi:
         return "reloaded" if self.reload() else "reload failed; previous rules kept (see the event log)"
 
 
-#: Secrets whose echoes ``_echoes`` keeps (then it starts again): the live tokens, a few per identity.
+#: Secrets whose forms ``_forms`` keeps (then it starts again): the live tokens, a few per identity.
 _SECRETS_KEPT = 64
 
 def _log_injected(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None, rule_name: str, identity: str,
                   aud: Any, outcome: str) -> None:  # fmt: skip
-    """The flow's info line once its token went upstream, on either path; not built when nothing would show it
-    (``termlog_verbosity=warn``)."""
-    if logs.wanted(log, logging.INFO):
-        log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, _Url(flow, seen), rule_name, identity or "-",
-                 f" aud={aud}" if aud else "", outcome)  # fmt: skip
+    """The flow's info line once its token went upstream, on either path. Callers ask ``logs.wanted`` first, so
+    nothing of it is built when nothing would show it (``termlog_verbosity=warn``)."""
+    log.info("apim-mi: %s %s [%s] %s%s: %s", flow.request.method, _Url(flow, seen), rule_name, identity or "-",
+             f" aud={aud}" if aud else "", outcome)  # fmt: skip
 
 
 class _Url:

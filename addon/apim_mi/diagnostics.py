@@ -196,6 +196,11 @@ REFLECTED = (
 SCAN_LIMIT = 4 * 1024 * 1024
 
 
+def forms(secret: str) -> tuple[bytes, tuple[bytes, ...]]:
+    """A secret as bytes, and its ``echoes``: what the sent-token check, redaction and the echo check look for."""
+    return secret.encode(), echoes(secret) if secret else ()
+
+
 def echoes(secret: str) -> tuple[bytes, ...]:
     """What of a secret a body that echoes it would show: all of it and, for a JWT, its signature (parts under 16
     bytes are too common to mean anything)."""

@@ -132,8 +132,11 @@ class Carried(NamedTuple):
     echoes: tuple[bytes, ...]
 
 
-def carried(token: Token) -> Carried:
-    return Carried(token, (_NAME, b"Bearer " + token.value.encode()), diagnostics.echoes(token.value))
+def carried(token: Token, forms: tuple[bytes, tuple[bytes, ...]] | None = None) -> Carried:
+    """The token's ``Carried``, from its ``diagnostics.forms`` (made here when not given: the addon keeps them per
+    token, for both paths)."""
+    encoded, echoes = forms if forms is not None else diagnostics.forms(token.value)
+    return Carried(token, (_NAME, b"Bearer " + encoded), echoes)
 
 
 def with_token(fields: tuple[tuple[bytes, bytes], ...], field: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,12 +158,14 @@ def needs_engine_call(run: PolicyRun, scope: Scope) -> bool:
     )
 
 
-async def apply_entity(run: PolicyRun, scope: Scope) -> None:
-    """A single backend's credentials on the request mitmproxy forwards."""
+def apply_entity(run: PolicyRun, scope: Scope) -> Awaitable[None] | None:
+    """A single backend's credentials on the request mitmproxy forwards; the awaitable of its managed identity step,
+    or None (no coroutine) when no single backend entity is set."""
     entity = run.extras.get(ENTITY)
-    if entity and not entity[0].is_pool:
-        _apply_credentials(run.context.request, entity[0])
-        await apply_identity(run, scope, run.context.request, entity[0], keep=True)
+    if not entity or entity[0].is_pool:
+        return None
+    _apply_credentials(run.context.request, entity[0])
+    return apply_identity(run, scope, run.context.request, entity[0], keep=True)
 
 
 async def side_send(run: PolicyRun, method: str, url: str, headers: list[tuple[str, str]], body: bytes | None,

@@ -244,8 +244,7 @@ def _forward(run: PolicyRun, scope: Scope, forward_timeout: float, follow_redire
         return call_backend(run, scope, forward_timeout)
     run.forward = True
     run.forward_timeout = forward_timeout
-    entity = run.extras.get(ENTITY)
-    return apply_entity(run, scope) if entity and not entity[0].is_pool else None  # what apply_entity acts on
+    return apply_entity(run, scope)
 
 
 HANDLERS = {
