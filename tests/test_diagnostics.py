@@ -144,7 +144,9 @@ def test_long_headers_are_cut() -> None:
 def test_reflected_token_in_a_body() -> None:
     token = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhcGk6Ly94In0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
     needles = echoes(token)
-    assert needles == (token.encode(), b"c2lnbmF0dXJlLW9mLXRoZS10b2tlbg")  # the whole token and its signature
+    assert needles == (b"c2lnbmF0dXJlLW9mLXRoZS10b2tlbg",)  # the signature: a body with the whole token has it too
+    assert echoes("not-a-jwt-but-long-enough") == (b"not-a-jwt-but-long-enough",)
+    assert echoes("a.b.short") == () and echoes("header.payload.sig") == (b"header.payload.sig",)
     assert reflects(b'{"authorization": "Bearer ' + token.encode() + b'"}', needles)
     assert reflects(b"sig only: c2lnbmF0dXJlLW9mLXRoZS10b2tlbg", needles)
     assert not reflects(b'{"claims": {"aud": "api://x"}}', needles)

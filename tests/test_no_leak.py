@@ -266,3 +266,16 @@ def test_a_header_value_is_redacted_as_the_general_scrub_redacts_it(prefix: str,
     assert _not_carried(fields, injected, secrets) == []
     assert _not_carried(((b"authorization", prefix.encode()),), injected, {token}) == (
         [] if token in prefix else ["Authorization"])
+
+
+@given(prefix=st.text("abBe r", max_size=15), token=st.text("ab", min_size=1, max_size=40) | _B64URL)
+@example(prefix="ab", token="ab")  # a token short enough to fit inside the prefix
+@example(prefix="Bearer aba", token="ab" * 10)  # a periodic token that also starts inside the prefix
+@settings(max_examples=300, deadline=None)
+def test_only_at_end_finds_every_earlier_occurrence(prefix: str, token: str) -> None:
+    """The shortcut for aperiodic tokens (no search) answers what a search answers, for short and periodic tokens
+    too."""
+    from apim_mi.addon import _only_at_end
+
+    value = (prefix + token).encode()
+    assert _only_at_end(value, token.encode(), len(prefix.encode())) == (value.find(token.encode()) == len(prefix))

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -995,7 +995,7 @@ class ApimMi:
                 self._streamed_late(flow, state)
             elif flow.response is not None and run.error is None and run.response is None:
                 await self._outbound(flow, state)
-                run.trace.add("outbound", "transfer-response", dict(inspector.SENT_IN_FULL))
+                run.trace.add("outbound", "transfer-response", inspector.SENT_IN_FULL)
         except Exception as e:
             log.exception("apim-mi: internal error in outbound of rule '%s'", state.rule.name)
             flow.response = _apim_500(str(state.run.context.request_id))
@@ -1116,13 +1116,17 @@ class ApimMi:
             found = diagnostics.diagnose_rejection(
                 flow.response.status_code, flow.response.headers.get_all("WWW-Authenticate"), audiences
             )
-        if run.injections and diagnostics.reflects(flowcontext.content_of(flow.response), self._echoes(run)):
-            found.append(diagnostics.REFLECTED)
+        if run.injections:
+            body = flowcontext.content_of(flow.response)
+            if body and diagnostics.reflects(body, self._echoes(run)):
+                found.append(diagnostics.REFLECTED)
+        if not found:
+            return
         for message in found:
             run.warn("backend", "apim-mi", message)
             log.warning("apim-mi: %s %s [%s] backend answered %d: %s", flow.request.method,
                         flowcontext.pretty_url(flow.request), run.rule_name, flow.response.status_code, message)
-        if found and not flow.marked:
+        if not flow.marked:
             flow.marked = ":warning:"
 
     def _forms(self, secret: str) -> tuple[bytes, tuple[bytes, ...]]:
@@ -1139,10 +1143,14 @@ class ApimMi:
     def _bytes_of(self, secret: str) -> bytes:
         return self._forms(secret)[0]
 
-    def _echoes(self, run: engine.PolicyRun) -> list[bytes]:
+    def _echoes(self, run: engine.PolicyRun) -> Sequence[bytes]:
         """``diagnostics.echoes`` of the flow's secrets."""
+        secrets = run.trace.secrets
+        if len(secrets) == 1:  # the usual one token: its echoes as they are kept
+            for secret in secrets:
+                return self._forms(secret)[1]
         needles: list[bytes] = []
-        for secret in run.trace.secrets:
+        for secret in secrets:
             needles.extend(self._forms(secret)[1])
         return needles
 
@@ -1305,9 +1313,12 @@ def _outcome(state: _FlowState) -> str:
         return "forwarded unchanged (ignore-error): the policy cannot run on a streamed body"
     if run.response is not None:
         return "answered by the policy"
-    if run.injections:
+    injections = run.injections
+    if injections:
         verb = "token added to " if state.sent else "token not sent upstream, meant for "
-        return verb + ", ".join(sorted({i.header for i in run.injections}))
+        if len(injections) == 1:  # the usual one header: its name is the whole list
+            return verb + injections[0].header
+        return verb + ", ".join(sorted({i.header for i in injections}))
     if run.token_failures:
         return "no token (ignore-error), forwarded unchanged"
     return "policy applied"
@@ -1347,14 +1358,28 @@ def _scrubbed(value: bytes, secrets: set[str], encoded: Callable[[str], bytes] =
 
 
 def _only_at_end(value: bytes, token: bytes, head: int) -> bool:
-    """``value`` (``head`` bytes, then ``token``) holds no earlier occurrence of ``token`` (one that would overlap
-    the last: only a token that repeats itself can). Only positions holding the token's first byte are compared."""
+    """``value`` (``head`` bytes, then ``token``) holds no earlier occurrence of ``token``. For a token longer than
+    ``head`` one would overlap the last, so the token would repeat itself with a period of at most ``head`` bytes: a
+    token that does not (a JWT) needs no search. Otherwise the positions holding the token's first byte are
+    compared."""
+    if len(token) > head and _shortest_period(token) > head:
+        return True
     i = value.find(token[:1], 0, head)
     while i >= 0:
         if value.startswith(token, i):
             return False
         i = value.find(token[:1], i + 1, head)
     return True
+
+
+@lru_cache(maxsize=_SECRETS_KEPT)
+def _shortest_period(token: bytes, most: int = 16) -> int:
+    """The token's shortest period up to ``most`` bytes (``token[p:] == token[:-p]``), or ``most + 1``: worked out
+    once per token, since every flow that carries it is redacted."""
+    for p in range(1, min(most, len(token) - 1) + 1):
+        if token.startswith(token[p:p + 1]) and token[p:] == token[:-p]:
+            return p
+    return most + 1
 
 
 _REDACTED = REDACTED.encode()

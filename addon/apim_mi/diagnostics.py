@@ -202,10 +202,14 @@ def forms(secret: str) -> tuple[bytes, tuple[bytes, ...]]:
 
 
 def echoes(secret: str) -> tuple[bytes, ...]:
-    """What of a secret a body that echoes it would show: all of it and, for a JWT, its signature (parts under 16
-    bytes are too common to mean anything)."""
-    parts = [secret, secret.rsplit(".", 1)[-1]] if secret.count(".") == 2 else [secret]
-    return tuple(p.encode() for p in parts if len(p) >= 16)
+    """What of a secret a body that echoes it would show: for a JWT its signature, which a body holding the whole
+    token holds too (one search, for the shorter needle), else all of it; parts under 16 bytes are too common to
+    mean anything."""
+    if secret.count(".") == 2:
+        signature = secret.rsplit(".", 1)[-1]
+        if len(signature) >= 16:
+            return (signature.encode(),)
+    return (secret.encode(),) if len(secret) >= 16 else ()
 
 
 def reflects(body: bytes | None, needles: Sequence[bytes], limit: int = SCAN_LIMIT) -> bool:

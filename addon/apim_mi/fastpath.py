@@ -194,6 +194,6 @@ class Quick:
         if self.answered is not None and self.response is not None:
             trace.add_at(self.answered, "backend", "forward-request",
                          Later(inspector.response_entry, *self.response))  # fmt: skip
-            trace.add_at(self.answered, "outbound", "transfer-response", dict(inspector.SENT_IN_FULL))
+            trace.add_at(self.answered, "outbound", "transfer-response", inspector.SENT_IN_FULL)
         return trace
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -157,8 +156,6 @@ def context_from_flow(flow: http.HTTPFlow, request_id: uuid.UUID) -> Context:
     return request_context(flow, request_id)[0]
 
 
-# What keeps a request's URL from being "plain" (see _url_of): urlsplit drops tabs/newlines and splits at '#'.
-_NOT_PLAIN = re.compile(r"[#\t\r\n]|\?$")
 
 
 def _url_key(u: Url) -> tuple[Any, ...]:
@@ -177,7 +174,13 @@ def _url_of(req: http.Request) -> tuple[Url, str | None, str | tuple[str, str, i
         and host
         and ":" not in host
         and host == host.lower()
-        and not _NOT_PLAIN.search(path)
+        # what keeps the URL from being "plain": urlsplit drops tabs and newlines and splits at '#' (a few
+        # substring tests cost less than one regular expression search)
+        and "#" not in path
+        and "\t" not in path
+        and "\r" not in path
+        and "\n" not in path
+        and path[-1:] != "?"
     ):
         parts = (scheme, host, req.port, path)
         return Url.plain(*parts), None, parts

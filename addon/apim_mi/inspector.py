@@ -53,7 +53,8 @@ SENSITIVE = frozenset({
 })  # fmt: skip
 
 
-#: The outbound trace message of a buffered answer, once it has gone to the client.
+#: The outbound trace message of a buffered answer, once it has gone to the client: one object for every flow, since
+#: a trace copies an entry's data when it is read and never changes it.
 SENT_IN_FULL = {"message": "Response has been sent to the caller in full"}
 
 
