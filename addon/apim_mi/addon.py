@@ -1158,13 +1158,22 @@ class ApimMi:
         if state.redacted or not self._redact_on:
             return
         state.redacted = True
-        names = {i.header.lower().encode() for i in state.run.injections}
+        names = _names(state.run.injections)
         if not names:
             return
         secrets = state.run.trace.secrets
         headers = flow.request.data.headers
-        headers.fields = tuple([(n, _scrubbed(v, secrets, self._bytes_of)) if n.lower() in names else (n, v)
-                                for n, v in headers.fields])  # fmt: skip
+        fields = headers.fields
+        changed: list[tuple[bytes, bytes]] | None = None
+        for i, (name, value) in enumerate(fields):
+            if name.lower() in names:
+                scrubbed = _scrubbed(value, secrets, self._bytes_of)
+                if scrubbed != value:
+                    if changed is None:
+                        changed = list(fields)
+                    changed[i] = (name, scrubbed)
+        if changed is not None:
+            headers.fields = tuple(changed)
 
     def _record(self, flow: http.HTTPFlow, state: _FlowState, final: bool = False) -> None:
         """Summary into flow.comment/metadata and one log line (never a token), when the request leaves and again
@@ -1190,7 +1199,7 @@ class ApimMi:
         secrets = run.trace.secrets
         comment = _comment(run.rule_name, identity, claims.get("aud", ""), outcome,
                            resp.data.status_code if resp is not None else None, elapsed_ms, run.warnings)  # fmt: skip
-        flow.comment = scrub(comment, secrets) if secrets else comment
+        flow.comment = _scrubbed_text(comment, secrets)
         keys = ("summary", "trace") if final and self._trace_on else ("summary",)
         summary = (run.rule_name, outcome, identity, claims, elapsed_ms, tuple(run.warnings), state.request_id)
         flow.metadata[METADATA_KEY] = FlowRecord(partial(_engine_document, summary, secrets, run.trace, keys), keys)
@@ -1290,6 +1299,15 @@ def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engin
     """The injected headers (sorted) that no field of ``fields`` carries a token in (``encoded``: a secret's bytes)."""
     if not injections:
         return []
+    if len(injections) == 1 and len(secrets) == 1:  # the usual one token in one header: no bookkeeping
+        name, header = injections[0].header.lower().encode(), injections[0].header
+        for secret in secrets:
+            token = encoded(secret) if secret else b""
+            if token:
+                for field, value in fields:
+                    if field.lower() == name and (value.endswith(token) or token in value):
+                        return []
+        return [header]
     waiting = {i.header.lower().encode(): i.header for i in injections}
     tokens = [encoded(secret) for secret in secrets if secret]
     for name, value in fields:
@@ -1300,6 +1318,13 @@ def _not_carried(fields: tuple[tuple[bytes, bytes], ...], injections: list[engin
                     del waiting[name]
                     break
     return sorted(set(waiting.values()))
+
+
+def _names(injections: list[engine.Injection]) -> tuple[bytes, ...] | set[bytes]:
+    """The injected headers' names as mitmproxy keeps them, lower-cased: a tuple for the usual one."""
+    if len(injections) == 1:
+        return (injections[0].header.lower().encode(),)
+    return {i.header.lower().encode() for i in injections}
 
 
 def _outcome(state: _FlowState) -> str:
@@ -1355,6 +1380,15 @@ def _scrubbed(value: bytes, secrets: set[str], encoded: Callable[[str], bytes] =
                 return prefix + _REDACTED
             return _scrubbed(prefix, secrets, encoded) + _REDACTED
     return scrub(value.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
+
+
+def _scrubbed_text(text: str, secrets: set[str]) -> str:
+    """``scrub`` of a short text (a comment): a secret longer than the text cannot be in it, so a text that holds
+    none (always, in practice) is returned as it is, without a search for a kilobyte-long token."""
+    for secret in secrets:
+        if secret and len(secret) <= len(text) and secret in text:
+            return scrub(text, secrets)  # type: ignore[no-any-return]
+    return text
 
 
 def _only_at_end(value: bytes, token: bytes, head: int) -> bool:

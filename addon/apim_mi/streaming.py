@@ -30,8 +30,11 @@ KEEP_LIMIT = 1 << 20
 def is_event_stream(response: http.Response) -> bool:
     """Content-Type ``text/event-stream``, as ``headers.get`` gives it (several values joined), read from the raw
     fields: asked for every matched answer."""
-    values = [value for name, value in response.data.headers.fields if name.lower() == b"content-type"]
-    return bool(values) and b", ".join(values).split(b";", 1)[0].strip().lower() == _EVENT_STREAM
+    joined = None
+    for name, value in response.data.headers.fields:
+        if name.lower() == b"content-type":
+            joined = value if joined is None else joined + b", " + value
+    return joined is not None and joined.split(b";", 1)[0].strip().lower() == _EVENT_STREAM
 
 
 _EVENT_STREAM = EVENT_STREAM.encode()

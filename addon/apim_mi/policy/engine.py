@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ApimMiError, PolicyError
-from ..trace import Trace
+from ..trace import Later, Trace
 from .expressions import ExpressionRuntimeError, to_policy_string
 from .gateway import GatewayState
 from .model import Policy, Statement, Value
@@ -199,10 +199,14 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
         shown = result
     else:
         shown = to_policy_string(result)
-    run.trace.add(scope.section, source, {
-        "message": "Expression was successfully evaluated.", "expression": expression_text(value.text), "value": shown
-    })  # fmt: skip
+    run.trace.add(scope.section, source, Later(evaluated_entry, value.text, shown))
     return result
+
+
+def evaluated_entry(text: str, shown: Any) -> dict[str, Any]:
+    """APIM's trace entry of an evaluated expression, built when the trace is read (``shown``: the result, or its
+    policy string taken when it was evaluated)."""
+    return {"message": "Expression was successfully evaluated.", "expression": expression_text(text), "value": shown}
 
 
 def evaluate_string_now(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:
@@ -277,7 +281,11 @@ def memo[T](stmt: Statement, key: Hashable, compute: Callable[..., T], *args: An
 
 async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
     """Statements in document order; stops as soon as one answers the request (return-response)."""
-    section, request = scope.section, scope.request
+    section = scope.section
+    # One scope for the whole list, its path set per statement: no allocation per statement. Safe because a
+    # handler finishes (its awaitable is awaited) before the next statement runs, and nothing reads a scope's path
+    # after its handler returned.
+    inner = Scope(section, "", scope.request)
     for stmt, handler, path, too_deep in steps(run.policy, statements, scope.path):
         if run.response is not None:
             return
@@ -297,7 +305,8 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
                 policy_id=stmt.policy_id,
             )
         try:
-            pending = handler(run, stmt, Scope(section, path, request))
+            inner.path = path
+            pending = handler(run, stmt, inner)
             if pending is not None:
                 await pending
         except PolicyError as e:

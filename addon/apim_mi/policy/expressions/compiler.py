@@ -242,6 +242,24 @@ class _Compiler:
     def e_index(self, n: A.Index) -> Fn:
         target, null_cond = self.expr(n.target), n.null_cond
         keys = tuple(self.expr(k) for k in n.args)
+        if len(keys) == 1:  # obj[key], the usual form: no list of keys unless index_get needs one
+            only = keys[0]
+
+            def index1(c: Any, s: Any) -> Any:
+                obj = target(c, s)
+                if obj is None:
+                    _null_target(obj, null_cond)
+                key = only(c, s)
+                if type(obj) is dict and type(key) is str and key in obj:
+                    return obj[key]
+                try:
+                    return index_get(obj, [key])
+                except MemberNotFound:
+                    raise EvalError(
+                        f"Cannot apply indexing with [] to an expression of type '{net_type_name(obj)}'"
+                    ) from None
+
+            return index1
 
         def index(c: Any, s: Any) -> Any:
             obj = target(c, s)

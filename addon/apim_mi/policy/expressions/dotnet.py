@@ -404,11 +404,20 @@ def _custom_timespan(days: int, hours: int, minutes: int, seconds: int, us: int,
     return "".join(out)
 
 
+def guid_text(g: UUID) -> str:
+    """``str(g)`` (the "D" format), made from the integer's bytes in C: cheaper than ``UUID.__str__``'s slices and
+    ``%`` format, which every ``context.RequestId.ToString()`` pays."""
+    head, middle, tail = g.int.to_bytes(16).hex("-", 2).replace("-", "", 1).rsplit("-", 2)
+    return head + middle + tail
+
+
 def format_guid(g: UUID, fmt: str | None = None) -> str:
+    if fmt is None:
+        return guid_text(g)
     f = (fmt or "D").upper()
-    d = str(g)
     if f == "N":
         return g.hex
+    d = guid_text(g)
     if f == "D":
         return d
     if f == "B":

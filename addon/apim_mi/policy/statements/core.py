@@ -68,7 +68,7 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
         raise PolicyError(MI, NOT_ENABLED, "ManagedIdentityNotEnabled")
     source = run.services.credential_source
     if type(source) is str and mi.resource is not None and mi.resource.expression is None:
-        key = memo(stmt, (token_key, source), lambda: token_key(source, client_id, resource))  # a name, no secret
+        key = memo(stmt, (token_key, source), token_key, source, client_id, resource)  # a name, no secret
     else:
         key = token_key(source, client_id, resource)
     try:
@@ -232,21 +232,23 @@ def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     run.context.variables[name] = evaluate_now(run, stmt.attrs.get("value"), "set-variable", scope)
 
 
-def _branches(stmt: Statement) -> tuple[list[Statement], Statement | None]:
-    return stmt.children_named("when"), stmt.child("otherwise")
+def _branches(stmt: Statement) -> tuple[tuple[tuple[int, Value | None, list[Statement]], ...], Statement | None]:
+    """Each ``when``'s number, condition and statements, and the ``otherwise``: looked up once per statement."""
+    whens = tuple((i, w.attrs.get("condition"), w.children) for i, w in enumerate(stmt.children_named("when"), 1))
+    return whens, stmt.child("otherwise")
 
 
 def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[None] | None:
     """First ``when`` whose condition is true, else ``otherwise``: the conditions are evaluated now, the branch's
     statements are returned to run."""
     whens, otherwise = prepared(stmt, _branches)
-    for i, branch in enumerate(whens, start=1):
-        cond = evaluate_now(run, branch.attrs.get("condition"), "choose", scope)
+    for i, condition, children in whens:
+        cond = evaluate_now(run, condition, "choose", scope)
         if not isinstance(cond, bool):
             raise PolicyError("choose", f"The condition of when[{i}] did not evaluate to a boolean (got {cond!r}).",
                               "ExpressionValueEvaluationFailure")
         if cond:
-            return run_statements(run, branch.children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
+            return run_statements(run, children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
     if otherwise is not None:
         return run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request))
     return None
