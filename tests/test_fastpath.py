@@ -21,7 +21,7 @@ from apim_mi.addon import ApimMi
 from apim_mi.contentview import ApimTraceContentview
 from apim_mi.policy.context import Url
 from apim_mi.tokens import TokenProvider, azure_credential_factory, token_key
-from apim_mi.trace import METADATA_KEY, FlowRecord, Later, Trace, canonical, render
+from apim_mi.trace import METADATA_KEY, FlowRecord, Trace, canonical, computed, later, render
 from conftest import DEMO_AUDIENCE
 from emulator_helpers import use_emulator
 from mitmproxy import contentviews
@@ -150,8 +150,8 @@ def test_trace_protocol_builds_the_document_for_the_asking_client_only(harness: 
 
 
 def test_entries_show_the_request_as_it_was_when_recorded() -> None:
-    """Data recorded with ``Later`` is computed at read time from snapshots: later changes to the flow (the token
-    going in, redaction) do not reach the entry."""
+    """Deferred data is computed at read time from snapshots: later changes to the flow (the token going in,
+    redaction) do not reach the entry."""
     from apim_mi import inspector
 
     flow = tflow.tflow()
@@ -162,7 +162,11 @@ def test_entries_show_the_request_as_it_was_when_recorded() -> None:
     del flow.request.headers["X-Before"]
     names = [h["name"] for h in trace.to_json()["traceEntries"]["inbound"][0]["data"]["request"]["headers"]]
     assert "X-Before" in names and "X-After" not in names
-    assert Later(lambda a, b: a + b, 1, 2)() == 3
+    assert computed(later(canonical, {"b": 1})) == {"b": 1} and computed({"a": 1}) == {"a": 1}
+    entry = later(inspector.response_entry, 200, "OK", ((b"a", b"1"),))
+    assert type(entry) is tuple and all(type(item) is not type(canonical) for item in entry)  # plain values only
+    with pytest.raises(ValueError, match="module-level"):
+        later(lambda a: a, 1)
 
 
 def test_a_secret_registered_after_an_entry_is_still_scrubbed() -> None:

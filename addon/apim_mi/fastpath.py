@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import diagnostics, flowcontext, inspector, streaming
 from .policy.statements.core import ADDED, MI, obtained
 from .tokens import TokenKey, token_key
-from .trace import REDACTED, Later, Trace
+from .trace import REDACTED, Trace, later
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -184,16 +184,16 @@ class Quick:
         token = self.carried.token
         trace.secrets.add(token.value)
         at, seen, route = self.began, self.seen, self.route
-        trace.add_at(at, "inbound", "api-inspector", Later(inspector.request_seen, seen))
-        trace.add_at(at, "inbound", "api-inspector", Later(inspector.configuration_seen, route.rule, seen))
+        trace.add_at(at, "inbound", "api-inspector", later(inspector.request_seen, seen.data))
+        trace.add_at(at, "inbound", "api-inspector", later(inspector.configuration_seen, route.rule, seen.data))
         at = self.forwarded
         trace.add_at(at, "inbound", MI, obtained(route.key, token.claims, True))
         trace.add_at(at, "inbound", MI, dict(ADDED))
-        trace.add_at(at, "backend", "forward-request", Later(
-            inspector.forward_seen, route.plan.timeout, self.sent(), (token.value,)))  # fmt: skip
+        trace.add_at(at, "backend", "forward-request", later(
+            inspector.forward_seen, route.plan.timeout, self.sent().data, (token.value,)))  # fmt: skip
         if self.answered is not None and self.response is not None:
             trace.add_at(self.answered, "backend", "forward-request",
-                         Later(inspector.response_entry, *self.response))  # fmt: skip
+                         later(inspector.response_entry, *self.response))  # fmt: skip
             trace.add_at(self.answered, "outbound", "transfer-response", inspector.SENT_IN_FULL)
         return trace
 

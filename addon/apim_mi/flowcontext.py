@@ -112,6 +112,10 @@ def _authority(host_header: str) -> tuple[str, int | None]:
     return url.parse_authority(host_header, check=False)
 
 
+#: ``RequestSnapshot.data``: host, port, method, scheme, authority, path, HTTP version and header fields.
+SnapshotData = tuple[str, int, bytes, bytes, bytes, bytes, bytes, tuple[tuple[bytes, bytes], ...]]
+
+
 class RequestSnapshot:
     """The request at one moment, kept as mitmproxy's ``RequestData`` values and header ``fields`` (all immutable):
     what the trace and the log line show of it (method, URL) is worked out only when something reads it."""
@@ -120,9 +124,17 @@ class RequestSnapshot:
 
     def __init__(self, req: http.Request) -> None:
         d = req.data
-        self.data = (d.host, d.port, d.method, d.scheme, d.authority, d.path, d.http_version, d.headers.fields)
+        self.data: SnapshotData = (d.host, d.port, d.method, d.scheme, d.authority, d.path, d.http_version,
+                                   d.headers.fields)
         self._request: http.Request | None = None
         self._url = ""
+
+    @classmethod
+    def of(cls, data: SnapshotData) -> RequestSnapshot:
+        """The snapshot whose ``data`` this is (a trace keeps only the data: plain values)."""
+        snapshot = cls.__new__(cls)
+        snapshot.data, snapshot._request, snapshot._url = data, None, ""
+        return snapshot
 
     @property
     def fields(self) -> tuple[tuple[bytes, bytes], ...]:

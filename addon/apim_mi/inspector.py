@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from . import flowcontext
-from .trace import Later, Trace, canonical, scrub
+from .trace import Deferred, Trace, canonical, computed, deferred, scrub
 
 if TYPE_CHECKING:
     from mitmproxy import http
@@ -101,47 +101,53 @@ def response_entry(code: int, reason: str, fields: Fields) -> dict[str, Any]:
                          "headers": _headers(flowcontext.decoded(fields))}}  # fmt: skip
 
 
-def request_later(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None = None) -> Later:
+def request_later(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None = None) -> Deferred:
     """The ``api-inspector`` request entry: the request as the proxy received it (client credentials hidden),
     computed when the trace is read from a snapshot taken now (``seen``, if the caller has one)."""
-    return Later(request_seen, seen or flowcontext.RequestSnapshot(flow.request))
+    return (_REQUEST_SEEN, (seen or flowcontext.RequestSnapshot(flow.request)).data)
 
 
-def request_seen(seen: flowcontext.RequestSnapshot) -> dict[str, Any]:
-    return request_entry(seen.request().method, seen.url, seen.fields)
+def request_seen(seen: flowcontext.SnapshotData) -> dict[str, Any]:
+    snapshot = flowcontext.RequestSnapshot.of(seen)
+    return request_entry(snapshot.request().method, snapshot.url, snapshot.fields)
 
 
-def configuration_later(rule: Rule, seen: flowcontext.RequestSnapshot) -> Later:
+def configuration_later(rule: Rule, seen: flowcontext.RequestSnapshot) -> Deferred:
     """The ``api-inspector`` configuration entry: APIM's api/operation shape, filled from the matching rule and the
     request as received (``seen``)."""
-    return Later(configuration_seen, rule, seen)
+    return (_CONFIGURATION_SEEN, rule, seen.data)
 
 
-def configuration_seen(rule: Rule, seen: flowcontext.RequestSnapshot) -> dict[str, Any]:
-    req = seen.request()
+def configuration_seen(rule: Rule, seen: flowcontext.SnapshotData) -> dict[str, Any]:
+    req = flowcontext.RequestSnapshot.of(seen).request()
     return configuration_entry(rule, req.scheme, req.host, req.port, req.method, req.path)
 
 
-def forward_later(timeout: float, seen: flowcontext.RequestSnapshot, secrets: Any) -> Later:
+def forward_later(timeout: float, seen: flowcontext.RequestSnapshot, secrets: Any) -> Deferred:
     """The backend ``forward-request`` entry: the request as it leaves (``seen``; an injected token shows as
     redacted)."""
-    return Later(forward_seen, timeout, seen, tuple(secrets))
+    return (_FORWARD_SEEN, timeout, seen.data, tuple(secrets))
 
 
-def forward_seen(timeout: float, seen: flowcontext.RequestSnapshot, secrets: tuple[str, ...]) -> dict[str, Any]:
-    return forward_entry(timeout, seen.request().method, seen.url, seen.fields, secrets)
+def forward_seen(timeout: float, seen: flowcontext.SnapshotData, secrets: tuple[str, ...]) -> dict[str, Any]:
+    snapshot = flowcontext.RequestSnapshot.of(seen)
+    return forward_entry(timeout, snapshot.request().method, snapshot.url, snapshot.fields, secrets)
 
 
-def response_later(flow: http.HTTPFlow) -> Later:
+def response_later(flow: http.HTTPFlow) -> Deferred:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    return Later(response_entry, resp.data.status_code, resp.reason, resp.data.headers.fields)
+    return (_RESPONSE_ENTRY, resp.data.status_code, resp.reason, resp.data.headers.fields)
 
 
 def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
     """The request entry, computed now."""
-    return request_later(flow)()
+    return computed(request_later(flow))  # type: ignore[no-any-return]
+
+
+_REQUEST_SEEN, _CONFIGURATION_SEEN = deferred(request_seen), deferred(configuration_seen)
+_FORWARD_SEEN, _RESPONSE_ENTRY = deferred(forward_seen), deferred(response_entry)
 
 
 def _debug_token_expiry(token: str) -> dt.datetime | None:

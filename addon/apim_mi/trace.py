@@ -7,13 +7,15 @@ one from Azure. Nothing here ever sees a token: callers pass claims, not secrets
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache
 from typing import Any
 
 SECTIONS: tuple[str, ...] = ("inbound", "backend", "outbound", "on-error")
@@ -129,10 +131,43 @@ def scrub(data: Any, secrets: set[str] | frozenset[str], ordered: bool = False) 
     return data
 
 
-#: Trace data computed only when the trace is read: ``Later(fn, *args)`` is ``fn(*args)`` then, where ``args`` are
-#: snapshots (immutable values such as mitmproxy's header ``fields`` tuple) taken when the entry was added.
-#: ``functools.partial`` itself: made in C, with no Python frame per entry.
-Later = partial
+#: Trace data computed only when the trace is read: ``(deferred(fn), *args)``, a plain tuple, is ``fn(*args)`` then,
+#: where ``args`` are snapshots (immutable values such as mitmproxy's header ``fields`` tuple) taken when the entry was
+#: added. The function is kept by its name, not as an object: a tuple of plain values is one the garbage collector
+#: stops visiting, and a flow's trace lives as long as the flow (a ``partial`` would stay tracked, with its own tuple).
+#: Entry data that is a tuple is always deferred.
+Deferred = tuple[Any, ...]
+
+
+@lru_cache(maxsize=256)
+def deferred(fn: Callable[..., Any]) -> str:
+    """The name a deferred entry keeps for ``fn`` (a module-level function: found again by its name)."""
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if _function(name) is not fn:
+        raise ValueError(f"{name} is not a module-level function, so a trace cannot find it by its name")
+    return sys.intern(name)
+
+
+@lru_cache(maxsize=256)
+def _function(name: str) -> Callable[..., Any]:
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found  # type: ignore[no-any-return]
+
+
+def later(fn: Callable[..., Any], *args: Any) -> Deferred:
+    """``fn(*args)`` as an entry's data, computed when the trace is read (hot paths build the tuple themselves, with
+    the name ``deferred`` gave once)."""
+    return (deferred(fn), *args)
+
+
+def computed(data: Any) -> Any:
+    """An entry's data as it is shown: a deferred entry's computed."""
+    if type(data) is tuple:
+        return _function(data[0])(*data[1:])
+    return data
 
 #: One recorded step, ``(section, source, data, seconds since receipt)`` as given. The trace keeps its entries'
 #: items in one flat list (four per entry), not a tuple each: a flow's trace lives as long as the flow, so every
@@ -142,11 +177,11 @@ Entry = tuple[str, str, Any, float]
 
 
 def finished(entry: Entry, started: float, secrets: set[str] | frozenset[str]) -> dict[str, Any]:
-    """The entry as the APIM document shows it: timestamps formatted, ``Later`` data computed, canonical key order,
+    """The entry as the APIM document shows it: timestamps formatted, deferred data computed, canonical key order,
     secrets scrubbed (``started``: the trace's start, epoch seconds)."""
     _, source, data, el = entry
-    if type(data) is partial:
-        data = data()
+    if type(data) is tuple:
+        data = _function(data[0])(*data[1:])
     if secrets:
         source = scrub(source, secrets)
         data = scrub(data, secrets, ordered=True)
@@ -170,7 +205,7 @@ class Trace:
 
     Recording is cheap (``add`` keeps what it is given and the time); the APIM document (``to_json``, ``entries``)
     is built when something reads it, and then every entry is scrubbed of every secret registered by then. So data
-    passed to ``add`` must not change afterwards: pass fresh values, or a ``Later`` over immutable snapshots.
+    passed to ``add`` must not change afterwards: pass fresh values, or a deferred tuple over immutable snapshots.
     """
 
     trace_id: str

@@ -9,7 +9,7 @@ a class's ``NET_PROPERTIES``, so expressions cannot reach anything else.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
@@ -42,7 +42,7 @@ class MultiMap:
         values = self.get_all(name)
         return ",".join(values) if values else default
 
-    def set(self, name: str, values: list[str]) -> bool:
+    def set(self, name: str, values: Sequence[str]) -> bool:
         """Replace every value of ``name`` (keeping the position of its first occurrence); returns whether the name
         was there."""
         key = name.lower()

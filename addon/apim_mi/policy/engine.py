@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import ApimMiError, PolicyError
-from ..trace import Later, Trace
+from ..trace import Trace, deferred
 from .expressions import ExpressionRuntimeError, to_policy_string
 from .gateway import GatewayState
 from .model import Policy, Statement, Value
@@ -199,7 +199,7 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
         shown = result
     else:
         shown = to_policy_string(result)
-    run.trace.add(scope.section, source, Later(evaluated_entry, value.text, shown))
+    run.trace.add(scope.section, source, (_EVALUATED, value.text, shown))
     return result
 
 
@@ -207,6 +207,9 @@ def evaluated_entry(text: str, shown: Any) -> dict[str, Any]:
     """APIM's trace entry of an evaluated expression, built when the trace is read (``shown``: the result, or its
     policy string taken when it was evaluated)."""
     return {"message": "Expression was successfully evaluated.", "expression": expression_text(text), "value": shown}
+
+
+_EVALUATED = deferred(evaluated_entry)
 
 
 def evaluate_string_now(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:

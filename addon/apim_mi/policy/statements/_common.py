@@ -4,7 +4,7 @@ statement acts on, APIM's JSON error bodies, and a ``PolicyError`` that carries 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -176,22 +176,26 @@ def value_texts(stmt: Statement) -> tuple[Value | None, ...]:
     return tuple(v.text for v in stmt.children_named("value"))
 
 
-def evaluated(run: PolicyRun, texts: tuple[Value | None, ...], source: str, scope: Scope) -> list[str]:
-    """``value_texts`` evaluated as strings; null results are dropped."""
+def evaluated(run: PolicyRun, texts: tuple[Value | None, ...], source: str, scope: Scope) -> tuple[str, ...]:
+    """``value_texts`` evaluated as strings; null results are dropped. A tuple of strings: the trace keeps it, and
+    the garbage collector stops visiting a tuple of plain values (a list it visits for as long as the flow lives)."""
+    if len(texts) == 1:  # the usual one <value>
+        value = evaluate_string_now(run, texts[0], source, scope)
+        return () if value is None else (value,)
     values: list[str] = []
     for text in texts:
         value = evaluate_string_now(run, text, source, scope)
         if value is not None:
             values.append(value)
-    return values
+    return tuple(values)
 
 
-def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -> list[str]:
+def value_children(run: PolicyRun, stmt: Statement, source: str, scope: Scope) -> tuple[str, ...]:
     """The ``<value>`` children of set-header / set-query-parameter, evaluated; null results are dropped."""
     return evaluated(run, prepared(stmt, value_texts), source, scope)
 
 
-def apply_exists_action(target: Any, name: str, values: list[str], action: str) -> bool:
+def apply_exists_action(target: Any, name: str, values: Sequence[str], action: str) -> bool:
     """``exists-action`` (override / skip / append / delete) on a header or query collection, as APIM applies it
     (override with no value removes the name); returns whether the name was there before."""
     if action == "delete":

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ...credentials import CredentialSpec
 from ...errors import PolicyError
 from ...tokens import TokenError, TokenKey, TokenResult, token_key
-from ...trace import Later
+from ...trace import deferred
 from ..engine import (
     Injection,
     PolicyRun,
@@ -129,7 +129,7 @@ def _acquisition(key: TokenKey, tenant: str, claims: dict[str, Any] | None = Non
 
 
 def _trace_success(run: PolicyRun, scope: Scope, key: TokenKey, result: TokenResult) -> None:
-    run.trace.add(scope.section, MI, Later(obtained, key, result.token.claims, result.cached))
+    run.trace.add(scope.section, MI, (_OBTAINED, key, result.token.claims, result.cached))
 
 
 def obtained(key: TokenKey, claims: dict[str, Any], cached: bool) -> dict[str, Any]:
@@ -142,6 +142,8 @@ def obtained(key: TokenKey, claims: dict[str, Any], cached: bool) -> dict[str, A
         "claims": {k: claims[k] for k in ("aud", "appid", "azp", "oid", "tid", "exp") if k in claims},
     }
 
+
+_OBTAINED = deferred(obtained)
 
 #: The trace message once the token is in the request's Authorization header.
 ADDED = {"message": "Managed identity token is added to Authorization header."}
@@ -204,10 +206,10 @@ def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
         if exists and action == "override":
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
         run.injections.append(Injection(name, "", "", {}))
-    run.trace.add(scope.section, "set-header", Later(_set_header_entry, name, action, exists, values))
+    run.trace.add(scope.section, "set-header", (_SET_HEADER_ENTRY, name, action, exists, values))
 
 
-def _carries_token(values: list[str], secrets: set[str]) -> bool:
+def _carries_token(values: tuple[str, ...], secrets: set[str]) -> bool:
     """Whether a value holds a token the policy obtained. ``Bearer <token>`` ends with it: that is a compare, where a
     search for a kilobyte-long token first spends microseconds preparing it."""
     if secrets:
@@ -218,13 +220,16 @@ def _carries_token(values: list[str], secrets: set[str]) -> bool:
     return False
 
 
-def _set_header_entry(name: str, action: str, exists: bool, values: list[str]) -> dict[str, Any]:
+def _set_header_entry(name: str, action: str, exists: bool, values: tuple[str, ...]) -> dict[str, Any]:
     return {
         "message": f"Header '{name}': {action}" + (" (header already present, left unchanged)"
                                                     if action == "skip" and exists else ""),
         "header": {"name": name, "value": ", ".join(values)},
         "emulator": "wording not verified against Azure",
     }  # fmt: skip
+
+
+_SET_HEADER_ENTRY = deferred(_set_header_entry)
 
 
 def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
