@@ -9,7 +9,7 @@ evaluated." trace entries), turning any failure into a ``PolicyError`` (``contex
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -96,23 +96,44 @@ class PolicyRun:
     fail_on_error_status: bool = False
     buffer_response: bool = True
     streaming: bool = False
-    on_response: list[OnResponse] = field(default_factory=list)
+    #: The rarely written sequences (on_response, warnings, token_failures, finalizers, response_headers) are an
+    #: empty tuple until their first entry (``add_…``, ``warn``): a flow that needs none makes no list, and every
+    #: list a flow keeps in flight is one more object for the garbage collector to visit.
+    on_response: Sequence[OnResponse] = ()
     scratch: dict[str, Any] = field(default_factory=dict)  # what policies keep for their on_response actions
     injections: list[Injection] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: Sequence[str] = ()
     error: PolicyError | None = None
-    token_failures: list[str] = field(default_factory=list)
+    token_failures: Sequence[str] = ()
     #: The engine called the backend itself (retry, pools, several forward-requests): ``context.response`` holds
     #: the final answer and outbound runs here, not after the proxy forwards.
     backend_called: bool = False
     #: Per-request state of statement families (the response-cache key, the proxy for side requests …).
     extras: dict[str, Any] = field(default_factory=dict)
     #: Run once the request is over, whatever its outcome (rate-limit increment-condition on the final response).
-    finalizers: list[Callable[[], None]] = field(default_factory=list)
+    finalizers: Sequence[Callable[[], None]] = ()
     #: Headers the caller's response gets whatever produced it (cors on an allowed cross-origin request).
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_headers: Sequence[tuple[str, str]] = ()
     #: authentication-certificate's choice per request object (the main request, or a send-request's).
     client_certificates: dict[int, Any] = field(default_factory=dict)
+
+    def add_on_response(self, action: OnResponse) -> None:
+        """An action for the complete answer (``deliver``)."""
+        self.on_response = [*self.on_response, action]
+
+    def add_finalizer(self, finalizer: Callable[[], None]) -> None:
+        """Run once the request is over (``finish``)."""
+        self.finalizers = [*self.finalizers, finalizer]
+
+    def add_response_header(self, name: str, value: str, *, replace: bool = False) -> None:
+        """A header for the caller's response, whatever produced it (``replace``: instead of any of that name)."""
+        kept = [(n, v) for n, v in self.response_headers if n.lower() != name.lower()] if replace else \
+            self.response_headers
+        self.response_headers = [*kept, (name, value)]
+
+    def add_token_failure(self, failure: str) -> None:
+        """A token that could not be obtained while the policy went on (ignore-error)."""
+        self.token_failures = [*self.token_failures, failure]
 
     def add_secret(self, secret: str) -> None:
         """Registers a token so no trace entry can ever show it."""
@@ -120,7 +141,7 @@ class PolicyRun:
 
     def warn(self, section: str, source: str, message: str) -> None:
         """An emulator-only diagnostic: kept for the summary and written to the trace, marked as such."""
-        self.warnings.append(message)
+        self.warnings = [*self.warnings, message]
         self.trace.add(section, source, {"message": message, "emulator": "apim-mi diagnostic"})
 
 
@@ -451,6 +472,6 @@ async def run_outbound(run: PolicyRun) -> None:
 
 def finish(run: PolicyRun) -> None:
     """The request is over (answered, forwarded and answered, or failed): run the finalizers once."""
-    finalizers, run.finalizers = run.finalizers, []
+    finalizers, run.finalizers = run.finalizers, ()
     for f in finalizers:
         f()

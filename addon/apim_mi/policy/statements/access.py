@@ -98,11 +98,11 @@ async def cors(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
         simple = request.method.upper() in ("GET", "HEAD")
         _unmatched(run, scope, f"origin '{origin}' is not allowed", terminate and simple)
         return
-    run.response_headers.append(("Access-Control-Allow-Origin", allow_origin))
+    run.add_response_header("Access-Control-Allow-Origin", allow_origin)
     if credentials:
-        run.response_headers.append(("Access-Control-Allow-Credentials", "true"))
+        run.add_response_header("Access-Control-Allow-Credentials", "true")
     if expose:
-        run.response_headers.append(("Access-Control-Expose-Headers", ",".join(expose)))
+        run.add_response_header("Access-Control-Expose-Headers", ",".join(expose))
     run.trace.add(scope.section, "cors", {"message": f"Cross-origin request from '{origin}' is allowed; the "
                                           "response gets the CORS headers.", **UNVERIFIED})
 

@@ -171,7 +171,7 @@ async def token_limit(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
             **UNVERIFIED,
         })  # fmt: skip
 
-    run.on_response.append(settle)
+    run.add_on_response(settle)
 
 
 def _publish_remaining(
@@ -195,8 +195,7 @@ def _publish_remaining(
 
 def _answer_header(run: PolicyRun, name: str, value: str) -> None:
     """A header the client's answer gets whatever produced it (``run.response_headers``), replacing an earlier one."""
-    run.response_headers[:] = [(n, v) for n, v in run.response_headers if n.lower() != name.lower()]
-    run.response_headers.append((name, value))
+    run.add_response_header(name, value, replace=True)
 
 
 def _set(variables: dict[str, Any], name: str | None, value: Any) -> None:
@@ -308,7 +307,7 @@ async def emit_token_metric(run: PolicyRun, stmt: Statement, scope: Scope) -> No
             },
         )
 
-    run.on_response.append(emit)
+    run.add_on_response(emit)
 
 
 async def emit_metric(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
@@ -491,7 +490,7 @@ async def content_safety(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
             except PolicyError as e:
                 await handle_error(run, e)  # the answer becomes the 403 (or on-error's), before outbound runs
 
-        run.on_response.append(on_completion)
+        run.add_on_response(on_completion)
 
 
 async def _screen_completion(
@@ -606,7 +605,7 @@ async def semantic_cache_store(run: PolicyRun, stmt: Statement, scope: Scope) ->
     async def store_streamed(run: PolicyRun, delivered: Delivered) -> None:
         store(status, reason, headers, delivered.body)
 
-    run.on_response.append(store_streamed)
+    run.add_on_response(store_streamed)
 
 
 HANDLERS = {

@@ -81,7 +81,7 @@ async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope
             "message": message,
             "errorResponse": e.error_response or {"error": e.reason, "error_description": e.message},
         })
-        run.token_failures.append(f"{e.reason}: {e.message}")
+        run.add_token_failure(f"{e.reason}: {e.message}")
         if ignore_error:
             if scope.request is not None and "Authorization" in scope.request.headers:
                 run.warn(scope.section, MI, "ignore-error=\"true\": no token was obtained, so the client's own "

@@ -172,7 +172,7 @@ def _count_later(run: PolicyRun, stmt: Statement, windows: list[Counter], count:
             if quota:
                 w.kilobytes += size / 1024
 
-    run.finalizers.append(finish)
+    run.add_finalizer(finish)
 
 
 async def _limit(run: PolicyRun, stmt: Statement, scope: Scope, *, quota: bool) -> None:
@@ -231,11 +231,10 @@ def _report(run: PolicyRun, stmt: Statement, remaining: int | None, total: int |
     variable = stmt.attr("remaining-calls-variable-name")
     if variable:
         run.context.variables[variable] = remaining
-    headers = run.response_headers
     if stmt.attr("remaining-calls-header-name"):
-        headers.append((stmt.attr("remaining-calls-header-name") or "", str(remaining)))
+        run.add_response_header(stmt.attr("remaining-calls-header-name") or "", str(remaining))
     if stmt.attr("total-calls-header-name") and total is not None:
-        headers.append((stmt.attr("total-calls-header-name") or "", str(total)))
+        run.add_response_header(stmt.attr("total-calls-header-name") or "", str(total))
 
 
 def _exceeded(run: PolicyRun, stmt: Statement, scope: Scope, wait: float, calls: int | None, quota: bool,
