@@ -180,8 +180,7 @@ def finished(entry: Entry, started: float, secrets: set[str] | frozenset[str]) -
     """The entry as the APIM document shows it: timestamps formatted, deferred data computed, canonical key order,
     secrets scrubbed (``started``: the trace's start, epoch seconds)."""
     _, source, data, el = entry
-    if type(data) is tuple:
-        data = _function(data[0])(*data[1:])
+    data = computed(data)
     if secrets:
         source = scrub(source, secrets)
         data = scrub(data, secrets, ordered=True)

@@ -113,6 +113,14 @@ def _bounded(node: Any, depth: int, count: list[int]) -> bool:
 _SPECIAL = (TypeHandle, NamespaceHandle, Closure)
 
 
+def _indexed(obj: Any, values: list[Any]) -> Any:
+    """``obj[values]`` as ``index_get`` answers it, with the interpreter's error for a value that has no indexer."""
+    try:
+        return index_get(obj, values)
+    except MemberNotFound:
+        raise EvalError(f"Cannot apply indexing with [] to an expression of type '{net_type_name(obj)}'") from None
+
+
 def _null_target(obj: Any, null_cond: bool) -> Any:
     if null_cond:
         raise _NullShort
@@ -251,13 +259,8 @@ class _Compiler:
                     _null_target(obj, null_cond)
                 key = only(c, s)
                 if type(obj) is dict and type(key) is str and key in obj:
-                    return obj[key]
-                try:
-                    return index_get(obj, [key])
-                except MemberNotFound:
-                    raise EvalError(
-                        f"Cannot apply indexing with [] to an expression of type '{net_type_name(obj)}'"
-                    ) from None
+                    return obj[key]  # index_get's answer for a present string key (context.Variables["…"])
+                return _indexed(obj, [key])
 
             return index1
 
@@ -265,15 +268,7 @@ class _Compiler:
             obj = target(c, s)
             if obj is None:  # Interpreter.target: the value, which must not be null
                 _null_target(obj, null_cond)
-            values = [k(c, s) for k in keys]
-            if type(obj) is dict and len(values) == 1 and type(values[0]) is str and values[0] in obj:
-                return obj[values[0]]  # index_get's answer for a present string key (context.Variables["…"])
-            try:
-                return index_get(obj, values)
-            except MemberNotFound:
-                raise EvalError(
-                    f"Cannot apply indexing with [] to an expression of type '{net_type_name(obj)}'"
-                ) from None
+            return _indexed(obj, [k(c, s) for k in keys])
 
         return index
 
