@@ -217,6 +217,6 @@ def reflects(body: bytes | None, needles: Sequence[bytes], limit: int = SCAN_LIM
     if not body or len(body) > limit:
         return False
     for needle in needles:  # noqa: SIM110 (a loop: no generator for the one or two needles there are)
-        if needle in body:
+        if body.find(needle) >= 0:  # not ``in``: on bytes it first tries the needle as an integer (an exception)
             return True
     return False

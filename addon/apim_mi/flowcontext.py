@@ -58,11 +58,12 @@ class Received:
     """The request as ``context_from_flow`` read it, so ``apply_request`` writes back only what the policy changed.
 
     ``url``: the URL string read, or None when the ``Url`` was built from a plain request's parts (then ``str(parsed)``
-    is that string, and ``parsed``/``url_key`` tell whether the policy touched it)."""
+    is that string, and ``parsed``/``url_key`` tell whether the policy touched it); ``fields``: the header fields
+    as read (mitmproxy's immutable tuple, compared with the policy's headers once encoded)."""
 
     url: str | None
     method: bytes
-    headers: list[tuple[str, str]]
+    fields: tuple[tuple[bytes, bytes], ...]
     parsed: Url | None = None
     url_key: tuple[Any, ...] = ()
 
@@ -102,7 +103,7 @@ def _host_header(req: http.Request) -> str | None:
     """``req.host_header``, reading HTTP/1's Host header(s) straight from the fields."""
     if req.is_http2 or req.is_http3:
         return req.host_header
-    values = [v for n, v in req.headers.fields if n.lower() == b"host"]
+    values = [v for n, v in req.headers.fields if len(n) == 4 and n.lower() == b"host"]
     return b", ".join(values).decode("utf-8", "surrogateescape") if values else None
 
 
@@ -179,7 +180,9 @@ def _url_of(req: http.Request) -> tuple[Url, str | None, str | tuple[str, str, i
     plain URL (http/https, lower-case name, a path with neither fragment nor control characters) built from
     mitmproxy's parsed parts instead (``Url.plain``), with the string left unbuilt (None): it is ``str()`` of the
     result."""
-    scheme, host, path = req.scheme, req.host, req.path
+    data = req.data  # what mitmproxy's scheme and path properties decode, without a Python call each
+    scheme, host, path = data.scheme.decode("utf-8", "surrogateescape"), data.host, data.path.decode(
+        "utf-8", "surrogateescape")
     if (
         (scheme == "http" or scheme == "https")
         and path[:1] == "/"
@@ -187,14 +190,15 @@ def _url_of(req: http.Request) -> tuple[Url, str | None, str | tuple[str, str, i
         and ":" not in host
         and host == host.lower()
         # what keeps the URL from being "plain": urlsplit drops tabs and newlines and splits at '#' (a few
-        # substring tests cost less than one regular expression search)
+        # substring tests cost less than one regular expression search; on str: ``in`` on bytes first tries the
+        # needle as an integer, and raises and clears an exception to find it is not one)
         and "#" not in path
         and "\t" not in path
         and "\r" not in path
         and "\n" not in path
         and path[-1:] != "?"
     ):
-        parts = (scheme, host, req.port, path)
+        parts = (scheme, host, data.port, path)
         return Url.plain(*parts), None, parts
     raw = request_url(req)
     return Url.parse(raw), raw, raw
@@ -204,21 +208,24 @@ def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | Non
     """The policy's ``context`` for a flow, and what was read (for ``apply_request``). ``body``: instead of the
     flow's (a streamed body, not there yet)."""
     req = flow.request
+    data = req.data
     parsed, raw_url, original = _url_of(req)
     client = flow.client_conn
-    peer = client.peername[0] if client.peername else "127.0.0.1"
-    pairs = decoded(req.data.headers.fields)
-    certificates = client.certificate_list
-    request = Request.of_flow(req.method, parsed, Headers.of(list(pairs)), req.data.content or b"", peer,
+    peername, certificates = client.peername, client.certificate_list
+    fields = data.headers.fields
+    method = data.method
+    request = Request.of_flow(method.decode("utf-8", "surrogateescape").upper(), parsed, Headers.of(decoded(fields)),
+                              data.content or b"", peername[0] if peername else "127.0.0.1",
                               presented(certificates) if certificates else None, original)  # fmt: skip
     if body is not None:
         request.body = body
-    received = Received(raw_url, req.data.method, pairs, parsed, _url_key(parsed))
-    return Context(request=request, request_id=request_id, received=req.data.timestamp_start), received
+    received = Received(raw_url, method, fields, parsed,
+                        (parsed.scheme, parsed.host, parsed.port, parsed.path, parsed.fragment, parsed._raw_query))
+    return Context.of_flow(request, request_id, data.timestamp_start), received
 
 
-def _hosts(pairs: list[tuple[str, str]]) -> list[str]:
-    return [v for n, v in pairs if n.lower() == "host"]
+def _hosts(fields: tuple[tuple[bytes, bytes], ...]) -> list[bytes]:
+    return [v for n, v in fields if len(n) == 4 and n.lower() == b"host"]
 
 
 def apply_request(request: Request, flow: http.HTTPFlow, received: Received | None = None) -> bool:
@@ -235,7 +242,7 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
         and received.url is None
         and u is received.parsed
         and _url_key(u) == received.url_key
-        and u.query.pairs() == u._raw_pairs
+        and u.query._pairs == u._raw_pairs  # read, not copied
     )
     if not untouched:
         new_url = str(u)
@@ -245,10 +252,10 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
     method = request.method.encode("utf-8", "surrogateescape")
     if received is None or method != received.method:
         req.data.method = method
-    pairs = request.headers.pairs()
-    if received is None or pairs != received.headers:
-        req.data.headers.fields = encoded(pairs)
-        changed = changed or received is None or _hosts(pairs) != _hosts(received.headers)
+    fields = encoded(request.headers._pairs)  # read, not copied: ``encoded`` makes the new tuple
+    if received is None or fields != received.fields:
+        req.data.headers.fields = fields
+        changed = changed or received is None or _hosts(fields) != _hosts(received.fields)
     body = request.body_if_read()  # never read: still the flow's
     if body is not None and not body.streamed and body.content != (req.data.content or b""):
         req.content = body.content
@@ -259,7 +266,7 @@ def content_of(message: http.Message) -> bytes | None:
     """``message.get_content(strict=False)``; without a Content-Encoding (most answers) the raw body, with no header
     lookup."""
     for name, _ in message.data.headers.fields:
-        if name.lower() == b"content-encoding":
+        if len(name) == 16 and name.lower() == b"content-encoding":
             return message.get_content(strict=False)
     return message.data.content
 

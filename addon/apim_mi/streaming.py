@@ -32,7 +32,7 @@ def is_event_stream(response: http.Response) -> bool:
     fields: asked for every matched answer."""
     joined = None
     for name, value in response.data.headers.fields:
-        if name.lower() == b"content-type":
+        if len(name) == 12 and name.lower() == b"content-type":
             joined = value if joined is None else joined + b", " + value
     return joined is not None and joined.split(b";", 1)[0].strip().lower() == _EVENT_STREAM
 

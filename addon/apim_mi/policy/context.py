@@ -33,9 +33,12 @@ class MultiMap:
         m._pairs = pairs
         return m
 
+    # Names are compared by length before they are lowered: most differ in length, and ``lower`` makes a string.
+
     def get_all(self, name: str) -> list[str]:
         key = name.lower()
-        return [v for n, v in self._pairs if n.lower() == key]
+        k = len(key)
+        return [v for n, v in self._pairs if len(n) == k and n.lower() == key]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """All values joined by commas, as APIM's ``GetValueOrDefault``; ``default`` when absent."""
@@ -46,13 +49,15 @@ class MultiMap:
         """Replace every value of ``name`` (keeping the position of its first occurrence); returns whether the name
         was there."""
         key = name.lower()
-        new = [(name, str(v)) for v in values]
+        k = len(key)
         pairs = self._pairs
         for i, (n, _) in enumerate(pairs):
-            if n.lower() == key:
-                self._pairs = [*pairs[:i], *new, *[p for p in pairs[i + 1 :] if p[0].lower() != key]]
+            if len(n) == k and n.lower() == key:
+                kept = [p for p in pairs[i + 1 :] if len(p[0]) != k or p[0].lower() != key]
+                self._pairs = [*pairs[:i], *[(name, str(v)) for v in values], *kept]
                 return True
-        self._pairs = pairs + new
+        for v in values:  # a new name: appended, as ``append`` does
+            pairs.append((name, str(v)))
         return False
 
     def append(self, name: str, value: str) -> None:
@@ -60,10 +65,12 @@ class MultiMap:
 
     def remove(self, name: str) -> bool:
         """Drop every value of ``name``; returns whether there was one."""
+        if name not in self:
+            return False
         key = name.lower()
-        pairs = self._pairs
-        self._pairs = [(n, v) for n, v in pairs if n.lower() != key]
-        return len(self._pairs) != len(pairs)
+        k = len(key)
+        self._pairs = [(n, v) for n, v in self._pairs if len(n) != k or n.lower() != key]
+        return True
 
     def pairs(self) -> list[tuple[str, str]]:
         return list(self._pairs)
@@ -82,8 +89,9 @@ class MultiMap:
         if not isinstance(name, str):
             return False
         key = name.lower()
+        k = len(key)
         for n, _ in self._pairs:  # noqa: SIM110 (a loop: no list, no generator, stops at the first)
-            if n.lower() == key:
+            if len(n) == k and n.lower() == key:
                 return True
         return False
 
@@ -113,7 +121,7 @@ class Query(MultiMap):
 
     @classmethod
     def parse(cls, query: str) -> Query:
-        pairs = []
+        pairs: list[tuple[str, str]] = []
         if query:
             plus_or_percent = "+" in query or "%" in query  # else unquoting leaves every part as it is
             for part in query.split("&"):
@@ -159,7 +167,10 @@ class Url:
         ``/`` and has neither fragment nor control characters): what ``parse`` gives for it, without its parsing."""
         p, _, q = path.partition("?")
         query = Query.parse(q)
-        return cls(scheme, host, port, p, query, "", q, query.pairs())
+        u = object.__new__(cls)  # what __init__ sets, without its call (one or two per request)
+        u.scheme, u.host, u.port, u.path, u.query, u.fragment = scheme, host, port, p, query, ""
+        u._raw_query, u._raw_pairs = q, list(query._pairs)
+        return u
 
     @property
     def query_string(self) -> str:
@@ -497,6 +508,18 @@ class Context:
         self.last_error, self.api, self.operation, self.product = last_error, api, operation, product
         self.subscription, self.user, self.workspace, self.tracing = subscription, user, workspace, tracing
         self.traces = [] if traces is None else traces
+
+    @classmethod
+    def of_flow(cls, request: Request, request_id: uuid.UUID, received: float | None) -> Context:
+        """``Context(request=request, request_id=request_id, received=received)``, made without ``__init__``'s keyword
+        arguments (one context per request)."""
+        context = object.__new__(cls)
+        context.request, context.response, context.variables, context.request_id = request, None, {}, request_id
+        context._received = received
+        context._timestamp = context._deployment = context.last_error = context.api = context.operation = None
+        context.product = context.subscription = context.user = context.workspace = None
+        context.tracing, context.traces = False, []
+        return context
 
     @property
     def timestamp(self) -> datetime:
