@@ -278,7 +278,7 @@ def response_context(resp: http.Response) -> tuple[Response, list[tuple[str, str
     pairs = decoded(data.headers.fields)
     response = Response(
         status_code=data.status_code,
-        status_reason=resp.reason,
+        status_reason=data.reason.decode("ISO-8859-1"),  # what ``resp.reason`` decodes
         headers=Headers.of(list(pairs)),
         body=Body(data.content or b""),
     )
@@ -302,11 +302,13 @@ def apply_response(response: Response, flow: http.HTTPFlow, received: list[tuple
     ``received`` (from ``response_context``), headers the policy left as they were are not written again."""
     assert flow.response is not None
     resp = flow.response
-    resp.data.status_code = response.status_code  # what the property's setter does, without the call
-    if response.status_reason:
-        resp.reason = response.status_reason
+    data = resp.data
+    data.status_code = response.status_code  # what the property's setter does, without the call
+    reason = response.status_reason
+    if reason and reason != data.reason.decode("ISO-8859-1"):  # written only when the policy changed it
+        resp.reason = reason
     pairs = response.headers.pairs()
     if received is None or pairs != received:
-        resp.data.headers.fields = encoded(pairs)
-    if response.body is not None and response.body.content != (resp.data.content or b""):
+        data.headers.fields = encoded(pairs)
+    if response.body is not None and response.body.content != (data.content or b""):
         resp.content = response.body.content

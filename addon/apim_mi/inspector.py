@@ -138,7 +138,8 @@ def response_later(flow: http.HTTPFlow) -> Deferred:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    return (_RESPONSE_ENTRY, resp.data.status_code, resp.reason, resp.data.headers.fields)
+    data = resp.data
+    return (_RESPONSE_ENTRY, data.status_code, data.reason.decode("ISO-8859-1"), data.headers.fields)  # resp.reason
 
 
 def request_data(flow: http.HTTPFlow) -> dict[str, Any]:

@@ -101,30 +101,31 @@ class CompiledExpression:
             if self.closure is not None:
                 return self.closure(context, None)
             return Interpreter(context).run(self.program)
-        except NetException as e:
-            raise ExpressionRuntimeError(self.source, e.message, e.type) from None
-        except (EvalError, BudgetExceeded) as e:
-            raise ExpressionRuntimeError(self.source, str(e), type(e).__name__) from None
-        except MemberNotFound as e:
-            raise ExpressionRuntimeError(self.source, f"Member '{e}' is not supported", "MemberNotFound") from None
-        except RecursionError:
-            raise ExpressionRuntimeError(self.source, "The expression recursed too deeply", "RecursionError") from None
-        except MemoryError:
-            raise ExpressionRuntimeError(
-                self.source, "Insufficient memory to continue the execution.", "System.OutOfMemoryException"
-            ) from None
-        except (TypeError, IndexError, KeyError, AttributeError, ValueError) as e:
-            raise ExpressionRuntimeError(
-                self.source, f"Invalid arguments or operands: {e}", "System.ArgumentException"
-            ) from None
-        except ArithmeticError as e:
-            raise ExpressionRuntimeError(
-                self.source, f"Arithmetic operation failed: {e}", "System.ArithmeticException"
-            ) from None
         except Exception as e:  # the contract: nothing but ExpressionRuntimeError escapes
-            raise ExpressionRuntimeError(
-                self.source, f"Internal error: {type(e).__name__}: {e}", type(e).__name__
-            ) from None
+            raise self.failure(e) from None
+
+    def failure(self, e: Exception) -> ExpressionRuntimeError:
+        """The ``ExpressionRuntimeError`` that ``evaluate`` raises for ``e`` (a caller that calls ``closure``
+        itself, on every flow, maps what it raises the same way)."""
+        if isinstance(e, NetException):
+            return ExpressionRuntimeError(self.source, e.message, e.type)
+        if isinstance(e, EvalError | BudgetExceeded):
+            return ExpressionRuntimeError(self.source, str(e), type(e).__name__)
+        if isinstance(e, MemberNotFound):
+            return ExpressionRuntimeError(self.source, f"Member '{e}' is not supported", "MemberNotFound")
+        if isinstance(e, RecursionError):
+            return ExpressionRuntimeError(self.source, "The expression recursed too deeply", "RecursionError")
+        if isinstance(e, MemoryError):
+            return ExpressionRuntimeError(self.source, "Insufficient memory to continue the execution.",
+                                          "System.OutOfMemoryException")  # fmt: skip
+        if isinstance(e, TypeError | IndexError | KeyError | AttributeError | ValueError):
+            return ExpressionRuntimeError(self.source, f"Invalid arguments or operands: {e}",
+                                          "System.ArgumentException")  # fmt: skip
+        if isinstance(e, ArithmeticError):
+            return ExpressionRuntimeError(self.source, f"Arithmetic operation failed: {e}",
+                                          "System.ArithmeticException")  # fmt: skip
+        return ExpressionRuntimeError(self.source, f"Internal error: {type(e).__name__}: {e}",
+                                      type(e).__name__)  # fmt: skip
 
 
 def compile_expression(source: str, location: Location) -> CompiledExpression:
