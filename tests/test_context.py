@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from apim_mi.policy.context import Body, Context, Deployment, Headers, LastError, Query, Request, Response, Url
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_expressions_support import ev
 
 
@@ -119,3 +122,52 @@ def test_query_parse_unquotes_only_what_needs_it() -> None:
     for raw, pairs in [("a=1&b=&c&&d=x=y", [("a", "1"), ("b", ""), ("c", ""), ("d", "x=y")]),
                        ("a+b=c+d&e%20f=%2B%26", [("a b", "c d"), ("e f", "+&")]), ("", [])]:  # fmt: skip
         assert Query.parse(raw).pairs() == pairs
+
+
+class _ReferenceMultiMap:
+    """The multimap's documented behaviour, written the plain way (lists rebuilt on every change)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = list(pairs)
+
+    def get(self, name: str, default: str | None) -> str | None:
+        values = [v for n, v in self.pairs if n.lower() == name.lower()]
+        return ",".join(values) if values else default
+
+    def set(self, name: str, values: list[str]) -> bool:
+        at = [i for i, (n, _) in enumerate(self.pairs) if n.lower() == name.lower()]
+        if not at:
+            self.pairs = self.pairs + [(name, v) for v in values]
+            return False
+        rest = [p for p in self.pairs[at[0] + 1 :] if p[0].lower() != name.lower()]
+        self.pairs = self.pairs[: at[0]] + [(name, v) for v in values] + rest
+        return True
+
+    def remove(self, name: str) -> bool:
+        kept = [p for p in self.pairs if p[0].lower() != name.lower()]
+        found, self.pairs = len(kept) != len(self.pairs), kept
+        return found
+
+
+_NAMES = st.sampled_from(["Host", "host", "X-Tenant", "x-tenant", "X-TENANT", "Accept", "X-Tenans", "A", "é-Ä",
+                          "\u0130", "i\u0307", "x\u0130", "xi\u0307"])  # fmt: skip
+_OPS = st.lists(st.tuples(st.sampled_from(["set", "remove", "get", "append"]), _NAMES,
+                          st.lists(st.sampled_from(["1", "", "a,b", "x"]), max_size=3)), max_size=12)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, st.sampled_from(["v", "w", ""])), max_size=8), _OPS)
+def test_the_multimap_behaves_as_its_plain_definition(start: list[tuple[str, str]], ops: list[Any]) -> None:
+    """get/set/remove/append (with their by-length shortcuts and in-place updates) against the plain definition,
+    on names that differ only in case, in length by one, or not at all."""
+    fast, plain = Headers(start), _ReferenceMultiMap(start)
+    for op, name, values in ops:
+        if op == "set":
+            assert fast.set(name, values) == plain.set(name, values)
+        elif op == "remove":
+            assert fast.remove(name) == plain.remove(name)
+        elif op == "append":
+            fast.append(name, "z")
+            plain.pairs.append((name, "z"))
+        assert fast.get(name, "d") == plain.get(name, "d") and (name in fast) == (plain.get(name, None) is not None)
+        assert fast.pairs() == plain.pairs

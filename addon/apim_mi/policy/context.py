@@ -34,26 +34,36 @@ class MultiMap:
         return m
 
     # Names are compared by length before they are lowered: most differ in length, and ``lower`` makes a string.
+    # Exact: the one character whose lower case is longer (U+0130) lowers to a dotted i (U+0307), so only a key
+    # holding U+0307 can match a name of another length (``_length`` then gives -1: no shortcut).
 
     def get_all(self, name: str) -> list[str]:
         key = name.lower()
-        k = len(key)
-        return [v for n, v in self._pairs if len(n) == k and n.lower() == key]
+        k = _length(key)
+        return [v for n, v in self._pairs if (len(n) == k or k < 0) and n.lower() == key]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """All values joined by commas, as APIM's ``GetValueOrDefault``; ``default`` when absent."""
-        values = self.get_all(name)
-        return ",".join(values) if values else default
+        key = name.lower()
+        k = _length(key)
+        found = None
+        for n, v in self._pairs:  # the usual one value: no list, no join
+            if (len(n) == k or k < 0) and n.lower() == key:
+                found = v if found is None else f"{found},{v}"
+        return default if found is None else found
 
     def set(self, name: str, values: Sequence[str]) -> bool:
         """Replace every value of ``name`` (keeping the position of its first occurrence); returns whether the name
         was there."""
         key = name.lower()
-        k = len(key)
+        k = _length(key)
         pairs = self._pairs
         for i, (n, _) in enumerate(pairs):
-            if len(n) == k and n.lower() == key:
-                kept = [p for p in pairs[i + 1 :] if len(p[0]) != k or p[0].lower() != key]
+            if (len(n) == k or k < 0) and n.lower() == key:
+                kept = [p for p in pairs[i + 1 :] if (len(p[0]) != k and k >= 0) or p[0].lower() != key]
+                if len(values) == 1 and len(kept) == len(pairs) - i - 1:  # one value for the one there: in place
+                    pairs[i] = (name, str(values[0]))
+                    return True
                 self._pairs = [*pairs[:i], *[(name, str(v)) for v in values], *kept]
                 return True
         for v in values:  # a new name: appended, as ``append`` does
@@ -68,8 +78,8 @@ class MultiMap:
         if name not in self:
             return False
         key = name.lower()
-        k = len(key)
-        self._pairs = [(n, v) for n, v in self._pairs if len(n) != k or n.lower() != key]
+        k = _length(key)
+        self._pairs = [(n, v) for n, v in self._pairs if (len(n) != k and k >= 0) or n.lower() != key]
         return True
 
     def pairs(self) -> list[tuple[str, str]]:
@@ -89,9 +99,9 @@ class MultiMap:
         if not isinstance(name, str):
             return False
         key = name.lower()
-        k = len(key)
+        k = _length(key)
         for n, _ in self._pairs:  # noqa: SIM110 (a loop: no list, no generator, stops at the first)
-            if len(n) == k and n.lower() == key:
+            if (len(n) == k or k < 0) and n.lower() == key:
                 return True
         return False
 
@@ -106,6 +116,12 @@ class MultiMap:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._pairs!r})"
+
+
+def _length(key: str) -> int:
+    """A lower-cased name's length, for comparing names by length first; -1 when a name of another length can lower
+    to it (see ``MultiMap``)."""
+    return len(key) if "\u0307" not in key else -1
 
 
 class Headers(MultiMap):

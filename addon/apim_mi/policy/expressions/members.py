@@ -727,6 +727,8 @@ def _str_equals(s: str, args: Args) -> bool:
 
 def _starts(s: str, args: Args, end: bool) -> bool:
     v = args[0]
+    if type(v) is str and len(args) == 1:  # what the general path answers for a plain string, case-sensitive
+        return s.endswith(v) if end else s.startswith(v)
     ic = ignore_case(args[1]) if len(args) > 1 else False
     if isinstance(v, Char):
         return bool(s) and (s[-1] if end else s[0]) == v
