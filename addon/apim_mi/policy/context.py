@@ -35,17 +35,17 @@ class MultiMap:
 
     # Names are compared by length before they are lowered: most differ in length, and ``lower`` makes a string.
     # Exact: the one character whose lower case is longer (U+0130) lowers to a dotted i (U+0307), so only a key
-    # holding U+0307 can match a name of another length (``_length`` then gives -1: no shortcut).
+    # holding U+0307 can match a name of another length (then ``k`` is -1: no shortcut).
 
     def get_all(self, name: str) -> list[str]:
         key = name.lower()
-        k = _length(key)
+        k = len(key) if "\u0307" not in key else -1  # see above
         return [v for n, v in self._pairs if (len(n) == k or k < 0) and n.lower() == key]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """All values joined by commas, as APIM's ``GetValueOrDefault``; ``default`` when absent."""
         key = name.lower()
-        k = _length(key)
+        k = len(key) if "\u0307" not in key else -1  # see above
         found = None
         for n, v in self._pairs:  # the usual one value: no list, no join
             if (len(n) == k or k < 0) and n.lower() == key:
@@ -56,7 +56,7 @@ class MultiMap:
         """Replace every value of ``name`` (keeping the position of its first occurrence); returns whether the name
         was there."""
         key = name.lower()
-        k = _length(key)
+        k = len(key) if "\u0307" not in key else -1  # see above
         pairs = self._pairs
         for i, (n, _) in enumerate(pairs):
             if (len(n) == k or k < 0) and n.lower() == key:
@@ -78,7 +78,7 @@ class MultiMap:
         if name not in self:
             return False
         key = name.lower()
-        k = _length(key)
+        k = len(key) if "\u0307" not in key else -1  # see above
         self._pairs = [(n, v) for n, v in self._pairs if (len(n) != k and k >= 0) or n.lower() != key]
         return True
 
@@ -99,7 +99,7 @@ class MultiMap:
         if not isinstance(name, str):
             return False
         key = name.lower()
-        k = _length(key)
+        k = len(key) if "\u0307" not in key else -1  # see above
         for n, _ in self._pairs:  # noqa: SIM110 (a loop: no list, no generator, stops at the first)
             if (len(n) == k or k < 0) and n.lower() == key:
                 return True
@@ -116,12 +116,6 @@ class MultiMap:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._pairs!r})"
-
-
-def _length(key: str) -> int:
-    """A lower-cased name's length, for comparing names by length first; -1 when a name of another length can lower
-    to it (see ``MultiMap``)."""
-    return len(key) if "\u0307" not in key else -1
 
 
 class Headers(MultiMap):
