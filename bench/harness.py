@@ -948,6 +948,32 @@ give the same number on every run whatever the machine is doing.
 
 ### What changed (issue 13)
 
+- **Sixth pass: calls, and what mitmproxy's properties cost.** Counted with callgrind inside the flow loop only
+  (client requests turn collection on and off around it; the hooks' coroutines driven without the event loop; the
+  collector off), which repeats within about ±1k where `bench/instructions.py` moves by a few k: the APIM policy's
+  hooks 550k → 523k instructions per flow (−5 %); `bench/instructions.py` reads 542.8k (570.8k before).
+  - **The request context reads mitmproxy's `RequestData`**: scheme, path and method decoded there (each of
+    mitmproxy's properties is a Python call); `Received` keeps the header fields as read (mitmproxy's immutable
+    tuple) and `apply_request` compares the encoded headers with them, so no second decoded list is made;
+    `Context.of_flow` and `Url.plain` are made without `__init__` (a 16-keyword `__init__` alone is about 3.6k
+    instructions). Building the context went 46.2k → 41.0k.
+  - **`in` on bytes is slow**: CPython first tries the needle as an integer, raising and clearing a `TypeError`
+    (about 176 ns, against 21 ns for `find`). The echo check uses `find`; the plain-URL test works on the decoded
+    path.
+  - **Header names are compared by length before `lower()`** (the context's multimap, Host, Content-Type,
+    Content-Encoding): `lower()` makes a string, and most names differ in length. Exact: U+0130 is the only
+    character whose lower case is longer, so only a key holding U+0307 skips the shortcut; a hypothesis test
+    compares get/set/remove/append with the plain definition, and fails without that guard.
+  - `MultiMap.get` makes no list or join for the usual one value, and `set` replaces one value in place;
+    `String.StartsWith`/`EndsWith` of a plain string skip the general path; `evaluate_now` calls an expression's
+    compiled closure itself (`CompiledExpression.failure` maps what it raises, as `evaluate` does); the answer's
+    reason is read from its bytes and written back only when outbound changed it.
+  - **Tried, measured, and left out**: a sync-first engine (statement lists, sections, inbound and outbound run
+    without a coroutine until a statement waits; the managed-identity step without one for a cached token). The
+    engine's instructions did not move (303.0k against 304.8k per run of the bench policy's inbound), so it was not
+    worth its surface. Driving the addon's coroutine hooks to completion before mitmproxy sees them (an experiment
+    addon, live, eight paired rounds) read 0.847 against 0.845: the coroutines mitmproxy awaits are not where the
+    policy's time goes.
 - **Fifth pass: what a real token costs, and what a flow leaves behind.** `bench/instructions.py`, APIM policy:
   669.4k → 570.1k instructions per flow (−15 %), with the bench's stand-in token now emulator-sized (below); 1 rule
   104.6k → about 92k.
@@ -1098,32 +1124,32 @@ give the same number on every run whatever the machine is doing.
   `bench/pyspy.py`. The micro policy case now reuses one `GatewayState` across flows, as the addon does (it made one
   per flow, whose random seeding alone was ≈ 11 µs of the "before" figure).
 
-### What is left: the APIM policy's ratio, and a machine too noisy to read it
+### What is left
 
-- **Two whole runs of the fifth pass's code disagree by more than the targets' margins.** This report is the first
-  (21:45 UTC): trivial addon 0.88, hook set 0.98, 1 rule 1.02, 10 000 rules 0.80, the APIM policy 0.80, the hooks
-  16.7 µs (1 rule) and 112.3 µs (the policy; the stand-in token is now emulator-sized). The second, started at once
-  on the same commit (22:02 UTC, load average 0.23 → 0.54): trivial 1.00, hook set 0.99, 1 rule 0.89, 10 000 rules
-  0.95, the APIM policy 0.96, the hooks 27.8 µs and 140.5 µs (the micro section ran while the machine was busiest).
-  The previous pass's run read 1 rule 0.97, 10 000 rules 0.97 and the policy 0.82, with the trivial addon at 1.03.
-  Four rounds of two processes do not settle a few per cent on this machine today, so the issue stays open on the
-  policy's ratio, which no whole run has put above 0.85 twice. Two paired runs after it (`wrk -c16`, 3 s per run,
-  8 and 10 rounds, one process each: bare, the session's starting commit and this code side by side) read the
-  policy at 0.868 and 0.855 (+144 µs of CPU per request over bare, both times) against the starting commit's 0.814
-  and 0.832 (+197 and +183 µs): this pass took about a quarter off what the policy adds, and the 1 rule read 0.962.
-- **What this pass moved, counted instead of timed**: the APIM policy's hooks 669.4k → 570.1k instructions per flow
-  (−15 %, emulator-sized token); the tracked objects a flow leaves to the collector 113 → 95; young collections per
-  4 000 flows in one process 156 → 102. The live proxy's own time is mostly mitmproxy's: in this pass's py-spy
-  profile of the policy (above), `AddonManager._iter_hooks`, `traverse` and `trigger_event` (each hook offered to
-  every addon) take about a third of the samples, apim-mi's functions a few per cent each.
-- **Where the policy's extra CPU goes**, beyond its hooks (about 110 µs per flow live): every `HTTPFlow` is cyclic
-  garbage, so everything its metadata holds is freed, and visited until then, by the collector (with the collector
-  off in both, the gap over bare fell from +266 to +197 µs); and the engine path's 570k instructions per flow (the
-  fast path's: about 92k) run on colder caches live than in a micro loop.
-- **Next cuts**, by instructions per flow: the request context model (`flowcontext.request_context`, ~48k) and the
-  response model for outbound (~20k); `PolicyRun`'s construction (~11k, mostly its dataclass `__init__`); `steps()`
-  once per statement list per flow (~2k each); the Host-header comparison after the policy (two scans of the header
-  list); `MultiMap.set`, a new list per call.
+- **The targets sit at the edge of this machine's noise.** This report is the sixth pass's first whole run (01:12
+  UTC, the final code): every target met, the APIM policy at 0.86 [0.82–0.87] (bare 768 µs of CPU per request, the
+  policy 899), 1 rule 0.96, 10 000 rules 0.95, the trivial addon 0.98, the hooks 12.2 µs (1 rule) and 73.3 µs (the
+  policy). Two more whole runs of the same code, at once after it: the policy 0.86 [0.77–0.88] and 0.84 [0.82–0.87],
+  1 rule 0.94 and 0.95 (0.949, under the target by a thousandth), 10 000 rules 0.94 and 0.96, the trivial addon 0.99
+  both times, the hooks 12.2/71.4 and 11.7/72.3 µs. The pass's starting commit, run the same way on a quiet machine
+  (23:41 UTC, load 0.00), read the policy at 0.83 [0.80–0.89] (bare 821 µs, the policy 981), 1 rule 0.98, 10 000
+  rules 0.94. So the policy's ratio moved from about 0.83 to about 0.85–0.86, one run in three met every target, and
+  the issue stays open until the policy's margin is larger than a run's noise (a few per cent).
+- **Where the policy's extra CPU goes, live** (one mitmdump per variant beside a bare one, six paired rounds of 3 s
+  at c=16; `bench/timed.py`'s hooks with means instead of medians, `bench/gcstats.py`'s collector time): the policy
+  added 181 µs per request over bare (with the timing wrapper), of which its hooks 99 µs and the collector 8 µs;
+  1 rule added 62 µs, of which its hooks 24 µs and the collector none. What is left outside the hooks and the
+  collector, 73 µs and 39 µs, is mostly mitmproxy's dispatch of the five hooks (the hook set doing nothing costs
+  about 25–30 µs) and the timing wrapper; the policy's flows cost about 34 µs more there than the fast path's, and
+  it is not the coroutines mitmproxy awaits (the experiment above). The engine path runs about 520k instructions per
+  flow, the fast path about 92k, on caches colder live than in a micro loop.
+- **Next cuts**, by instructions per flow: statements compiled into closures (one set-header is about 15 Python
+  calls: the handler, `prepared`, `evaluated`, `evaluate_string_now`, `evaluate_now`, the expression's closures,
+  `apply_exists_action`, `MultiMap.set`, the token check and two trace entries; about 28k with a cast of a variable,
+  37k with `RequestId.ToString()`); the compiled expressions' generic method dispatch (`GetValueOrDefault` 16.7k,
+  `RequestId.ToString()` 15.2k per evaluation, most of it the method closure's lookups rather than the method);
+  `PolicyRun`'s construction; the addon's bookkeeping once the request has left (`_record`, `_summarise`,
+  `_log_line`, `_check_sent`, `_redact`).
 """
 
 

@@ -1,5 +1,6 @@
-"""Machine instructions per flow of apim-mi's hooks, counted by valgrind (cachegrind): the same count on every run,
-whatever else the machine is doing, so a change of a few per cent shows where timings on a shared machine cannot.
+"""Machine instructions per flow of apim-mi's hooks, counted by valgrind (cachegrind): within a few thousand of the
+same count on every run (the random flow ids and the collections the flows trigger move it a little), whatever else
+the machine is doing, so a change of a few per cent shows where timings on a shared machine cannot.
 
     python bench/instructions.py                  # 1 rule and the APIM policy, 1 000 flows each (about 2 minutes)
     python bench/instructions.py --variants policy --flows 500
