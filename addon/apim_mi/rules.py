@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 import yaml
@@ -478,6 +478,8 @@ class TemplateExpression:
 
     template: str
     variable: str
+    #: No compiled closure: ``engine.evaluate_now`` calls ``evaluate`` (as for an expression the interpreter runs).
+    closure: ClassVar[None] = None
 
     @property
     def source(self) -> str:
