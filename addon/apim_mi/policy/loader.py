@@ -304,6 +304,8 @@ def _advance(loc: Location, text: str, offset: int) -> Location:
 class _Deferred:
     """Stands in when ``apim_mi.policy.expressions`` is not importable: fails loudly only if evaluated."""
 
+    closure = None  # ``evaluate`` runs (and fails)
+
     def __init__(self, source: str) -> None:
         self.source = source
 

@@ -17,9 +17,11 @@ SECTIONS: tuple[str, ...] = ("inbound", "backend", "outbound", "on-error")
 
 
 class CompiledExpression(Protocol):
-    """What the expression package returns for ``@(...)`` / ``@{...}`` text."""
+    """What the expression package returns for ``@(...)`` / ``@{...}`` text. ``closure``: the compiled program, which
+    ``engine.evaluate_now`` calls itself (mapping what it raises with ``failure``), or None: ``evaluate`` runs it."""
 
     source: str
+    closure: Any
 
     def evaluate(self, context: Any) -> Any: ...
 
