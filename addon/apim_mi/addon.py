@@ -637,9 +637,8 @@ class ApimMi:
         status = None
         if resp is not None:
             quick.answered = now
-            data = resp.data
-            status = data.status_code
-            quick.response = (status, data.reason.decode("ISO-8859-1"), data.headers.fields)  # resp.reason
+            status = resp.data.status_code
+            quick.response = (status, resp.reason, resp.data.headers.fields)
         elapsed_ms = (now - quick.began) * 1000
         route = quick.route
         aud = quick.carried.token.claims.get("aud", "")

@@ -219,8 +219,7 @@ def request_context(flow: http.HTTPFlow, request_id: uuid.UUID, body: Body | Non
                               presented(certificates) if certificates else None, original)  # fmt: skip
     if body is not None:
         request.body = body
-    received = Received(raw_url, method, fields, parsed,
-                        (parsed.scheme, parsed.host, parsed.port, parsed.path, parsed.fragment, parsed._raw_query))
+    received = Received(raw_url, method, fields, parsed, _url_key(parsed))
     return Context.of_flow(request, request_id, data.timestamp_start), received
 
 
@@ -278,7 +277,7 @@ def response_context(resp: http.Response) -> tuple[Response, list[tuple[str, str
     pairs = decoded(data.headers.fields)
     response = Response(
         status_code=data.status_code,
-        status_reason=data.reason.decode("ISO-8859-1"),  # what ``resp.reason`` decodes
+        status_reason=resp.reason,
         headers=Headers.of(list(pairs)),
         body=Body(data.content or b""),
     )
@@ -305,7 +304,7 @@ def apply_response(response: Response, flow: http.HTTPFlow, received: list[tuple
     data = resp.data
     data.status_code = response.status_code  # what the property's setter does, without the call
     reason = response.status_reason
-    if reason and reason != data.reason.decode("ISO-8859-1"):  # written only when the policy changed it
+    if reason and reason != resp.reason:  # written only when the policy changed it (the setter is two calls)
         resp.reason = reason
     pairs = response.headers.pairs()
     if received is None or pairs != received:

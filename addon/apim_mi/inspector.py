@@ -138,8 +138,7 @@ def response_later(flow: http.HTTPFlow) -> Deferred:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    data = resp.data
-    return (_RESPONSE_ENTRY, data.status_code, data.reason.decode("ISO-8859-1"), data.headers.fields)  # resp.reason
+    return (_RESPONSE_ENTRY, resp.data.status_code, resp.reason, resp.data.headers.fields)
 
 
 def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
