@@ -25,7 +25,7 @@ class TimedApimMi(ApimMi):
 
     def _timed(self, hook: str, flow: Any) -> Any:
         started = time.thread_time_ns()
-        result = getattr(super(), hook)(flow)
+        result = getattr(super(), hook if hook != "requestheaders" else "_on_requestheaders")(flow)
         if not inspect.isawaitable(result):
             self.spent[hook].append(time.thread_time_ns() - started)
             return None
@@ -38,7 +38,7 @@ class TimedApimMi(ApimMi):
         finally:
             self.spent[hook].append(spent + time.thread_time_ns() - started)
 
-    def requestheaders(self, flow: Any) -> Any:
+    def _on_requestheaders(self, flow: Any) -> Any:  # the hook, when apim-mi offers it (a body may stream)
         return self._timed("requestheaders", flow)
 
     def request(self, flow: Any) -> Any:

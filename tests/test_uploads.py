@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import DEMO_AUDIENCE
-from proxy import Mitmdump, curl, proxy_for, write_rules
+from proxy import MITMDUMP, ROOT, Mitmdump, curl, proxy_for, start_mitmdump, write_rules
 from test_metrics import samples, value
 
 SMALL, LARGE = 500, 5000  # under and over the 1k limit
@@ -298,3 +298,67 @@ def test_ignores_errors_only_when_every_mi_statement_does() -> None:
     assert ignores_errors(_policy(mi.format("true")))
     assert not ignores_errors(_policy(mi.format("true") + mi.format("false")))
     assert not ignores_errors(_policy('<set-header name="a"><value>b</value></set-header>'))
+
+
+# -- the requestheaders hook is offered only while a body may stream ------------------------------------------------
+
+# An addon loaded before apim-mi that streams request bodies itself (no stream_large_bodies): apim-mi must still see
+# its flows in requestheaders and run the policy there, before the headers leave.
+_STREAMER = """\
+class Streamer:
+    def requestheaders(self, flow):
+        if flow.request.path.startswith("/upload/streamed"):
+            flow.request.stream = True
+
+
+addons = [Streamer()]
+"""
+
+
+def test_streaming_started_by_an_earlier_addon_gets_the_token(
+    tmp_path: Path, emulator: Any, backend: Any
+) -> None:
+    (tmp_path / "streamer.py").write_text(_STREAMER)
+    rules = write_rules(tmp_path, f"""
+        rules:
+          - {{name: upload, match: {{host: "127.0.0.1:{backend.port}", path: /upload}}, resource: "{DEMO_AUDIENCE}"}}
+    """)  # fmt: skip
+    md = start_mitmdump(
+        ["--set", f"mi_rules={rules}", "--set", "mi_credential=managed-identity"],
+        env=emulator.env("imds"), confdir=tmp_path / "confdir",
+        command=(MITMDUMP, "-s", str(tmp_path / "streamer.py"), "-s", str(ROOT / "addon" / "mi.py")),
+    )  # fmt: skip
+    try:
+        status, body = _post(md, f"{backend.url}/upload/streamed-1", LARGE)
+        assert status == 200, body
+        assert body["claims"]["aud"] == DEMO_AUDIENCE and body["body_bytes"] == LARGE
+        md.wait_for(r"POST http://127\.0\.0\.1:\d+/upload/streamed-1 \[upload\] .*token added to Authorization")
+    finally:
+        md.stop()
+
+
+class _EarlierHook:
+    """A third-party addon with a requestheaders hook of its own (its module is not mitmproxy's)."""
+
+    def requestheaders(self, flow: Any) -> None:
+        return None
+
+
+def test_the_requestheaders_hook_is_offered_only_while_a_body_may_stream(tmp_path: Path) -> None:
+    from apim_mi.addon import ApimMi
+    from mitmproxy.test import taddons
+
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    addon = ApimMi()
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("stream_large_bodies", str | None, None, "mitmproxy's proxyserver option")
+        tctx.configure(addon, mi_rules=str(tmp_path / "rules.yaml"))
+        assert getattr(addon, "requestheaders", None) is None  # mitmproxy's lookup finds nothing to call
+        tctx.configure(addon, stream_large_bodies="1k")
+        assert addon.requestheaders == addon._on_requestheaders
+        tctx.configure(addon, stream_large_bodies=None)
+        assert getattr(addon, "requestheaders", None) is None
+    late = ApimMi()
+    with taddons.context(_EarlierHook(), late) as tctx:
+        tctx.configure(late, mi_rules=str(tmp_path / "rules.yaml"))
+        assert late.requestheaders == late._on_requestheaders

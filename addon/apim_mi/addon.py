@@ -21,7 +21,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import addonmanager, command, ctx, exceptions, http
 from mitmproxy.utils import human
 
 from . import clientcerts, diagnostics, fastpath, flowcontext, inspector, logs, streaming, uploads
@@ -141,6 +141,7 @@ class ApimMi:
         self._ssl_insecure = False
         self._stream_limit: int | None = None
         self._stream_limit_text = ""
+        self.requestheaders = self._on_requestheaders  # until configure knows whether a body may stream
 
     # -- options ---------------------------------------------------------------------------------------------
 
@@ -222,6 +223,7 @@ class ApimMi:
         if "stream_large_bodies" in updated:
             self._stream_limit_text = opts.stream_large_bodies or ""
             self._stream_limit = human.parse_size(self._stream_limit_text) if self._stream_limit_text else None
+        self._arm_requestheaders()
 
     def _configure_metrics(self, spec: str) -> None:
         if self._running:
@@ -268,6 +270,7 @@ class ApimMi:
         if self._startup_error:
             return
         self._running = True
+        self._arm_requestheaders()  # every addon given at startup is loaded now
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._spawn(self._start())
@@ -516,7 +519,34 @@ class ApimMi:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.allowed_networks)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    def _arm_requestheaders(self) -> None:
+        """Offers mitmproxy the ``requestheaders`` hook only while a request body may stream: with
+        stream_large_bodies, or when an addon that runs before apim-mi has a requestheaders hook of its own (it may set
+        ``flow.request.stream``; mitmproxy's own addons never do). mitmproxy looks the hook up on every flow, so any
+        other flow is spared one hook dispatch (its arguments gathered, the call, the result checked)."""
+        if self._stream_limit is not None or self._earlier_requestheaders():
+            self.requestheaders = self._on_requestheaders
+        else:
+            self.__dict__.pop("requestheaders", None)
+
+    def _earlier_requestheaders(self) -> bool:
+        """Whether an addon before apim-mi in mitmproxy's chain, other than mitmproxy's own, has a requestheaders
+        hook (True when apim-mi is not found there: nothing is known, so the hook stays)."""
+        try:
+            chain = ctx.master.addons.chain
+        except AttributeError:  # no master (a bare unit test)
+            return True
+        for addon in addonmanager.traverse(chain):
+            if addon is self:
+                return False
+            if callable(getattr(addon, "requestheaders", None)) and not type(addon).__module__.startswith("mitmproxy."):
+                return True
+        return True
+
+    #: mitmproxy's requestheaders hook, present only while a body may stream (``_arm_requestheaders``).
+    requestheaders: Callable[[http.HTTPFlow], Awaitable[None] | None]
+
+    def _on_requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Only for a body mitmproxy streams: its headers leave right after this hook, so the policy runs now (see
         uploads.py). Sync on purpose: any other flow costs one check, and mitmproxy awaits what is returned."""
         if self._stream_limit is None and not flow.request.stream:
@@ -1376,7 +1406,7 @@ def _scrubbed(value: bytes, secrets: set[str], encoded: Callable[[str], bytes] =
             if not head:
                 return _REDACTED
             prefix = value[:head]  # at most ``head`` characters once decoded
-            if all(len(other) > head for other in secrets):
+            if len(secrets) == 1 or all(len(other) > head for other in secrets):  # the usual one: it is ``token``
                 return prefix + _REDACTED
             return _scrubbed(prefix, secrets, encoded) + _REDACTED
     return scrub(value.decode("utf-8", "surrogateescape"), secrets).encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]

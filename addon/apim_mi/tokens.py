@@ -156,6 +156,8 @@ class _Entry:
     refresh_failures: int = 0
     hits: int = 0
     last_error: str = ""
+    #: (token, refresh_before, when its refresh is due): worked out once per token and setting, asked on every hit
+    due: tuple[Token, float, float] | None = None
 
 
 class TokenProvider:
@@ -191,7 +193,10 @@ class TokenProvider:
             return None
         entry.hits += 1
         self.counters["cache_hits"] += 1
-        if now >= self._refresh_at(token) and now >= entry.next_refresh and entry.refresh is None:
+        due = entry.due
+        if due is None or due[0] is not token or due[1] != self.refresh_before:
+            due = entry.due = (token, self.refresh_before, self._refresh_at(token))
+        if now >= due[2] and now >= entry.next_refresh and entry.refresh is None:
             entry.refresh = asyncio.get_running_loop().create_task(self._refresh(key, entry))
         return token
 

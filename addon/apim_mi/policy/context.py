@@ -60,10 +60,13 @@ class MultiMap:
         pairs = self._pairs
         for i, (n, _) in enumerate(pairs):
             if (len(n) == k or k < 0) and n.lower() == key:
-                kept = [p for p in pairs[i + 1 :] if (len(p[0]) != k and k >= 0) or p[0].lower() != key]
-                if len(values) == 1 and len(kept) == len(pairs) - i - 1:  # one value for the one there: in place
+                j = i + 1  # the next pair of the name, if any
+                while j < len(pairs) and not ((len(pairs[j][0]) == k or k < 0) and pairs[j][0].lower() == key):
+                    j += 1
+                if len(values) == 1 and j == len(pairs):  # one value for the one there: in place
                     pairs[i] = (name, str(values[0]))
                     return True
+                kept = [p for p in pairs[i + 1 :] if (len(p[0]) != k and k >= 0) or p[0].lower() != key]
                 self._pairs = [*pairs[:i], *[(name, str(v)) for v in values], *kept]
                 return True
         for v in values:  # a new name: appended, as ``append`` does
@@ -75,11 +78,13 @@ class MultiMap:
 
     def remove(self, name: str) -> bool:
         """Drop every value of ``name``; returns whether there was one."""
-        if name not in self:
-            return False
         key = name.lower()
         k = len(key) if "\u0307" not in key else -1  # see above
-        self._pairs = [(n, v) for n, v in self._pairs if (len(n) != k and k >= 0) or n.lower() != key]
+        pairs = self._pairs
+        kept = [(n, v) for n, v in pairs if (len(n) != k and k >= 0) or n.lower() != key]
+        if len(kept) == len(pairs):
+            return False
+        self._pairs = kept
         return True
 
     def pairs(self) -> list[tuple[str, str]]:
