@@ -345,10 +345,11 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
             raise
 
 
-async def run_section(run: PolicyRun, section: str) -> None:
-    """One section of the effective policy: inbound/backend act on the main request, outbound on the response."""
+def run_section(run: PolicyRun, section: str) -> Awaitable[None]:
+    """One section of the effective policy: inbound/backend act on the main request, outbound on the response (the
+    statements' coroutine, for the caller to await: no coroutine of its own)."""
     request = run.context.request if section in ("inbound", "backend") else None
-    await run_statements(run, run.policy.sections.get(section, []), Scope(section, "", request))
+    return run_statements(run, run.policy.sections.get(section, []), Scope(section, "", request))
 
 
 async def handle_error(run: PolicyRun, error: PolicyError) -> None:
