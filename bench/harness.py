@@ -948,6 +948,28 @@ give the same number on every run whatever the machine is doing.
 
 ### What changed (issue 13)
 
+- **Seventh pass: one hook fewer, and what is left of the plumbing.** Counted as in the sixth pass (callgrind inside
+  the flow loop, ±1k): the APIM policy's hooks 526k → 513k instructions per flow, 1 rule 85k → 81k; byte-identical
+  output (`8173054…`) after every commit.
+  - **`requestheaders` is offered only while a request body may stream.** mitmproxy looks each hook up on every
+    flow and, for an addon that has it, gathers the hook's arguments (`Hook.args`, a `dataclasses.fields` walk), calls
+    it and checks its result; apim-mi's `requestheaders` only mattered for a streamed body. It is now an instance
+    attribute, set while `stream_large_bodies` is on or an addon before apim-mi (other than mitmproxy's own, none of
+    which streams a request) has a `requestheaders` hook, and absent otherwise (decided at each option change and when
+    the proxy starts running). A new end-to-end test loads an addon that streams bodies itself before apim-mi, without
+    `stream_large_bodies`: the upload reaches the validating backend with its token (it fails without the arming).
+    `bench/hookset.py` dropped the hook accordingly.
+  - **Smaller cuts:** set-header calls neither `evaluated` nor `apply_exists_action` for one value or an override;
+    `MultiMap.set` looks for a later duplicate without building a list, `remove` takes one pass; a token's refresh
+    time is kept with its cache entry (`cached` asked `_refresh_at` and `Token.lifetime` on every hit); `_scrubbed`
+    skips its `all()` over the secrets when there is one; `run_section` hands back the statements' coroutine instead
+    of awaiting it in one of its own.
+  - **Tried, measured, and left out:** `PolicyRun` made through `object.__new__` (−0.4k, within the counter's
+    noise); the managed-identity step reading the token cache before awaiting `get` (−1.1k, but it changed the
+    output's timestamps under the fake clock, and test doubles of the token provider have only `get`).
+  - **Paired live, the pass's start against its end** (one mitmdump per variant beside a bare one, eight paired
+    rounds of 3 s at c=16, CPU per request): 1 rule 0.954 → 0.970 (37 → 24 µs over bare), the APIM policy 0.852 →
+    0.848 (134 → 136 µs over bare: no change this machine can see).
 - **Sixth pass: calls, and what mitmproxy's properties cost.** Counted with callgrind inside the flow loop only
   (client requests turn collection on and off around it; the hooks' coroutines driven without the event loop; the
   collector off), which repeats within about ±1k where `bench/instructions.py` moves by a few k: the APIM policy's
@@ -1126,30 +1148,30 @@ give the same number on every run whatever the machine is doing.
 
 ### What is left
 
-- **The targets sit at the edge of this machine's noise.** This report is the sixth pass's first whole run (01:12
-  UTC, the final code): every target met, the APIM policy at 0.86 [0.82–0.87] (bare 768 µs of CPU per request, the
-  policy 899), 1 rule 0.96, 10 000 rules 0.95, the trivial addon 0.98, the hooks 12.2 µs (1 rule) and 73.3 µs (the
-  policy). Two more whole runs of the same code, at once after it: the policy 0.86 [0.77–0.88] and 0.84 [0.82–0.87],
-  1 rule 0.94 and 0.95 (0.949, under the target by a thousandth), 10 000 rules 0.94 and 0.96, the trivial addon 0.99
-  both times, the hooks 12.2/71.4 and 11.7/72.3 µs. The pass's starting commit, run the same way on a quiet machine
-  (23:41 UTC, load 0.00), read the policy at 0.83 [0.80–0.89] (bare 821 µs, the policy 981), 1 rule 0.98, 10 000
-  rules 0.94. So the policy's ratio moved from about 0.83 to about 0.85–0.86, one run in three met every target, and
-  the issue stays open until the policy's margin is larger than a run's noise (a few per cent).
-- **Where the policy's extra CPU goes, live** (one mitmdump per variant beside a bare one, six paired rounds of 3 s
-  at c=16; `bench/timed.py`'s hooks with means instead of medians, `bench/gcstats.py`'s collector time): the policy
-  added 181 µs per request over bare (with the timing wrapper), of which its hooks 99 µs and the collector 8 µs;
-  1 rule added 62 µs, of which its hooks 24 µs and the collector none. What is left outside the hooks and the
-  collector, 73 µs and 39 µs, is mostly mitmproxy's dispatch of the five hooks (the hook set doing nothing costs
-  about 25–30 µs) and the timing wrapper; the policy's flows cost about 34 µs more there than the fast path's, and
-  it is not the coroutines mitmproxy awaits (the experiment above). The engine path runs about 520k instructions per
-  flow, the fast path about 92k, on caches colder live than in a micro loop.
-- **Next cuts**, by instructions per flow: statements compiled into closures (one set-header is about 15 Python
-  calls: the handler, `prepared`, `evaluated`, `evaluate_string_now`, `evaluate_now`, the expression's closures,
-  `apply_exists_action`, `MultiMap.set`, the token check and two trace entries; about 28k with a cast of a variable,
-  37k with `RequestId.ToString()`); the compiled expressions' generic method dispatch (`GetValueOrDefault` 16.7k,
-  `RequestId.ToString()` 15.2k per evaluation, most of it the method closure's lookups rather than the method);
-  `PolicyRun`'s construction; the addon's bookkeeping once the request has left (`_record`, `_summarise`,
-  `_log_line`, `_check_sent`, `_redact`).
+- **The targets sit at the edge of this machine's noise.** This report is the seventh pass's whole run (04:22 UTC,
+  the final code): the APIM policy 0.85 [0.84–0.86] (0.850 by throughput, met; 0.848 by CPU, missed by two
+  thousandths; bare 748 µs of CPU per request, the policy 885), 1 rule 0.95 [0.94–0.95] (0.949, missed by a
+  thousandth), 10 000 rules 0.97, the trivial addon 1.00, the hooks 11.4 µs (1 rule) and 69.5 µs (the policy). A
+  whole run just before the pass's last commit read the policy 0.84 and 1 rule 0.94, with the trivial addon at 0.98.
+  In one run 10 000 rules, which does all the work of 1 rule plus a longer match, read above 1 rule (0.97 against
+  0.95): the two are different processes, and a process's luck moves its CPU per request by a few per cent. The
+  sixth pass's three runs read the policy 0.86, 0.86 and 0.84 and 1 rule 0.96, 0.94 and 0.95. So both targets are
+  met in about half the runs, and the issue stays open until the margins exceed a run's noise.
+- **Where the policy's CPU goes.** Its hooks run about 513k instructions per flow against the fast path's 81k, and
+  cost about 70 µs in the micro loop; live, the policy adds about 135 µs per request over bare, while the 1-rule
+  path adds about 25–50 µs (hooks 11 µs, the dispatch of three hooks about 10–15 µs). The policy's instructions are
+  about 8 % of a bare request's but its time about 18 %: the engine path runs many small Python functions once
+  each per flow, on caches that mitmproxy's own work between two flows has made cold. py-spy on the live proxy
+  (above) puts mitmproxy's own hook dispatch (`_iter_hooks`, `trigger_event`, `traverse`: about a third of all
+  samples) far ahead of any apim-mi function; this machine has no hardware counters to measure the cache misses.
+- **Next cuts**, by instructions per flow: statements compiled into closures (a set-header is still about a dozen
+  Python calls: the handler, `prepared`, `evaluate_string_now`, `evaluate_now`, the expression's closures,
+  `MultiMap.set`, the token check and two trace entries); the compiled expressions' generic member and method
+  dispatch (`GetValueOrDefault` about 16.8k, `RequestId.ToString()` about 16k per evaluation, of which the method
+  itself is a third); the outbound run for one statement (about 30k: the coroutines of `run_outbound` and
+  `run_statements`, a scope, the response context); the addon's bookkeeping once the request has left (`_record`,
+  `_summarise`, `_check_sent`, `_redact`: about 80k together). Each is 1–3 % of the policy's hooks, so the policy's
+  0.85 needs most of them, or a smaller engine path, to clear this machine's noise.
 """
 
 
