@@ -60,13 +60,10 @@ class MultiMap:
         pairs = self._pairs
         for i, (n, _) in enumerate(pairs):
             if (len(n) == k or k < 0) and n.lower() == key:
-                j = i + 1  # the next pair of the name, if any
-                while j < len(pairs) and not ((len(pairs[j][0]) == k or k < 0) and pairs[j][0].lower() == key):
-                    j += 1
-                if len(values) == 1 and j == len(pairs):  # one value for the one there: in place
+                kept = [p for p in pairs[i + 1 :] if (len(p[0]) != k and k >= 0) or p[0].lower() != key]
+                if len(values) == 1 and len(kept) == len(pairs) - i - 1:  # one value for the one there: in place
                     pairs[i] = (name, str(values[0]))
                     return True
-                kept = [p for p in pairs[i + 1 :] if (len(p[0]) != k and k >= 0) or p[0].lower() != key]
                 self._pairs = [*pairs[:i], *[(name, str(v)) for v in values], *kept]
                 return True
         for v in values:  # a new name: appended, as ``append`` does

@@ -196,24 +196,13 @@ def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     if name is None:
         name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
     action = plan.action
-    texts = plan.values
-    if len(texts) == 1:  # the usual one <value>: ``evaluated`` without its call
-        value = evaluate_string_now(run, texts[0], "set-header", scope)
-        values: tuple[str, ...] = () if value is None else (value,)
-    elif not texts:  # delete, or override with no value
-        values = ()
-    else:
-        values = evaluated(run, texts, "set-header", scope)
+    values = evaluated(run, plan.values, "set-header", scope)
     written = name + "".join(values)
     if "\r" in written or "\n" in written:
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
-    request = scope.request
-    headers = request.headers if request is not None else _target_headers(run, scope, "set-header")
-    # override with a value (the usual): ``apply_exists_action``'s answer without its call
-    exists = headers.set(name, values) if action == "override" and values else apply_exists_action(
-        headers, name, values, action)
-    secrets = run.trace.secrets
-    if secrets and request is not None and _carries_token(values, secrets) and (action != "skip" or not exists):
+    headers = _target_headers(run, scope, "set-header")
+    exists = apply_exists_action(headers, name, values, action)
+    if scope.request is not None and _carries_token(values, run.trace.secrets) and (action != "skip" or not exists):
         if exists and action == "override":
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
         run.injections.append(Injection(name, "", "", {}))
