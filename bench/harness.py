@@ -949,7 +949,7 @@ give the same number on every run whatever the machine is doing.
 ### What changed (issue 13)
 
 - **Seventh pass: one hook fewer, and what is left of the plumbing.** Counted as in the sixth pass (callgrind inside
-  the flow loop, ±1k): the APIM policy's hooks 526k → 513k instructions per flow, 1 rule 85k → 81k; byte-identical
+  the flow loop, ±1k): the APIM policy's hooks 526k → 518k instructions per flow, 1 rule 85k → 81k; byte-identical
   output (`8173054…`) after every commit.
   - **`requestheaders` is offered only while a request body may stream.** mitmproxy looks each hook up on every
     flow and, for an addon that has it, gathers the hook's arguments (`Hook.args`, a `dataclasses.fields` walk), calls
@@ -959,16 +959,18 @@ give the same number on every run whatever the machine is doing.
     the proxy starts running). A new end-to-end test loads an addon that streams bodies itself before apim-mi, without
     `stream_large_bodies`: the upload reaches the validating backend with its token (it fails without the arming).
     `bench/hookset.py` dropped the hook accordingly.
-  - **Smaller cuts:** set-header calls neither `evaluated` nor `apply_exists_action` for one value or an override;
-    `MultiMap.set` looks for a later duplicate without building a list, `remove` takes one pass; a token's refresh
+  - **Smaller cuts:** `MultiMap.remove` takes one pass (no `__contains__` call first); a token's refresh
     time is kept with its cache entry (`cached` asked `_refresh_at` and `Token.lifetime` on every hit); `_scrubbed`
     skips its `all()` over the secrets when there is one; `run_section` hands back the statements' coroutine instead
     of awaiting it in one of its own.
   - **Tried, measured, and left out:** `PolicyRun` made through `object.__new__` (−0.4k, within the counter's
     noise); the managed-identity step reading the token cache before awaiting `get` (−1.1k, but it changed the
-    output's timestamps under the fake clock, and test doubles of the token provider have only `get`).
+    output's timestamps under the fake clock, and test doubles of the token provider have only `get`); set-header
+    with inline copies of `evaluated`'s and `apply_exists_action`'s usual cases, and `MultiMap.set` looking for a
+    later duplicate before building its list (about −5k together, which no live run could see: folded back into the
+    shared helpers in review).
   - **Paired live, the pass's start against its end** (one mitmdump per variant beside a bare one, eight paired
-    rounds of 3 s at c=16, CPU per request): 1 rule 0.954 → 0.970 (37 → 24 µs over bare), the APIM policy 0.852 →
+    rounds of 3 s at c=16, CPU per request; before the review folds above): 1 rule 0.954 → 0.970 (37 → 24 µs over bare), the APIM policy 0.852 →
     0.848 (134 → 136 µs over bare: no change this machine can see).
 - **Sixth pass: calls, and what mitmproxy's properties cost.** Counted with callgrind inside the flow loop only
   (client requests turn collection on and off around it; the hooks' coroutines driven without the event loop; the
@@ -1148,18 +1150,17 @@ give the same number on every run whatever the machine is doing.
 
 ### What is left
 
-- **The targets sit at the edge of this machine's noise.** This report is the seventh pass's whole run (04:22 UTC,
-  the final code): the APIM policy 0.85 [0.84–0.86] (0.850 by throughput, met; 0.848 by CPU, missed by two
-  thousandths; bare 748 µs of CPU per request, the policy 885), 1 rule 0.95 [0.94–0.95] (0.949, missed by a
-  thousandth), 10 000 rules 0.97, the trivial addon 1.00, the hooks 11.4 µs (1 rule) and 69.5 µs (the policy). A
-  whole run just before the pass's last commit read the policy 0.84 and 1 rule 0.94, with the trivial addon at 0.98;
-  a throughput-only run right after this one (04:45, a noisier stretch: bare 733–1 166 µs across its rounds) read
-  1 rule 0.99 and the policy 0.82 [0.79–0.86].
-  In one run 10 000 rules, which does all the work of 1 rule plus a longer match, read above 1 rule (0.97 against
-  0.95): the two are different processes, and a process's luck moves its CPU per request by a few per cent. The
-  sixth pass's three runs read the policy 0.86, 0.86 and 0.84 and 1 rule 0.96, 0.94 and 0.95. So both targets are
-  met in about half the runs, and the issue stays open until the margins exceed a run's noise.
-- **Where the policy's CPU goes.** Its hooks run about 513k instructions per flow against the fast path's 81k, and
+- **The targets sit at the edge of this machine's noise.** This report is the seventh pass's last whole run (05:07
+  UTC, the final code, after the review folds): every target met, the APIM policy at 0.85 [0.83–0.87] (0.853; bare
+  756 µs of CPU per request, the policy 889), 1 rule 0.96 [0.93–0.98], 10 000 rules 0.95, the trivial addon 0.98, the
+  hooks 11.6 µs (1 rule) and 68.9 µs (the policy). The pass's earlier runs: 04:00 (before its last engine commit)
+  the policy 0.84 and 1 rule 0.94; 04:22 (before the review folds) the policy 0.848 and 1 rule 0.947, with 10 000
+  rules, which does all the work of 1 rule plus a longer match, above it at 0.96 (different processes: a process's
+  luck moves its CPU per request by a few per cent); 04:45 (throughput only, a noisier stretch: bare 733–1 166 µs
+  across its rounds) 1 rule 0.99 and the policy 0.82 [0.79–0.86]. The sixth pass's three runs read the policy
+  0.86, 0.86 and 0.84 and 1 rule 0.96, 0.94 and 0.95. So both targets are met in about half the runs, and the issue
+  stays open until the margins exceed a run's noise.
+- **Where the policy's CPU goes.** Its hooks run about 518k instructions per flow against the fast path's 81k, and
   cost about 70 µs in the micro loop; live, the policy adds about 135 µs per request over bare, while the 1-rule
   path adds about 25–50 µs (hooks 11 µs, the dispatch of three hooks about 10–15 µs). The policy's instructions are
   about 8 % of a bare request's but its time about 18 %: the engine path runs many small Python functions once
