@@ -1071,7 +1071,7 @@ give the same number on every run whatever the machine is doing.
   - The engine path's summary is made when read, as the fast path's; the comment is written at once, scrubbed whole.
   - Trace entries are plain tuples that do not hold their trace (no tuple subclass, no reference cycle per entry);
     `Trace`, the per-flow state and `Body` are slotted; the request id is made without `uuid.UUID`'s argument checks
-    (`flowcontext.new_request_id`; `bench/identical.py` gives it the same ids as `uuid4`).
+    (`flowcontext.RequestIds`; `bench/identical.py` gives it the same ids as `uuid4`).
   - Fixed on the way: an internal error in outbound was answered with APIM's 500, but the summary and comment still
     gave the policy's outcome (the error was written into a summary that was then made again). They now say
     `failed: internal error …` and the flow is marked.

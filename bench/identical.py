@@ -92,7 +92,7 @@ def main() -> None:
     from mitmproxy import io
     from mitmproxy.test import taddons, tflow, tutils
 
-    flowcontext.new_request_id = uuid.uuid4  # the same deterministic ids, in the same order, as uuid4 above
+    flowcontext.RequestIds.next = lambda self: uuid.uuid4()  # the same deterministic ids, in the same order
 
     lines: list[str] = []
     logger = logging.getLogger("apim_mi")

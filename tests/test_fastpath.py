@@ -467,12 +467,13 @@ def test_an_internal_error_in_outbound_is_what_the_summary_and_comment_say(harne
 
 
 def test_a_request_id_is_a_random_version_4_uuid() -> None:
-    """``new_request_id`` makes what ``uuid.uuid4()`` makes, without its checks: version 4, RFC 4122 variant,
-    random, and it reads back from its string."""
+    """``RequestIds`` makes what ``uuid.uuid4()`` makes, without its checks: version 4, RFC 4122 variant, random,
+    and it reads back from its string; across more than one batch of system randomness, none repeats."""
     import uuid
 
-    ids = [flowcontext.new_request_id() for _ in range(200)]
-    assert len(set(ids)) == 200
+    source = flowcontext.RequestIds()
+    ids = [source.next() for _ in range(flowcontext.RequestIds.BATCH * 2 + 10)]
+    assert len(set(ids)) == len(ids)
     for request_id in ids:
         assert type(request_id) is uuid.UUID and request_id.version == 4 and request_id.variant == uuid.RFC_4122
         assert uuid.UUID(str(request_id)) == request_id and request_id.is_safe is uuid.uuid4().is_safe

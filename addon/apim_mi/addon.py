@@ -128,6 +128,7 @@ class ApimMi:
         self._carried_by_key: dict[TokenKey, fastpath.Carried] = {}
         #: secret -> (the secret as bytes, what of it an echoing answer would show): made once per token
         self._secret_forms: dict[str, tuple[bytes, tuple[bytes, ...]]] = {}
+        self._request_ids = flowcontext.RequestIds()  # context.RequestId of each engine-path flow
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
         self._settings: dict[str, Any] = {}
@@ -686,7 +687,7 @@ class ApimMi:
 
     def _full(self, flow: http.HTTPFlow, quick: fastpath.Quick) -> _FlowState:
         """A fast-path flow that needs the engine path from here on: the state that path would have by now."""
-        request_id = flowcontext.new_request_id()
+        request_id = self._request_ids.next()
         trace = quick.trace(request_id.hex)
         context = flowcontext.request_context(flow, request_id)[0]
         rule, plan, _, identity = quick.route
@@ -780,7 +781,7 @@ class ApimMi:
                 self._fail_closed(flow, rule, f"apim-mi is not ready: {e!r}")
                 return
         assert self.tokens is not None
-        request_id = flowcontext.new_request_id()
+        request_id = self._request_ids.next()
         seen = flowcontext.RequestSnapshot(flow.request)
         self.inspector.begin(flow)  # consumes Ocp-Apim-Trace / Apim-Debug-Authorization, as APIM does
         body = uploads.StreamedBody(uploads.way_out(self._stream_limit_text)) if early else None

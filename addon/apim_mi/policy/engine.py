@@ -150,15 +150,26 @@ class PolicyRun:
 Handler = Callable[[PolicyRun, Statement, Scope], Awaitable[None] | None]
 
 
-_HANDLERS: Mapping[str, Handler] | None = None
+#: What a statement runs per flow once its handler resolved it (``Binder``): called with (run, scope).
+Bound = Callable[[PolicyRun, Scope], Awaitable[None] | None]
+#: A handler's resolution of one statement, done once when its list is first run (``steps``): the statement's
+#: per-flow callable (typically a ``functools.partial`` of the handler's body over what it derived from the statement,
+#: so a flow pays neither the ``prepared`` lookup nor a Python call of its own for it), or ``SKIP`` for a statement
+#: that does nothing when it runs. It must not raise: it only parses what the handler itself would parse.
+Binder = Callable[[Statement], "Bound | None"]
+
+#: A binder's answer for a statement with nothing to run (``<base/>`` left at the global scope).
+SKIP: Bound | None = None
+
+_HANDLERS: tuple[Mapping[str, Handler], Mapping[str, Binder]] | None = None
 
 
-def _handlers() -> Mapping[str, Handler]:
+def _handlers() -> tuple[Mapping[str, Handler], Mapping[str, Binder]]:
     global _HANDLERS
     if _HANDLERS is None:
-        from .statements import HANDLERS
+        from .statements import BINDERS, HANDLERS
 
-        _HANDLERS = HANDLERS
+        _HANDLERS = HANDLERS, BINDERS
     return _HANDLERS
 
 
@@ -194,8 +205,9 @@ async def evaluate_string(run: PolicyRun, value: Value | None, source: str, scop
     return evaluate_string_now(run, value, source, scope)
 
 
-def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> Any:
-    """``evaluate`` for a caller that is not a coroutine, or that runs on every flow (no coroutine to await)."""
+def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope, as_string: bool = False) -> Any:
+    """``evaluate`` for a caller that is not a coroutine, or that runs on every flow (no coroutine to await);
+    ``as_string``: converted as ``evaluate_string`` converts it."""
     if value is None:
         return None
     expression = value.expression
@@ -226,6 +238,8 @@ def evaluate_now(run: PolicyRun, value: Value | None, source: str, scope: Scope)
     else:
         shown = to_policy_string(result)
     run.trace.add(scope.section, source, (_EVALUATED, value.text, shown))
+    if as_string and result is not None and not isinstance(result, str):
+        return shown if shown is not result else to_policy_string(result)  # the string already made for the trace
     return result
 
 
@@ -240,19 +254,18 @@ _EVALUATED = deferred(evaluated_entry)
 
 def evaluate_string_now(run: PolicyRun, value: Value | None, source: str, scope: Scope) -> str | None:
     """``evaluate_string`` without a coroutine (see ``evaluate_now``)."""
-    result = evaluate_now(run, value, source, scope)
-    if result is None or isinstance(result, str):
-        return result
-    return to_policy_string(result)
+    return evaluate_now(run, value, source, scope, True)  # type: ignore[no-any-return]
 
 
 class Step(NamedTuple):
-    """A statement resolved for running: its handler (None: not supported) and its path (``choose[1]/when[2]``)."""
+    """A statement resolved for running: its handler (None: not supported), its path (``choose[1]/when[2]``) and,
+    when the handler binds statements, what runs per flow instead (``call``)."""
 
     stmt: Statement
     handler: Handler | None
     path: str
     too_deep: bool
+    call: Bound | None
 
 
 #: Statement lists whose steps a policy keeps (beyond it, lists made per flow are resolved each time).
@@ -261,21 +274,27 @@ MAX_CACHED_LISTS = 512
 
 def steps(policy: Policy, statements: list[Statement], parent: str) -> tuple[Step, ...]:
     """``statements`` resolved once per (list, parent path) and kept by ``policy``: handler lookup, per-name
-    counters and path strings are not redone per flow."""
+    counters, path strings and each statement's binding are not redone per flow. A statement whose binder answers
+    ``SKIP`` has no step (its path still counts)."""
     key = (id(statements), parent)
     cached = policy.compiled.get(key)
-    if cached is not None and cached[0] is statements and len(cached[1]) == len(statements):
-        return cached[1]
-    handlers = _handlers()
+    if cached is not None and cached[0] is statements and cached[1] == len(statements):
+        return cached[2]  # type: ignore[no-any-return]
+    handlers, binders = _handlers()
     counts: dict[str, int] = {}
     out = []
     for stmt in statements:
         counts[stmt.name] = counts.get(stmt.name, 0) + 1
         path = f"{parent}/{stmt.name}[{counts[stmt.name]}]" if parent else f"{stmt.name}[{counts[stmt.name]}]"
-        out.append(Step(stmt, handlers.get(stmt.name), path, path.count("/") > 64))
+        too_deep = path.count("/") > 64
+        binder = binders.get(stmt.name)
+        if binder is None or too_deep:
+            out.append(Step(stmt, handlers.get(stmt.name), path, too_deep, None))
+        elif (call := binder(stmt)) is not SKIP:
+            out.append(Step(stmt, handlers.get(stmt.name), path, too_deep, call))
     resolved = tuple(out)
-    if len(policy.compiled) < MAX_CACHED_LISTS:
-        policy.compiled[key] = (statements, resolved)  # holds the list, so its id is not reused meanwhile
+    if len(policy.compiled) < MAX_CACHED_LISTS:  # the entry holds the list, so its id is not reused meanwhile
+        policy.compiled[key] = (statements, len(statements), resolved)
     return resolved
 
 
@@ -315,7 +334,7 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
     # handler finishes (its awaitable is awaited) before the next statement runs, and nothing reads a scope's path
     # after its handler returned.
     inner = Scope(section, "", scope.request)
-    for stmt, handler, path, too_deep in steps(run.policy, statements, scope.path):
+    for stmt, handler, path, too_deep, call in steps(run.policy, statements, scope.path):
         if run.response is not None:
             return
         if too_deep:
@@ -335,7 +354,7 @@ async def run_statements(run: PolicyRun, statements: list[Statement], scope: Sco
             )
         try:
             inner.path = path
-            pending = handler(run, stmt, inner)
+            pending = handler(run, stmt, inner) if call is None else call(run, inner)
             if pending is not None:
                 await pending
         except PolicyError as e:

@@ -250,6 +250,18 @@ class _Compiler:
     def e_index(self, n: A.Index) -> Fn:
         target, null_cond = self.expr(n.target), n.null_cond
         keys = tuple(self.expr(k) for k in n.args)
+        if len(keys) == 1 and isinstance(n.args[0], A.Literal):  # obj["name"]: the key is known now
+            key = n.args[0].value
+
+            def index_literal(c: Any, s: Any) -> Any:
+                obj = target(c, s)
+                if obj is None:
+                    _null_target(obj, null_cond)
+                if type(obj) is dict and type(key) is str and key in obj:
+                    return obj[key]  # index_get's answer for a present string key (context.Variables["…"])
+                return _indexed(obj, [key])
+
+            return index_literal
         if len(keys) == 1:  # obj[key], the usual form: no list of keys unless index_get needs one
             only = keys[0]
 

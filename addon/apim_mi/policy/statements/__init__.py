@@ -25,7 +25,7 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from ..engine import Handler
+    from ..engine import Binder, Handler
 
 HANDLERS: Mapping[str, Handler] = {
     **core.HANDLERS,
@@ -45,3 +45,6 @@ HANDLERS: Mapping[str, Handler] = {
     **clientcert.HANDLERS,
     **ai.HANDLERS,
 }
+
+#: The handlers that resolve their statements once (``engine.Binder``), by element name.
+BINDERS: Mapping[str, Binder] = core.BINDERS

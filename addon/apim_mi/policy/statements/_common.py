@@ -11,7 +11,7 @@ from typing import Any
 from ...errors import PolicyError
 from ..catalog import default_of
 from ..context import Body, Headers, Response
-from ..engine import PolicyRun, Scope, evaluate, evaluate_string, evaluate_string_now, memo, prepared
+from ..engine import PolicyRun, Scope, evaluate, evaluate_now, evaluate_string, evaluate_string_now, memo, prepared
 from ..model import Statement, Value
 
 
@@ -180,7 +180,7 @@ def evaluated(run: PolicyRun, texts: tuple[Value | None, ...], source: str, scop
     """``value_texts`` evaluated as strings; null results are dropped. A tuple of strings: the trace keeps it, and
     the garbage collector stops visiting a tuple of plain values (a list it visits for as long as the flow lives)."""
     if len(texts) == 1:  # the usual one <value>
-        value = evaluate_string_now(run, texts[0], source, scope)
+        value = evaluate_now(run, texts[0], source, scope, True)
         return () if value is None else (value,)
     values: list[str] = []
     for text in texts:

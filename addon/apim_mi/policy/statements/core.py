@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ...credentials import CredentialSpec
@@ -12,6 +13,8 @@ from ...errors import PolicyError
 from ...tokens import TokenError, TokenKey, TokenResult, token_key
 from ...trace import deferred
 from ..engine import (
+    SKIP,
+    Binder,
     Injection,
     PolicyRun,
     Scope,
@@ -54,9 +57,12 @@ def _mi(stmt: Statement) -> _Mi:
                stmt.attr("output-token-variable-name"), _true(stmt.attr("ignore-error")))  # fmt: skip
 
 
-async def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+def authentication_managed_identity(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[None]:
     """APIM's algorithm (research/apim.md §2.3): token for ``resource``, into Authorization or a variable."""
-    mi = prepared(stmt, _mi)
+    return _managed_identity(prepared(stmt, _mi), stmt, run, scope)
+
+
+async def _managed_identity(mi: _Mi, stmt: Statement, run: PolicyRun, scope: Scope) -> None:
     resource = evaluate_string_now(run, mi.resource, MI, scope) or ""
     client_id, out_var, ignore_error = mi.client_id, mi.out_var, mi.ignore_error
     if client_id.startswith("@"):
@@ -191,7 +197,10 @@ def _set_header(stmt: Statement) -> _SetHeader:
 
 
 def set_header(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    plan = prepared(stmt, _set_header)
+    _apply_set_header(prepared(stmt, _set_header), stmt, run, scope)
+
+
+def _apply_set_header(plan: _SetHeader, stmt: Statement, run: PolicyRun, scope: Scope) -> None:
     name = plan.name
     if name is None:
         name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
@@ -233,8 +242,11 @@ _SET_HEADER_ENTRY = deferred(_set_header_entry)
 
 
 def set_variable(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
-    name = stmt.attr("name") or ""
-    run.context.variables[name] = evaluate_now(run, stmt.attrs.get("value"), "set-variable", scope)
+    _assign(stmt.attr("name") or "", stmt.attrs.get("value"), run, scope)
+
+
+def _assign(name: str, value: Value | None, run: PolicyRun, scope: Scope) -> None:
+    run.context.variables[name] = evaluate_now(run, value, "set-variable", scope)
 
 
 def _branches(stmt: Statement) -> tuple[tuple[tuple[int, Value | None, list[Statement]], ...], Statement | None]:
@@ -246,7 +258,12 @@ def _branches(stmt: Statement) -> tuple[tuple[tuple[int, Value | None, list[Stat
 def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[None] | None:
     """First ``when`` whose condition is true, else ``otherwise``: the conditions are evaluated now, the branch's
     statements are returned to run."""
-    whens, otherwise = prepared(stmt, _branches)
+    return _chosen(prepared(stmt, _branches), run, scope)
+
+
+def _chosen(branches: tuple[tuple[tuple[int, Value | None, list[Statement]], ...], Statement | None], run: PolicyRun,
+            scope: Scope) -> Awaitable[None] | None:
+    whens, otherwise = branches
     for i, condition, children in whens:
         cond = evaluate_now(run, condition, "choose", scope)
         if not isinstance(cond, bool):
@@ -262,6 +279,16 @@ def choose(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[None] | N
 def base(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
     """``<base/>`` is replaced during composition; one left at the global scope does nothing."""
 
+
+#: The statements resolved once, ahead of any flow (``engine.Binder``): what each handler above runs per flow, over
+#: what it derived from the statement.
+BINDERS: dict[str, Binder] = {
+    MI: lambda stmt: partial(_managed_identity, _mi(stmt), stmt),
+    "set-header": lambda stmt: partial(_apply_set_header, _set_header(stmt), stmt),
+    "set-variable": lambda stmt: partial(_assign, stmt.attr("name") or "", stmt.attrs.get("value")),
+    "choose": lambda stmt: partial(_chosen, _branches(stmt)),
+    "base": lambda stmt: SKIP,
+}
 
 HANDLERS = {
     MI: authentication_managed_identity,
