@@ -57,7 +57,7 @@ class Settings:
     def make(cls, smoke: bool) -> Settings:
         if smoke:
             return cls(True, 1.0, 1, (1, 8), 1000, 20, 1, 1, 200, 16, 2, True)  # lifetime 16 s: smoke ≤ 60 s
-        return cls(False, 5.0, 3, (1, 16), 10_000, 200, 3, 1, 200, 40, 8, False, copies=2)
+        return cls(False, 5.0, 4, (1, 16), 10_000, 200, 3, 1, 200, 40, 8, False, copies=4)
 
 
 def log(msg: str) -> None:
@@ -151,8 +151,9 @@ def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
         "addon, APIM policy": ["-s", ADDON, "--set", f"mi_rules={files['policy']}"],
         "addon, APIM instance (APIOps)": ["-s", ADDON, "--set", f"mi_rules={files['apiops']}"],
     }
-    # Each variant runs in ``s.copies`` processes and the rounds go round them: one process's luck (hash seed,
-    # memory layout) moves its CPU per request by a few per cent, as much as a small change in the addon.
+    # Each variant runs in ``s.copies`` processes and the rounds go round them (by default one process per round):
+    # one process's luck (hash seed, memory layout) moves its CPU per request by a few per cent, as much as a small
+    # change in the addon, and a median over rounds in different processes is a median over that luck too.
     procs: dict[str, list[Proc]] = {}
     errors: dict[str, str] = {}
     from concurrent.futures import ThreadPoolExecutor
@@ -1318,8 +1319,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     ap.add_argument("--sections", default="throughput,cold,expiry,micro,streaming")
     ap.add_argument("--from-json", type=Path, default=None, help="re-render the report and plot from saved results")
-    ap.add_argument("--rounds", type=int, default=None, help="throughput rounds (default 3; more on a busy machine)")
-    ap.add_argument("--copies", type=int, default=None, help="mitmdump processes per throughput variant (default 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="throughput rounds (default 4; more on a busy machine)")
+    ap.add_argument("--copies", type=int, default=None,
+                    help="mitmdump processes per throughput variant (default 4: one per round)")  # fmt: skip
     ap.add_argument("--pyspy", type=Path, default=None, help="a bench/pyspy.py report to include (with --from-json)")
     args = ap.parse_args()
     if args.copies is not None and args.copies < 1:
