@@ -938,7 +938,7 @@ rounds, even for the trivial addon; the harness therefore also reads
 each proxy's own CPU time (`/proc/<pid>/stat`) around every wrk run and reports **proxy CPU per request**, and its
 ratio bare / variant. That is what the throughput ratio measures when the proxy is CPU-bound on its own core, and it
 stays put under load (its spread above is a few percent where throughput's is tens). Micro costs are medians of
-per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` alternates the variants four times,
+per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` (the default) alternates the variants four times, each round in mitmdump processes of its own,
 and every variant's run sits next to a bare run of its own, to which its ratios are taken.
 Between two commits, `bench/instructions.py` counts the hooks' machine instructions per flow under valgrind, which
 give the same number on every run whatever the machine is doing.
@@ -949,6 +949,38 @@ give the same number on every run whatever the machine is doing.
 
 ### What changed (issue 13)
 
+- **Eighth pass: what the counter does not see, and one process per round.** The APIM policy's hooks 519k → 511k
+  instructions per flow (callgrind inside the flow loop, ±1k), 68–70 µs in the micro loop as before within its
+  noise; byte-identical output (`8173054…`) after every commit.
+  - **A system call per flow.** py-spy on the micro loop (real time, where callgrind counts only user-space
+    instructions) put `new_request_id` first by own time, about 5 % of the policy's hooks: `os.urandom(16)` is a
+    system call (about 0.3 µs here, more with the caches it disturbs). Request ids now come from one `os.urandom`
+    call per 256 (`flowcontext.RequestIds`, one per addon; the same randomness, the same version 4 UUIDs): 0.97 →
+    0.61 µs per id.
+  - **Statements bound once** (`engine.Binder`): set-header, set-variable, choose and authentication-managed-identity
+    resolve their statement when its list is first run, and a flow calls a `functools.partial` of the handler's body
+    over what it derived (no `prepared` lookup, no Python call of its own); a `<base/>` left at the global scope has
+    no step at all. `evaluate_now` makes the string itself for `evaluated` (one call fewer per value), and
+    `obj["literal"]` captures its key when compiled.
+  - **Where the cold caches are, simulated.** callgrind with its cache simulation on the whole live mitmdump (600
+    requests at c=16 after a warm-up) per request: bare 8.82M instructions, 213k L1i misses, 48.9k L1d read misses;
+    the APIM policy +726k instructions (+8.2 %), +13.8k L1i misses (+6.5 %) and +11.2k L1d read misses (+23 %). The
+    interpreter loop itself has +4.5k of those (the policy's bytecode and frames), the type attribute cache +0.85k,
+    the collector +0.6k. The policy's extra time over its instructions is the data it touches, spread over the many
+    small functions it runs once per flow; no single one stands out.
+  - **The collector.** In a live mitmdump every flow is cyclic garbage, bare or not (mitmproxy raises and catches
+    about a dozen `TypeError`s per flow, whose tracebacks hold frames): 119 objects per flow bare, 129 with 1 rule,
+    157 with the APIM policy (mostly the trace's tuples, which live as long as the flow). In the micro loop the
+    policy's flows cost the collector 4.6 µs more than the same loop without hooks.
+  - **One process per round** (`--rounds 4 --copies 4` by default): three processes of the same APIM policy code,
+    side by side over eight paired rounds, read 0.874, 0.865 and 0.857 (109, 121 and 125 µs over bare), and the
+    seventh pass's final code against this pass's read 0.865 against 0.849, the other way round from the change:
+    a process's luck (hash seed, memory layout) is worth about ±1 % of bare, as much as a pass of cuts. Each round in
+    a process of its own makes the headline a median over four processes' luck instead of two.
+  - **Tried again, measured, and left out:** the sync-first statement lists with the managed-identity step using a
+    cached token without a coroutine (as in the sixth pass, now with `TokenProvider.fetch` so the output stayed
+    byte-identical): −1k instructions, and the micro loop did not move (68.3 against 68.9 µs, then 68.9 against
+    68.8). Not worth its surface.
 - **Seventh pass: one hook fewer, and what is left of the plumbing.** Counted as in the sixth pass (callgrind inside
   the flow loop, ±1k): the APIM policy's hooks 526k → 518k instructions per flow, 1 rule 85k → 81k; byte-identical
   output (`8173054…`) after every commit.
