@@ -138,6 +138,12 @@ def backend_stats(port: int) -> dict[str, int]:
 HOOK_SET = "apim-mi's hook set, no-op"
 
 
+def ratio_targets(big: str) -> tuple[tuple[str, float], ...]:
+    """Issue 13's throughput targets at the higher concurrency: (variant, least ratio to bare); ``big``: the
+    many-rules variant's name part ("10 000 rules")."""
+    return ("addon, 1 rule", 0.95), (f"addon, {big}", 0.93), ("addon, APIM policy", 0.85)
+
+
 def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     backend: Proc = ctx["backend"]
     files = ctx["files"]
@@ -580,7 +586,7 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
         r, c = summ[HOOK_SET][hi]["ratio"], summ[HOOK_SET][hi]["cpu_ratio"]
         w(f"| (the limit for apim-mi's hooks) {HOOK_SET}: throughput / bare (c={hi}); CPU per request, bare / addon "
           f"| {rng(r)}; {rng(c)} | |")  # fmt: skip
-    for name, want in (("addon, 1 rule", 0.95), (f"addon, {big}", 0.93), ("addon, APIM policy", 0.85)):
+    for name, want in ratio_targets(big):
         if name in summ:
             r, c = summ[name][hi]["ratio"], summ[name][hi]["cpu_ratio"]
             facts[f"ratio {name}"] = r["median"]
@@ -851,7 +857,7 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
         w(prof)
         w("```")
         w("")
-    w(where_the_time_goes(summ, mic, s, big, res.get("pyspy")))
+    w(where_the_time_goes(summ, mic, s, big, res.get("pyspy"), res.get("pooled")))
     return "\n".join(lines) + "\n", facts
 
 
@@ -873,7 +879,8 @@ FIRST_CPU_RATIO = {"addon, 1 rule": 0.71, "addon, 10 000 rules": 0.69, "addon, A
 
 
 def where_the_time_goes(
-    summ: dict[str, Any], mic: dict[str, Any], s: Settings, big: str, pyspy: str | None = None
+    summ: dict[str, Any], mic: dict[str, Any], s: Settings, big: str, pyspy: str | None = None,
+    pooled: str | None = None,
 ) -> str:
     """Before/after table (before: constants above; after: this run) and the profile summary."""
     lo, hi = min(s.concs), max(s.concs)
@@ -915,7 +922,8 @@ def where_the_time_goes(
         note = (f"**In this run the throughput ratios, and their verdicts above, are not evidence either way**: the "
                 f"trivial addon alone spread over {rng(triv)} round to round. The CPU ratios are what to read.")  # fmt: skip
     profile = pyspy.strip() if pyspy else "(not recorded in this run: `bench/pyspy.py --out FILE`, then `--pyspy FILE`)"
-    return WHERE.format(table=table, pyspy=profile, note=note)
+    runs = pooled.strip() if pooled else "(not pooled for this report: `bench/pooled.py RUN.json …`, then `--pooled FILE`)"
+    return WHERE.format(table=table, pyspy=profile, note=note, pooled=runs)
 
 
 WHERE = """## Where the time goes
@@ -942,6 +950,10 @@ per-call CPU time (`time.thread_time_ns`), for the same reason. `--rounds 4` (th
 and every variant's run sits next to a bare run of its own, to which its ratios are taken.
 Between two commits, `bench/instructions.py` counts the hooks' machine instructions per flow under valgrind, which
 give the same number on every run whatever the machine is doing.
+
+### Several runs pooled (`bench/pooled.py`)
+
+{pooled}
 
 ### Profile of the live mitmdump (py-spy)
 
@@ -1355,6 +1367,7 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=None,
                     help="mitmdump processes per throughput variant (default 4: one per round)")  # fmt: skip
     ap.add_argument("--pyspy", type=Path, default=None, help="a bench/pyspy.py report to include (with --from-json)")
+    ap.add_argument("--pooled", type=Path, default=None, help="a bench/pooled.py table to include (with --from-json)")
     args = ap.parse_args()
     if args.copies is not None and args.copies < 1:
         ap.error(f"--copies must be at least 1 (got {args.copies})")
@@ -1368,6 +1381,8 @@ def main() -> int:
         res = json.loads(args.from_json.read_text())
         if args.pyspy:
             res["pyspy"] = args.pyspy.read_text()
+        if args.pooled:
+            res["pooled"] = args.pooled.read_text()
         shown = Settings.make(bool(res["meta"]["smoke"]))
         shown.rounds = res["meta"].get("rounds") or args.rounds or shown.rounds  # the run's, not the default
         _render(res, shown, args.out, png)

@@ -84,6 +84,20 @@ def test_bench_smoke(tmp_path: Path) -> None:
         png = out.with_suffix(".png")
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # the run pooled with itself (bench/pooled.py), and the report re-rendered with that table
+    table = tmp_path / "pooled.md"
+    pooled = subprocess.run([sys.executable, str(ROOT / "bench" / "pooled.py"), str(raw), str(raw), "--out",
+                             str(table)], cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert pooled.returncode == 0, pooled.stderr
+    again = tmp_path / "again.md"
+    rendered = subprocess.run([sys.executable, str(ROOT / "bench" / "harness.py"), "--from-json", str(raw),
+                               "--pooled", str(table), "--out", str(again)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-4000:]
+    section = again.read_text().split("### Several runs pooled")[1].split("###")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| addon, APIM policy |"))
+    assert f"| {2 * len(runs['addon, APIM policy']['8'])} |" in row  # every round of both copies of the run
+
 
 def test_bench_refuses_fewer_than_one_process_per_variant() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "harness.py"), "--copies", "0"],
