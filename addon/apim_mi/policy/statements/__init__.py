@@ -47,4 +47,4 @@ HANDLERS: Mapping[str, Handler] = {
 }
 
 #: The handlers that resolve their statements once (``engine.Binder``), by element name.
-BINDERS: Mapping[str, Binder] = core.BINDERS
+BINDERS: Mapping[str, Binder] = {**core.BINDERS, **routing.BINDERS}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -17,7 +18,7 @@ from ...backends import Backend
 from ...errors import PolicyError
 from ..catalog import DAPR_REASON
 from ..context import Query, Url
-from ..engine import UNVERIFIED, PolicyRun, Scope
+from ..engine import UNVERIFIED, Binder, Bound, PolicyRun, Scope
 from ..model import Statement
 from ._common import (
     apply_exists_action,
@@ -218,14 +219,23 @@ def forward_request(run: PolicyRun, stmt: Statement, scope: Scope) -> Awaitable[
     """Marks the request for forwarding (the proxy sends it once the backend section is done) with its options.
     With literal options (nearly always) no coroutine is made unless there is async work: a backend call by the
     engine, or a backend entity's credentials."""
+    return _bind_forward(stmt)(run, scope)
+
+
+def _bind_forward(stmt: Statement) -> Bound:
+    """forward-request resolved once: its literal options (nearly always), else its attributes evaluated per flow."""
     literal = literal_attrs(stmt, _literal_forward, *_FORWARD)
     if literal is None:
-        return _forward_evaluated(run, stmt, scope)
+        return partial(_forward_evaluated, stmt)
+    return partial(_forward_literal, literal)
+
+
+def _forward_literal(literal: tuple[float, bool, bool, bool], run: PolicyRun, scope: Scope) -> Awaitable[None] | None:
     forward_timeout, run.fail_on_error_status, run.buffer_response, follow_redirects = literal
     return _forward(run, scope, forward_timeout, follow_redirects)
 
 
-async def _forward_evaluated(run: PolicyRun, stmt: Statement, scope: Scope) -> None:
+async def _forward_evaluated(stmt: Statement, run: PolicyRun, scope: Scope) -> None:
     timeout_ms = await int_attr(run, stmt, "timeout-ms", scope)
     forward_timeout = _forward_timeout(timeout_ms, await int_attr(run, stmt, "timeout", scope))
     run.fail_on_error_status = await bool_attr(run, stmt, "fail-on-error-status-code", scope)
@@ -246,6 +256,9 @@ def _forward(run: PolicyRun, scope: Scope, forward_timeout: float, follow_redire
     run.forward_timeout = forward_timeout
     return apply_entity(run, scope)
 
+
+#: forward-request binds its statement once (``engine.Binder``); the others resolve theirs per flow.
+BINDERS: dict[str, Binder] = {"forward-request": _bind_forward}
 
 HANDLERS = {
     "forward-request": forward_request,
