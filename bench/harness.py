@@ -53,6 +53,11 @@ class Settings:
     expiry_parallel: bool
     copies: int = 1  # mitmdump processes per throughput variant; rounds go round them
 
+    @property
+    def many_rules(self) -> str:
+        """The many-rules variant's name part ("10 000 rules")."""
+        return f"{self.big_rules:,} rules".replace(",", " ")
+
     @classmethod
     def make(cls, smoke: bool) -> Settings:
         if smoke:
@@ -147,7 +152,7 @@ def ratio_targets(big: str) -> tuple[tuple[str, float], ...]:
 def section_throughput(s: Settings, ctx: dict[str, Any]) -> dict[str, Any]:
     backend: Proc = ctx["backend"]
     files = ctx["files"]
-    big = f"{s.big_rules:,} rules".replace(",", " ")
+    big = s.many_rules
     variants = {
         BARE: [],
         "trivial addon": ["-s", str(BENCH / "trivial.py")],
@@ -557,7 +562,7 @@ def build_report(res: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]
     exp = res.get("expiry", {})
     mic = res.get("micro", {})
     lo, hi = min(s.concs), max(s.concs)
-    big = f"{s.big_rules:,} rules".replace(",", " ")
+    big = s.many_rules
     w("# Benchmarks")
     w("")
     w(

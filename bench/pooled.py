@@ -90,8 +90,7 @@ def pooled_runs(results: list[dict[str, Any]], seed: int = 0) -> tuple[str, dict
     smoke = any(r.get("meta", {}).get("smoke") for r in results)
     s = Settings.make(smoke)
     conc = str(max(s.concs))
-    big = f"{s.big_rules:,} rules".replace(",", " ")
-    targets = dict(ratio_targets(big))
+    targets = dict(ratio_targets(s.many_rules))
     rng = random.Random(seed)
     return conc, {name: pool(rs, targets.get(name), rng) for name, rs in paired_rounds(results, conc).items()}
 

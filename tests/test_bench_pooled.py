@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import pooled  # noqa: E402  (bench/ is not a package)
+
 BARE_CPU = 800.0
 
 
@@ -34,15 +37,7 @@ RUNS = [
 ]
 
 
-def _pooled():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(ROOT / "bench"))
-    import pooled
-
-    return pooled
-
-
 def test_pools_every_paired_round_against_its_own_bare() -> None:
-    pooled = _pooled()
     rounds = pooled.paired_rounds(RUNS, "16")
     assert len(rounds["addon, APIM policy"]) == 12
     assert len(rounds["addon, 1 rule"]) == 8
@@ -53,7 +48,6 @@ def test_pools_every_paired_round_against_its_own_bare() -> None:
 
 
 def test_median_interval_and_share_against_the_target() -> None:
-    pooled = _pooled()
     conc, table = pooled.pooled_runs(RUNS)
     assert conc == "16"
     policy, one, trivial = table["addon, APIM policy"], table["addon, 1 rule"], table["trivial addon"]
