@@ -24,7 +24,9 @@ from apim_mi.tokens import TokenProvider, azure_credential_factory, token_key
 from apim_mi.trace import METADATA_KEY, FlowRecord, Trace, canonical, computed, later, render
 from conftest import DEMO_AUDIENCE
 from emulator_helpers import use_emulator
-from mitmproxy import contentviews
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy import contentviews, http
 from mitmproxy import io as mitmio
 from mitmproxy.flow import Error
 from mitmproxy.test import taddons, tflow, tutils
@@ -442,21 +444,28 @@ def test_a_token_is_carried_as_the_header_field_and_its_echoes() -> None:
     assert not diagnostics.reflects(b"nothing", carried.echoes) and not diagnostics.reflects(None, carried.echoes)
 
 
-def test_an_internal_error_in_outbound_is_what_the_summary_and_comment_say(harness: dict[str, Any],
+@pytest.mark.parametrize("value", ["1", '@("1")'])
+def test_an_internal_error_in_outbound_is_what_the_summary_and_comment_say(harness: dict[str, Any], value: str,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """apim-mi failing inside outbound answers APIM's 500, and the flow's summary and comment (made once the flow
-    ends, the summary when read) say so instead of the policy's outcome."""
+    ends, the summary when read) say so instead of the policy's outcome: in the engine (an expression), and in the
+    literal header edits that run without it."""
     from apim_mi.policy import engine
+    from apim_mi.policy.statements import core
 
-    async def broken(run: Any) -> None:
+    def broken(*args: Any) -> None:
         raise RuntimeError("outbound broke")
 
-    monkeypatch.setattr(engine, "run_outbound", broken)
+    async def broken_async(*args: Any) -> None:
+        broken()
+
+    monkeypatch.setattr(engine, "run_outbound", broken_async)
+    monkeypatch.setattr(core, "apply_header_edits", broken)
     rules = RULES.replace(f'    resource: "{DEMO_AUDIENCE}"\n', f"""    policy: |
       <policies>
         <inbound><authentication-managed-identity resource="{DEMO_AUDIENCE}" /></inbound>
         <backend><forward-request /></backend>
-        <outbound><set-header name="X-Out" exists-action="override"><value>1</value></set-header></outbound>
+        <outbound><set-header name="X-Out" exists-action="override"><value>{value}</value></set-header></outbound>
       </policies>
 """)
     _, (flow,) = _flows(harness, rules, (b"/api/x", ()))
@@ -494,3 +503,99 @@ def test_the_original_url_made_when_read_is_the_url_as_received() -> None:
     assert request.body_if_read() is request.body
     flowcontext.apply_request(request, flow, received)
     assert flow.request.path == "/rewritten?x=2" and flow.request.content == b"content"
+
+
+_FIELD_BYTES = st.binary(max_size=12) | st.sampled_from([b"Host", b"x-\xc3\xa9", b"\xff\xfe", b"\xed\xa0\x80", b""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_FIELD_BYTES, _FIELD_BYTES), max_size=6))
+def test_header_fields_decode_and_encode_as_surrogateescape_does(fields: list[tuple[bytes, bytes]]) -> None:
+    """``decoded``/``encoded`` skip the error handler for valid UTF-8 (the usual header): the same strings and bytes
+    as decoding and encoding every field with surrogateescape, for any bytes, and back to the same fields."""
+    as_fields = tuple(fields)
+    pairs = flowcontext.decoded(as_fields)
+    assert pairs == [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
+    assert flowcontext.encoded(pairs) == as_fields
+
+
+@given(st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6)), max_size=5))
+def test_header_pairs_encode_as_surrogateescape_does_or_fail_as_it_fails(pairs: list[tuple[str, str]]) -> None:
+    """Any strings, lone surrogates included: what surrogateescape encodes, or the same UnicodeEncodeError."""
+    try:
+        expected = tuple((n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            flowcontext.encoded(pairs)
+    else:
+        assert flowcontext.encoded(pairs) == expected
+
+
+_EDIT_NAMES = ["X-Powered-By", "x-powered-by", "Server", "X-\u0130d", "x-i\u0307d", "Set-Cookie", "X-New"]
+
+
+@st.composite
+def _outbound_edits(draw: Any) -> str:
+    edits = ["<base />"] if draw(st.booleans()) else []  # at most one per section
+    for _ in range(draw(st.integers(1, 4))):
+        name = draw(st.sampled_from(_EDIT_NAMES))
+        action = draw(st.sampled_from(["override", "skip", "append", "delete", "Override"]))
+        values = "".join(f"<value>{v}</value>" for v in draw(st.lists(st.sampled_from(["1", "a b", ""]), max_size=2)))
+        edits.append(f'<set-header name="{name}" exists-action="{action}">{values}</set-header>')
+    return "".join(edits)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_outbound_edits(), st.lists(st.tuples(st.sampled_from([n.encode() for n in _EDIT_NAMES] + [b"Date"]),
+                                             st.sampled_from([b"v", b"w", b"\xff"])), max_size=5))
+def test_literal_header_edits_do_what_the_engine_does(outbound: str, fields: list[tuple[bytes, bytes]]) -> None:
+    """An outbound of literal set-headers runs on the answer's headers directly (``core.header_edits``): the same
+    answer, and the same trace entries, as running the section through the engine and writing its response back."""
+    from apim_mi.policy import engine
+    from apim_mi.policy.loader import DEFAULT_GLOBAL, compose, load_policy_text
+    from apim_mi.policy.statements import core
+    from test_statements import make_run, policies
+
+    xml = policies(outbound=outbound)
+    policy = compose(DEFAULT_GLOBAL, load_policy_text(xml, source="t.xml"))
+    edits = core.header_edits(policy, "outbound")
+    assert edits is not None and core.header_edits(policy, "outbound") is edits  # worked out once
+
+    def answer() -> http.Response:
+        resp = tutils.tresp()
+        resp.data.headers.fields = tuple(fields)
+        return resp
+
+    by_engine, run = tflow.tflow(resp=answer()), make_run(xml)
+    run.context.response, received = flowcontext.response_context(by_engine.response)
+    asyncio.run(engine.run_outbound(run))
+    assert run.response is None and run.error is None
+    flowcontext.apply_response(run.context.response, by_engine, received)
+
+    direct, quick = tflow.tflow(resp=answer()), make_run(xml)
+    headers, read = flowcontext.response_headers(direct.response)
+    core.apply_header_edits(quick, edits, headers, "outbound")
+    flowcontext.apply_response_headers(headers, direct.response, read)
+
+    assert direct.response.data.headers.fields == by_engine.response.data.headers.fields
+    shown = [[(e["source"], e["data"]) for e in r.trace.entries.get("outbound", [])]
+             for r in (run, quick)]
+    assert shown[0] == shown[1] and len(shown[0]) == outbound.count("<set-header")
+
+
+@pytest.mark.parametrize("outbound", [
+    '<set-header name="@(&quot;X&quot;)" exists-action="delete" />',
+    '<set-header name="X" exists-action="override"><value>@(context.RequestId.ToString())</value></set-header>',
+    '<set-header name="X" exists-action="override"><value>a&#10;b</value></set-header>',
+    '<set-header name="X" exists-action="delete" /><set-status code="201" />',
+    '<choose><when condition="@(true)"><set-header name="X" exists-action="delete" /></when></choose>',
+])  # fmt: skip
+def test_what_is_not_a_literal_header_edit_runs_in_the_engine(outbound: str) -> None:
+    """An expression, a line break (an error the engine raises), or any other statement: the section is no header
+    edit list, and the engine runs it."""
+    from apim_mi.policy.loader import DEFAULT_GLOBAL, compose, load_policy_text
+    from apim_mi.policy.statements import core
+    from test_statements import policies
+
+    policy = compose(DEFAULT_GLOBAL, load_policy_text(policies(outbound=outbound), source="t.xml"))
+    assert core.header_edits(policy, "outbound") is None

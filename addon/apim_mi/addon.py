@@ -32,6 +32,7 @@ from .policy import engine
 from .policy.ai import counts_tokens
 from .policy.ai.usage import load_encoding
 from .policy.gateway import GatewayState
+from .policy.statements import core
 from .rules import CREDENTIAL_SOURCES, Rule, RulesConfig, load_rules
 from .tokens import Token, TokenKey, TokenProvider, azure_credential_factory
 from .trace import METADATA_KEY, REDACTED, FlowRecord, Trace, scrub
@@ -1060,6 +1061,12 @@ class ApimMi:
             flow.response = flowcontext.make_response(run.response)
             return
         if not (run.policy.sections.get("outbound") or run.on_response):
+            return
+        edits = None if run.on_response or run.finalizers else core.header_edits(run.policy, "outbound")
+        if edits is not None:  # literal set-headers only: on the answer's headers, no context.Response to make
+            headers, received = flowcontext.response_headers(flow.response)
+            core.apply_header_edits(run, edits, headers, "outbound")
+            flowcontext.apply_response_headers(headers, flow.response, received)
             return
         run.context.response, received = flowcontext.response_context(flow.response)
         response = run.context.response

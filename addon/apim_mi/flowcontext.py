@@ -84,13 +84,23 @@ class Received:
 
 
 def decoded(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
-    """Header fields as mitmproxy's ``headers.items(multi=True)`` decodes them."""
-    return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
+    """Header fields as mitmproxy's ``headers.items(multi=True)`` decodes them (UTF-8, surrogateescape). Valid UTF-8
+    decodes the same without the error handler, and naming none skips the codec lookup (half of each call): only
+    fields that are not valid UTF-8 take the second pass."""
+    try:
+        return [(n.decode(), v.decode()) for n, v in fields]
+    except UnicodeDecodeError:
+        return [(n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in fields]
 
 
 def encoded(pairs: list[tuple[str, str]]) -> tuple[tuple[bytes, bytes], ...]:
-    """Header pairs as mitmproxy's ``headers.add`` encodes them: one ``fields`` tuple for all of them."""
-    return tuple([(n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in pairs])
+    """Header pairs as mitmproxy's ``headers.add`` encodes them (UTF-8, surrogateescape): one ``fields`` tuple for
+    all of them; as ``decoded``, only strings holding an escaped byte (a lone surrogate) take the second pass."""
+    try:
+        return tuple([(n.encode(), v.encode()) for n, v in pairs])
+    except UnicodeEncodeError:
+        return tuple([(n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                      for n, v in pairs])  # fmt: skip
 
 
 def _unparse(scheme: str, host: str, port: int, path: str) -> str:
@@ -276,6 +286,13 @@ def apply_request(request: Request, flow: http.HTTPFlow, received: Received | No
     return changed
 
 
+def apply_response_headers(headers: Headers, resp: http.Response, received: list[tuple[str, str]] | None) -> None:
+    """The policy's headers into the answer, unless they are still the pairs ``response_headers`` read."""
+    pairs = headers._pairs  # read, not copied: ``encoded`` makes the new tuple
+    if received is None or pairs != received:
+        resp.data.headers.fields = encoded(pairs)
+
+
 def content_of(message: http.Message) -> bytes | None:
     """``message.get_content(strict=False)``; without a Content-Encoding (most answers) the raw body, with no header
     lookup."""
@@ -285,18 +302,19 @@ def content_of(message: http.Message) -> bytes | None:
     return message.data.content
 
 
+def response_headers(resp: http.Response) -> tuple[Headers, list[tuple[str, str]]]:
+    """The answer's headers as the policy's ``Headers``, and their pairs as read (for ``apply_response_headers``)."""
+    pairs = decoded(resp.data.headers.fields)
+    return Headers.of(list(pairs)), pairs
+
+
 def response_context(resp: http.Response) -> tuple[Response, list[tuple[str, str]]]:
     """The policy's ``context.Response`` for the backend's answer, and its header pairs as read (for
     ``apply_response``)."""
     data = resp.data  # the raw values: mitmproxy's properties are a Python call each
-    pairs = decoded(data.headers.fields)
-    response = Response(
-        status_code=data.status_code,
-        status_reason=resp.reason,
-        headers=Headers.of(list(pairs)),
-        body=Body(data.content or b""),
-    )
-    return response, pairs
+    headers, pairs = response_headers(resp)
+    return Response(status_code=data.status_code, status_reason=resp.reason, headers=headers,
+                    body=Body(data.content or b"")), pairs  # fmt: skip
 
 
 def make_response(response: Response) -> http.Response:
@@ -321,8 +339,6 @@ def apply_response(response: Response, flow: http.HTTPFlow, received: list[tuple
     reason = response.status_reason
     if reason and reason != resp.reason:  # written only when the policy changed it (the setter is two calls)
         resp.reason = reason
-    pairs = response.headers.pairs()
-    if received is None or pairs != received:
-        data.headers.fields = encoded(pairs)
+    apply_response_headers(response.headers, resp, received)
     if response.body is not None and response.body.content != (data.content or b""):
         resp.content = response.body.content

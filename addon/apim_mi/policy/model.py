@@ -105,8 +105,9 @@ class Policy:
     #: Load-time warnings (``file:line:column: …``) that ``apim-mi validate`` prints: what loads although APIM's
     #: reference does not list it (a policy outside its documented sections).
     warnings: tuple[str, ...] = ()
-    #: Statement lists resolved for running (``engine.steps``), by (list id, parent path).
-    compiled: dict[tuple[int, str], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    #: Statement lists resolved for running (``engine.steps``), by (list id, parent path); a section's literal header
+    #: edits (``statements.core.header_edits``), by ("header-edits", section).
+    compiled: dict[tuple[Any, str], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def statements(self) -> list[Statement]:
         """Every statement of every section, nested ones included."""

@@ -23,8 +23,9 @@ from ..engine import (
     memo,
     prepared,
     run_statements,
+    steps,
 )
-from ..model import Statement, Value
+from ..model import Policy, Statement, Value
 from ._common import apply_exists_action, evaluated, value_texts
 
 if TYPE_CHECKING:
@@ -216,6 +217,56 @@ def _apply_set_header(plan: _SetHeader, stmt: Statement, run: PolicyRun, scope: 
             run.warn(scope.section, "set-header", f"The client's {name} header was replaced by the token.")
         run.injections.append(Injection(name, "", "", {}))
     run.trace.add(scope.section, "set-header", (_SET_HEADER_ENTRY, name, action, exists, values))
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdit:
+    """A set-header whose name and values are all literal (without CR or LF): what it does depends on the headers
+    alone, so it can run on them directly, without an evaluation, a scope or a statement list of the engine."""
+
+    name: str
+    action: str
+    values: tuple[str, ...]
+
+
+def _header_edit(stmt: Statement) -> HeaderEdit | None:
+    """The set-header's ``HeaderEdit``, or None when it needs the engine (an expression, a line break: an error)."""
+    plan = _set_header(stmt)
+    if plan.name is None or any(v is not None and v.expression is not None for v in plan.values):
+        return None
+    values = tuple(v.text for v in plan.values if v is not None)  # what ``evaluated`` returns for literals
+    written = plan.name + "".join(values)
+    if "\r" in written or "\n" in written:
+        return None
+    return HeaderEdit(plan.name, plan.action, values)
+
+
+def header_edits(policy: Policy, section: str) -> tuple[HeaderEdit, ...] | None:
+    """The section as literal header edits, in order, when that is all it holds (``<base/>`` left at the global scope
+    runs nothing); None when any statement needs the engine. Worked out once per policy and section."""
+    key = ("header-edits", section)
+    found = policy.compiled.get(key, _UNKNOWN)
+    if found is _UNKNOWN:
+        edits = []
+        for step in steps(policy, policy.sections.get(section, []), ""):
+            edit = _header_edit(step.stmt) if step.stmt.name == "set-header" and not step.too_deep else None
+            if edit is None:
+                edits = None
+                break
+            edits.append(edit)
+        found = policy.compiled[key] = tuple(edits) if edits is not None else None
+    return found  # type: ignore[no-any-return]
+
+
+_UNKNOWN = object()
+
+
+def apply_header_edits(run: PolicyRun, edits: tuple[HeaderEdit, ...], headers: Headers, section: str) -> None:
+    """``header_edits`` on ``headers``, with the trace entries set-header writes: what running the section does."""
+    for edit in edits:
+        name, action, values = edit.name, edit.action, edit.values
+        exists = apply_exists_action(headers, name, values, action)
+        run.trace.add(section, "set-header", (_SET_HEADER_ENTRY, name, action, exists, values))
 
 
 def _carries_token(values: tuple[str, ...], secrets: set[str]) -> bool:
