@@ -174,3 +174,35 @@ def corpus_sources() -> list[str]:
     finally:
         script._real_compiler = real
     return sources
+
+
+def test_a_closure_that_met_one_type_answers_for_the_next() -> None:
+    """Member chains and method calls remember what they resolved for the type they last met: the same compiled
+    expression, fed values of other types in turn (and back), answers each as the interpreter does."""
+    import dataclasses
+    import uuid
+
+    from apim_mi.policy.context import Response
+    from apim_mi.policy.expressions.runtime_types import net_type_name
+    from test_expressions_support import make_context
+
+    values: list[Any] = ["text", 42, [1, 2], {"a": 1}, uuid.UUID(int=9), None, "again", Response(201, "Created")]
+    sources = ['@(context.Variables["v"].ToString())', '@(context.Variables["v"].Length)',
+               '@(context.Variables["v"].Count)', '@(context.Variables["v"].StatusCode)',
+               '@(context.Variables["v"]?.GetType().Name)', "@(context.Response.StatusCode)"]  # fmt: skip
+    for source in sources:
+        expr = compile_expression(source, LOC)
+        assert expr.closure is not None, source
+        interpreted = dataclasses.replace(expr, closure=None)
+        for value in values + values[::-1]:
+            shown = []
+            for e in (expr, interpreted):
+                context = make_context()
+                context.variables["v"] = value
+                context.response = value if isinstance(value, Response) else None
+                try:
+                    result = e.evaluate(context)
+                    shown.append(("value", net_type_name(result), repr(result)))
+                except Exception as error:  # the error itself is what is compared
+                    shown.append(("error", type(error).__name__, str(error)))
+            assert shown[0] == shown[1], (source, value)

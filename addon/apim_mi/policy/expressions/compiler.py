@@ -232,17 +232,27 @@ class _Compiler:
         ):
             chain.append((root.name, root.type_args, root.null_cond))
             root = root.target
-        steps = tuple(reversed(chain))
+        # Each step: [name, type arguments, null-conditional, the type it last resolved for, its attribute]. A step
+        # remembers the context model attribute it found for the type it met: the next flow's objects have the same
+        # types, and skip the key tuple, its hash and the lookup (``_CONTEXT_ATTRS`` only grows, so it stays right).
+        steps = [[name, targs, null_cond, None, None] for name, targs, null_cond in reversed(chain)]
         fn = None if self._is_context(root) else self.expr(root)  # None: the root is the context itself, no call
 
         def member(c: Any, s: Any) -> Any:
             obj = c if fn is None else fn(c, s)
-            for step, targs, null_cond in steps:
+            for step in steps:
                 if obj is None:
-                    _null_target(obj, null_cond)
-                attr = _CONTEXT_ATTRS.get((type(obj), step))
-                # a context model member: what member_of would find first
-                obj = getattr(obj, attr) if attr is not None else member_of(obj, step, targs)
+                    _null_target(obj, step[2])
+                cls = type(obj)
+                if cls is step[3]:
+                    obj = getattr(obj, step[4])
+                    continue
+                attr = _CONTEXT_ATTRS.get((cls, step[0]))
+                if attr is None:
+                    obj = member_of(obj, step[0], step[1])
+                else:  # a context model member: what member_of would find first
+                    step[3], step[4] = cls, attr
+                    obj = getattr(obj, attr)
             return obj
 
         return member
@@ -334,16 +344,24 @@ class _Compiler:
                 return static
             target, null_cond = self.expr(t.target), t.null_cond
             literals = _literal_values(n.args)
+            # the method found for the type last met, as ``member`` remembers attributes (``_METHODS`` only grows)
+            seen_cls: type | None = None
+            seen_fn: Any = None
 
             def method(c: Any, s: Any) -> Any:
+                nonlocal seen_cls, seen_fn
                 obj = target(c, s)
                 if obj is None:
                     _null_target(obj, null_cond)
                 values = list(literals) if literals is not None else args(c, s)  # what ``args`` would return
                 cls = type(obj)
-                fn = None if cls in _SPECIAL else _METHODS.get((cls, name))
-                if fn is None:
-                    return _checked(call_member(obj, name, values, targs))
+                if cls is seen_cls:
+                    fn = seen_fn
+                else:
+                    fn = None if cls in _SPECIAL else _METHODS.get((cls, name))
+                    if fn is None:
+                        return _checked(call_member(obj, name, values, targs))
+                    seen_cls, seen_fn = cls, fn
                 try:  # the method call_member finds first for any other type (call_method's cache)
                     result = fn(obj, values, targs)
                 except MemberNotFound as e:
