@@ -327,14 +327,16 @@ def memo[T](stmt: Statement, key: Hashable, compute: Callable[..., T], *args: An
         return value
 
 
-async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope) -> None:
-    """Statements in document order; stops as soon as one answers the request (return-response)."""
+async def run_statements(run: PolicyRun, statements: list[Statement], scope: Scope, own: bool = False) -> None:
+    """Statements in document order; stops as soon as one answers the request (return-response). ``own``: the
+    caller made ``scope`` for this call alone and never reads it again, so it serves as the list's own scope."""
     section = scope.section
     # One scope for the whole list, its path set per statement: no allocation per statement. Safe because a
     # handler finishes (its awaitable is awaited) before the next statement runs, and nothing reads a scope's path
     # after its handler returned.
-    inner = Scope(section, "", scope.request)
-    for stmt, handler, path, too_deep, call in steps(run.policy, statements, scope.path):
+    listed = steps(run.policy, statements, scope.path)
+    inner = scope if own else Scope(section, "", scope.request)
+    for stmt, handler, path, too_deep, call in listed:
         if run.response is not None:
             return
         if too_deep:
@@ -368,7 +370,7 @@ def run_section(run: PolicyRun, section: str) -> Awaitable[None]:
     """One section of the effective policy: inbound/backend act on the main request, outbound on the response (the
     statements' coroutine, for the caller to await: no coroutine of its own)."""
     request = run.context.request if section in ("inbound", "backend") else None
-    return run_statements(run, run.policy.sections.get(section, []), Scope(section, "", request))
+    return run_statements(run, run.policy.sections.get(section, []), Scope(section, "", request), own=True)
 
 
 async def handle_error(run: PolicyRun, error: PolicyError) -> None:
@@ -404,7 +406,7 @@ async def handle_error(run: PolicyRun, error: PolicyError) -> None:
     statements = run.policy.sections.get("on-error", [])
     if statements:
         try:
-            await run_statements(run, statements, Scope("on-error", "", None))
+            await run_statements(run, statements, Scope("on-error", "", None), own=True)
         except (PolicyError, ExecutionLimitError) as e:
             run.trace.add("on-error", getattr(e, "source", "") or "apim-mi", {"message": str(e)})
             run.response = internal_server_error(run.context)

@@ -321,9 +321,11 @@ def _chosen(branches: tuple[tuple[tuple[int, Value | None, list[Statement]], ...
             raise PolicyError("choose", f"The condition of when[{i}] did not evaluate to a boolean (got {cond!r}).",
                               "ExpressionValueEvaluationFailure")
         if cond:
-            return run_statements(run, children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request))
+            return run_statements(run, children, Scope(scope.section, f"{scope.path}/when[{i}]", scope.request),
+                                  own=True)  # fmt: skip
     if otherwise is not None:
-        return run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request))
+        return run_statements(run, otherwise.children, Scope(scope.section, f"{scope.path}/otherwise", scope.request),
+                              own=True)  # fmt: skip
     return None
 
 
