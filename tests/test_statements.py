@@ -418,3 +418,19 @@ async def test_validate_jwt_openid_config_cached(emu: Any) -> None:
     assert run.context.last_error.reason == "TokenAudienceNotAllowed"
 
 
+
+
+@pytest.mark.parametrize("header", [
+    '<set-header name="X-A" exists-action="override"><value>@("a\\nb")</value></set-header>',
+    '<set-header name="X-A" exists-action="append"><value>ok</value><value>@("a\\rb")</value></set-header>',
+    '<set-header name="@("X-\\r")" exists-action="override"><value>ok</value></set-header>',
+    '<set-header name="X-A" exists-action="override"><value>a&#10;b</value></set-header>',
+])  # fmt: skip
+async def test_set_header_refuses_a_line_break_in_its_name_or_any_value(header: str) -> None:
+    """A CR or LF in the name or in any value, literal or evaluated, is an error (on-error, APIM's 500), and the
+    header is not set."""
+    run = make_run(policies(header))
+    await engine.run_inbound(run)
+    assert run.error is not None and "contains a line break (CR or LF)" in run.error.message
+    assert run.response is not None and run.response.status_code == 500
+    assert "X-A" not in run.context.request.headers

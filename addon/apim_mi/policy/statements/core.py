@@ -207,8 +207,7 @@ def _apply_set_header(plan: _SetHeader, stmt: Statement, run: PolicyRun, scope: 
         name = evaluate_string_now(run, stmt.attrs.get("name"), "set-header", scope) or ""
     action = plan.action
     values = evaluated(run, plan.values, "set-header", scope)
-    written = name + "".join(values)
-    if "\r" in written or "\n" in written:
+    if _line_break(name, values):
         raise PolicyError("set-header", f"Header '{name}' contains a line break (CR or LF), which is not allowed.")
     headers = _target_headers(run, scope, "set-header")
     exists = apply_exists_action(headers, name, values, action)
@@ -235,8 +234,7 @@ def _header_edit(stmt: Statement) -> HeaderEdit | None:
     if plan.name is None or any(v is not None and v.expression is not None for v in plan.values):
         return None
     values = tuple(v.text for v in plan.values if v is not None)  # what ``evaluated`` returns for literals
-    written = plan.name + "".join(values)
-    if "\r" in written or "\n" in written:
+    if _line_break(plan.name, values):
         return None
     return HeaderEdit(plan.name, plan.action, values)
 
@@ -267,6 +265,17 @@ def apply_header_edits(run: PolicyRun, edits: tuple[HeaderEdit, ...], headers: H
         name, action, values = edit.name, edit.action, edit.values
         exists = apply_exists_action(headers, name, values, action)
         run.trace.add(section, "set-header", (_SET_HEADER_ENTRY, name, action, exists, values))
+
+
+def _line_break(name: str, values: tuple[str, ...]) -> bool:
+    """Whether the header's name or a value holds CR or LF (each searched where it is: a token's value is not
+    copied into one string first)."""
+    if "\r" in name or "\n" in name:
+        return True
+    for value in values:  # noqa: SIM110 (a loop: no generator per set-header)
+        if "\r" in value or "\n" in value:
+            return True
+    return False
 
 
 def _carries_token(values: tuple[str, ...], secrets: set[str]) -> bool:
