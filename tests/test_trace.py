@@ -187,6 +187,17 @@ def test_endpoint_serves_loopback_clients_only() -> None:
     assert not insp.answer(_endpoint_flow("http://orders.contoso.test/apim-mi.trace/traces/abc"))  # not in regular mode
 
 
+@pytest.mark.parametrize(("host", "endpoint"), [
+    ("apim-mi.trace", True), ("APIM-MI.Trace", True), ("apim-mi.trace.", True), ("Apim-Mi.Trace..", True),
+    ("apim-mi.tracer", False), ("xapim-mi.trace", False), ("api.contoso.test", False), ("127.0.0.1", False),
+])  # fmt: skip
+def test_the_endpoint_host_is_matched_as_dns_matches_it(host: str, endpoint: bool) -> None:
+    """Any case, trailing dots ignored (the cheap first-letter test in front of it changes no answer)."""
+    flow = _endpoint_flow("http://apim-mi.trace/traces/abc")
+    flow.request.host = host
+    assert Inspector.is_endpoint(flow) is endpoint
+
+
 def test_reverse_mode_endpoint_and_location() -> None:
     insp = Inspector()
     insp.store.put("abc", {"traceId": "abc", "traceEntries": {}})

@@ -628,7 +628,7 @@ class ApimMi:
         fields = data.headers.fields
         if not fastpath.plain_request(fields):
             return False
-        if self._insecure_transport(req.scheme, data.host, rule):
+        if self._insecure_transport(data.scheme, data.host, rule):
             return False
         began = time.perf_counter()
         assert self.tokens is not None
@@ -670,7 +670,7 @@ class ApimMi:
         if resp is not None:
             quick.answered = now
             status = resp.data.status_code
-            quick.response = (status, resp.reason, resp.data.headers.fields)
+            quick.response = (status, resp.data.reason, resp.data.headers.fields)
         elapsed_ms = (now - quick.began) * 1000
         route = quick.route
         aud = quick.carried.token.claims.get("aud", "")
@@ -913,12 +913,13 @@ class ApimMi:
     def client_disconnected(self, client: Any) -> None:
         self.upstream_certs.forget(client.id)
 
-    def _insecure_transport(self, scheme: str, host: str, rule: Rule) -> str:
+    def _insecure_transport(self, scheme: str | bytes, host: str, rule: Rule) -> str:
         """Why a token must not go to this destination ("" when it may): plain http://, or https:// while
-        mitmproxy does not verify upstream certificates (``ssl_insecure``), to a non-loopback host."""
+        mitmproxy does not verify upstream certificates (``ssl_insecure``), to a non-loopback host. ``scheme`` as
+        the policy's URL has it, or as mitmproxy keeps it (bytes: the fast path decodes nothing it may not need)."""
         if rule.allow_http or flowcontext.is_loopback(host):
             return ""
-        if scheme != "https":
+        if scheme != "https" and scheme != b"https":
             return "over plain http://"
         if self._ssl_insecure:
             return "over https:// without certificate verification (ssl_insecure is on)"

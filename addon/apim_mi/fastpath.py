@@ -166,7 +166,7 @@ class Quick:
         self.sent_fields: tuple[tuple[bytes, bytes], ...] = ()
         self.forwarded = began  # clock() when the token was in the request
         self.answered: float | None = None  # clock() when the answer was complete
-        self.response: tuple[int, str, tuple[tuple[bytes, bytes], ...]] | None = None
+        self.response: tuple[int, bytes, tuple[tuple[bytes, bytes], ...]] | None = None
         self.checked = False  # the request left with the token, and the flow no longer holds it
 
     def went_out(self, request: http.Request) -> bool:

@@ -96,7 +96,10 @@ def forward_entry(timeout: float, method: str, url: str, fields: Fields, secrets
     }  # fmt: skip
 
 
-def response_entry(code: int, reason: str, fields: Fields) -> dict[str, Any]:
+def response_entry(code: int, reason: str | bytes, fields: Fields) -> dict[str, Any]:
+    """``reason``: as mitmproxy keeps it (bytes, decoded here as its ``reason`` property decodes it) or a string."""
+    if isinstance(reason, bytes):
+        reason = reason.decode("ISO-8859-1")
     return {"response": {"status": {"code": code, "reason": reason},
                          "headers": _headers(flowcontext.decoded(fields))}}  # fmt: skip
 
@@ -138,7 +141,8 @@ def response_later(flow: http.HTTPFlow) -> Deferred:
     """The backend ``forward-request`` response entry."""
     assert flow.response is not None
     resp = flow.response
-    return (_RESPONSE_ENTRY, resp.data.status_code, resp.reason, resp.data.headers.fields)
+    data = resp.data
+    return (_RESPONSE_ENTRY, data.status_code, data.reason, data.headers.fields)
 
 
 def request_data(flow: http.HTTPFlow) -> dict[str, Any]:
@@ -204,7 +208,8 @@ class Inspector:
     def _endpoint_path(flow: http.HTTPFlow) -> str | None:
         req = flow.request
         data = req.data  # asked for every request: the raw values, not the decoding properties
-        if data.host.lower().rstrip(".") == TRACE_HOST:
+        host = data.host  # no other character lower-cases to "a": most hosts are told apart without a new string
+        if host[:1] in ("a", "A") and host.lower().rstrip(".") == TRACE_HOST:
             return req.path.split("?", 1)[0]
         if not data.path.startswith(_REVERSE_PREFIX):
             return None
