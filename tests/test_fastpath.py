@@ -165,7 +165,7 @@ def test_entries_show_the_request_as_it_was_when_recorded() -> None:
     names = [h["name"] for h in trace.to_json()["traceEntries"]["inbound"][0]["data"]["request"]["headers"]]
     assert "X-Before" in names and "X-After" not in names
     assert computed(later(canonical, {"b": 1})) == {"b": 1} and computed({"a": 1}) == {"a": 1}
-    entry = later(inspector.response_entry, 200, "OK", ((b"a", b"1"),))
+    entry = later(inspector.response_entry, 200, b"OK", ((b"a", b"1"),))
     assert type(entry) is tuple and all(type(item) is not type(canonical) for item in entry)  # plain values only
     with pytest.raises(ValueError, match="module-level"):
         later(lambda a: a, 1)

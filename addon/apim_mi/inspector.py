@@ -96,11 +96,9 @@ def forward_entry(timeout: float, method: str, url: str, fields: Fields, secrets
     }  # fmt: skip
 
 
-def response_entry(code: int, reason: str | bytes, fields: Fields) -> dict[str, Any]:
-    """``reason``: as mitmproxy keeps it (bytes, decoded here as its ``reason`` property decodes it) or a string."""
-    if isinstance(reason, bytes):
-        reason = reason.decode("ISO-8859-1")
-    return {"response": {"status": {"code": code, "reason": reason},
+def response_entry(code: int, reason: bytes, fields: Fields) -> dict[str, Any]:
+    """``reason``: as mitmproxy keeps it, decoded here as its ``reason`` property decodes it."""
+    return {"response": {"status": {"code": code, "reason": reason.decode("ISO-8859-1")},
                          "headers": _headers(flowcontext.decoded(fields))}}  # fmt: skip
 
 

@@ -245,14 +245,9 @@ def header_edits(policy: Policy, section: str) -> tuple[HeaderEdit, ...] | None:
     key = ("header-edits", section)
     found = policy.compiled.get(key, _UNKNOWN)
     if found is _UNKNOWN:
-        edits = []
-        for step in steps(policy, policy.sections.get(section, []), ""):
-            edit = _header_edit(step.stmt) if step.stmt.name == "set-header" and not step.too_deep else None
-            if edit is None:
-                edits = None
-                break
-            edits.append(edit)
-        found = policy.compiled[key] = tuple(edits) if edits is not None else None
+        edits = tuple(_header_edit(step.stmt) if step.stmt.name == "set-header" and not step.too_deep else None
+                      for step in steps(policy, policy.sections.get(section, []), ""))  # fmt: skip
+        found = policy.compiled[key] = None if None in edits else edits
     return found  # type: ignore[no-any-return]
 
 
