@@ -129,6 +129,8 @@ class ApimMi:
         self._carried_by_key: dict[TokenKey, fastpath.Carried] = {}
         #: secret -> (the secret as bytes, what of it an echoing answer would show): made once per token
         self._secret_forms: dict[str, tuple[bytes, tuple[bytes, ...]]] = {}
+        #: secret -> ("Bearer <secret>" as bytes, that value redacted): the usual field redaction, made once per token
+        self._bearer_forms: dict[str, tuple[bytes, bytes]] = {}
         self._request_ids = flowcontext.RequestIds()  # context.RequestId of each engine-path flow
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watched: dict[Path, float] = {}
@@ -1171,16 +1173,20 @@ class ApimMi:
     def _forms(self, secret: str) -> tuple[bytes, tuple[bytes, ...]]:
         """The secret as bytes and its ``diagnostics.echoes``, made once per secret (kept until the tokens are
         flushed, at most ``_SECRETS_KEPT`` of them): a token is a kilobyte, and every flow that carries it asks."""
-        kept = self._secret_forms
-        found = kept.get(secret)
-        if found is None:
-            if len(kept) >= _SECRETS_KEPT:
-                kept.clear()
-            found = kept[secret] = diagnostics.forms(secret)
-        return found
+        found = self._secret_forms.get(secret)
+        return found if found is not None else _keep(self._secret_forms, secret, diagnostics.forms(secret))
 
     def _bytes_of(self, secret: str) -> bytes:
         return self._forms(secret)[0]
+
+    def _bearer(self, secret: str) -> tuple[bytes, bytes]:
+        """``Bearer <secret>`` as a header value and what redaction makes of it when the secret is the flow's only
+        one: worked out once per secret (kept as ``_forms`` keeps its forms)."""
+        found = self._bearer_forms.get(secret)
+        if found is None:
+            value = b"Bearer " + self._bytes_of(secret)
+            found = _keep(self._bearer_forms, secret, (value, _scrubbed(value, {secret}, self._bytes_of)))
+        return found
 
     def _echoes(self, run: engine.PolicyRun) -> Sequence[bytes]:
         """``diagnostics.echoes`` of the flow's secrets."""
@@ -1201,12 +1207,16 @@ class ApimMi:
         if not names:
             return
         secrets = state.run.trace.secrets
+        bearer = shown = None
+        if len(secrets) == 1:  # the usual one token: its "Bearer <token>" field redacted once per token
+            for secret in secrets:
+                bearer, shown = self._bearer(secret)
         headers = flow.request.data.headers
         fields = headers.fields
         changed: list[tuple[bytes, bytes]] | None = None
         for i, (name, value) in enumerate(fields):
             if name.lower() in names:
-                scrubbed = _scrubbed(value, secrets, self._bytes_of)
+                scrubbed = shown if value == bearer else _scrubbed(value, secrets, self._bytes_of)
                 if scrubbed != value:
                     if changed is None:
                         changed = list(fields)
@@ -1301,6 +1311,7 @@ class ApimMi:
         n = self.tokens.flush() if self.tokens is not None else 0
         self._carried_by_key.clear()
         self._secret_forms.clear()
+        self._bearer_forms.clear()
         log.info("apim-mi: flushed %d cached token(s)", n)
         return f"flushed {n} token(s)"
 
@@ -1312,6 +1323,14 @@ class ApimMi:
 
 #: Secrets whose forms ``_forms`` keeps (then it starts again): the live tokens, a few per identity.
 _SECRETS_KEPT = 64
+
+
+def _keep[T](kept: dict[str, T], secret: str, made: T) -> T:
+    """``made`` kept for ``secret``; the cache starts over once it holds ``_SECRETS_KEPT`` secrets."""
+    if len(kept) >= _SECRETS_KEPT:
+        kept.clear()
+    kept[secret] = made
+    return made
 
 def _log_injected(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None, rule_name: str, identity: str,
                   aud: Any, outcome: str) -> None:  # fmt: skip
