@@ -241,7 +241,6 @@ def test_header_added_exactly_when_a_rule_matches_and_no_token_leaks(
         assert all(signature not in blob for blob in blobs)
 
 
-
 _B64URL = st.text("ABCabc0123456789-_.", min_size=16, max_size=80)
 
 

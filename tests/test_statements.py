@@ -418,8 +418,6 @@ async def test_validate_jwt_openid_config_cached(emu: Any) -> None:
     assert run.context.last_error.reason == "TokenAudienceNotAllowed"
 
 
-
-
 @pytest.mark.parametrize("header", [
     '<set-header name="X-A" exists-action="override"><value>@("a\\nb")</value></set-header>',
     '<set-header name="X-A" exists-action="append"><value>ok</value><value>@("a\\rb")</value></set-header>',

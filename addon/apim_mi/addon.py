@@ -1332,6 +1332,7 @@ def _keep[T](kept: dict[str, T], secret: str, made: T) -> T:
     kept[secret] = made
     return made
 
+
 def _log_injected(flow: http.HTTPFlow, seen: flowcontext.RequestSnapshot | None, rule_name: str, identity: str,
                   aud: Any, outcome: str) -> None:  # fmt: skip
     """The flow's info line once its token went upstream, on either path. Callers ask ``logs.wanted`` first, so
